@@ -1,0 +1,3 @@
+"""xrayd: a drop-in replacement for the AWS X-Ray daemon."""
+
+__version__ = "0.1.0"

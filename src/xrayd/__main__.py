@@ -1,0 +1,3 @@
+from xrayd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""The daemon's lifecycle: start-up in the original's order, the pipeline's wiring, signals and
+the drain at shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from xrayd import __version__, budget
+from xrayd.batcher import Batcher, Spill
+from xrayd.config import Config
+from xrayd.logs import RateLimitedLog, get_logger
+from xrayd.receivers.udp import AddressError, bind_udp
+from xrayd.stats import SEGMENTS_DROPPED, SEGMENTS_SPILLED, Stats
+
+# How long a shutdown may spend uploading what is buffered: long enough for a few rounds of
+# 2-second attempts, well under the 30 s a container platform waits before SIGKILL.
+DRAIN_SECONDS = 20.0
+
+
+class StartupError(Exception):
+    """A fatal start-up problem (exit code 1)."""
+
+
+@dataclass
+class Shutdown:
+    """Signals, handled in one place: the first starts a drain, a second ends it at once."""
+
+    requested: threading.Event
+    signal_name: str = ""
+    count: int = 0
+
+    def handle(self, signum: int, _frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            get_logger().warning("Got a second shutdown signal: exiting without draining")
+            os._exit(1)
+        self.signal_name = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}.get(
+            signum, str(signum)
+        )
+        self.requested.set()
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.log = get_logger()
+        self.stats = Stats()
+        self.logs = RateLimitedLog(self.log)
+        self.shutdown = Shutdown(threading.Event())
+        self.receiver = None
+        self.uploader = None
+        self.queue = None
+
+    def start(self) -> None:
+        cfg = self.config
+        log = self.log
+        log.info("Initializing AWS X-Ray daemon %s (xrayd)", __version__)
+        if cfg.concurrency < 1:
+            raise StartupError(f"Concurrency must be at least 1, not {cfg.concurrency}")
+        try:
+            sock = bind_udp(cfg.udp_address)
+        except AddressError as exc:
+            raise StartupError(str(exc)) from None
+        log.debug("Listening on UDP %s", cfg.udp_address)
+        try:
+            megabytes = budget.resolve_buffer_mb(
+                cfg.buffer_memory_mb, budget.host_memory_bytes(), budget.cgroup_memory_limit()
+            )
+        except budget.BudgetError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from None
+        log.info("Using buffer memory limit of %d MB", megabytes)
+        log.info("%d segment buffers allocated", budget.original_buffer_count(megabytes))
+
+        # Heavy imports (botocore) only now that the port is bound.
+        from xrayd import aws
+        from xrayd.exporters.xray import XRayExporter
+        from xrayd.receivers.udp import UdpReceiver
+        from xrayd.segment_queue import SegmentQueue
+        from xrayd.uploader import Uploader
+
+        try:
+            region, source = aws.resolve_region(cfg.region)
+            proxy = aws.proxy_url(cfg.proxy_address)
+        except aws.AwsSetupError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from None
+        log.debug("Fetch region %s from %s", region, source)
+        if cfg.endpoint:
+            log.debug("Using Endpoint read from Config file: %s", cfg.endpoint)
+        if proxy:
+            log.debug("Using proxy address: %s", proxy)
+        context = aws.create_context(region, cfg.endpoint, cfg.no_verify_ssl, proxy)
+        log.debug("Using Endpoint: %s", context.endpoint)
+        log.info("Using region: %s", region)
+        if cfg.resource_arn:
+            log.debug("ARN of the AWS resource running the daemon: %s", cfg.resource_arn)
+
+        batcher = Batcher(budget=megabytes * budget.MIB)
+        self.queue = SegmentQueue(batcher, time.monotonic)
+        exporter = XRayExporter(context, pool_size=cfg.concurrency)
+        self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency)
+        self.receiver = UdpReceiver(
+            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
+        )
+        log.debug("Batch size: %d", batcher.max_batch)
+        self.uploader.start()
+        self.receiver.start()
+
+    def _spilled(self, spill: Spill) -> None:
+        if spill.evicted:
+            self.stats.add(SEGMENTS_SPILLED, spill.evicted, label="evicted_oldest")
+            self.logs.warn("spill-evicted", f"Spilling over {spill.evicted} segments")
+        if spill.dropped:
+            self.stats.add(SEGMENTS_SPILLED, spill.dropped, label="dropped_new")
+            self.logs.warn("spill-dropped", "Segment dropped. Consider increasing memory limit")
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.shutdown.handle)
+        signal.signal(signal.SIGTERM, self.shutdown.handle)
+
+    def wait(self) -> None:
+        while not self.shutdown.requested.wait(3600):
+            pass
+        self.log.info("Got shutdown signal: %s", self.shutdown.signal_name)
+
+    def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Stop intake, upload what is buffered within ``drain_seconds``, then return."""
+        log = self.log
+        log.debug("Shutdown Initiated. Current epoch in nanoseconds: %d", time.time_ns())
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.queue is not None and self.uploader is not None:
+            self.queue.close()
+            if not self.queue.wait_drained(drain_seconds):
+                queued = self.queue.abandon()
+                in_flight = self.queue.snapshot()[2]
+                self.stats.add(SEGMENTS_DROPPED, queued, label="shutdown")
+                log.error(
+                    "Shutdown drain time of %.0f s ran out: %d buffered segments dropped, "
+                    "%d batches still in flight", drain_seconds, queued, in_flight,
+                )
+            else:
+                self.uploader.join(1.0)
+            self.uploader.exporter.close()
+        log.debug(
+            "Trace segment: received: %d, truncated: %d, processed: %d",
+            self.stats.accepted, self.stats.get(SEGMENTS_SPILLED),
+            self.stats.get("batches_sent"),
+        )
+        log.debug("Shutdown finished. Current epoch in nanoseconds: %d", time.time_ns())
+
+
+def run(config: Config) -> int:
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+    except StartupError as exc:
+        daemon.log.error("%s", exc)
+        return 1
+    daemon.wait()
+    daemon.stop()
+    logging.shutdown()
+    return 0

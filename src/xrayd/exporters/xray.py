@@ -1,0 +1,142 @@
+"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer, sent with botocore's
+HTTP session on kept-alive connections. Building the request body directly (the documents are
+already JSON) skips the botocore client's per-call work, which costs more than the upload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from xrayd.aws import AwsContext, user_agent
+
+THROTTLING_CODES = frozenset(
+    {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
+     "RequestLimitExceeded", "SlowDown", "RequestThrottled"}
+)
+
+
+@dataclass(frozen=True)
+class Unprocessed:
+    id: str
+    error_code: str
+    message: str
+
+
+class UploadError(Exception):
+    """A failed call. ``error_class`` is the telemetry class: timeout, connection_refused,
+    unknown_host, http_4xx, http_5xx, no_credentials or other."""
+
+    def __init__(self, message: str, error_class: str, retriable: bool, status: int = 0,
+                 code: str = "") -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.retriable = retriable
+        self.status = status
+        self.code = code
+
+    @property
+    def throttled(self) -> bool:
+        return self.status == 429 or self.code in THROTTLING_CODES
+
+
+def classify_http_error(status: int, body: bytes, headers: dict) -> UploadError:
+    code, message = "", ""
+    try:
+        parsed = orjson.loads(body) if body else {}
+        if isinstance(parsed, dict):
+            code = str(parsed.get("__type") or parsed.get("code") or "")
+            message = str(parsed.get("message") or parsed.get("Message") or "")
+    except orjson.JSONDecodeError:
+        message = body[:200].decode("utf-8", "replace")
+    code = (headers.get("x-amzn-ErrorType") or code).split(":")[0].split("#")[-1]
+    retriable = status >= 500 or status in (408, 429) or code in THROTTLING_CODES
+    error_class = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else "other"
+    return UploadError(f"HTTP {status} {code}: {message}".strip(), error_class, retriable,
+                       status, code)
+
+
+def classify_send_error(exc: Exception) -> UploadError:
+    from botocore import exceptions as bex
+
+    detail = str(exc)
+    if isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
+        return UploadError(detail, "timeout", True)
+    if isinstance(exc, bex.EndpointConnectionError):
+        cause = getattr(exc, "kwargs", {}).get("error")
+        text = repr(cause) + detail
+        if "Name or service not known" in text or "gaierror" in text or "nodename" in text:
+            return UploadError(detail, "unknown_host", True)
+        if "Connection refused" in text or "ConnectionRefused" in text:
+            return UploadError(detail, "connection_refused", True)
+        return UploadError(detail, "other", True)
+    if isinstance(exc, bex.HTTPClientError | bex.ProxyConnectionError | bex.SSLError):
+        return UploadError(detail, "other", True)
+    return UploadError(detail, "other", False)
+
+
+def request_body(docs: Sequence[bytes]) -> bytes:
+    return orjson.dumps({"TraceSegmentDocuments": [d.decode("utf-8") for d in docs]})
+
+
+class XRayExporter:
+    """Uploads batches with PutTraceSegments. Thread-safe: one instance serves every worker."""
+
+    name = "xray"
+
+    def __init__(self, aws: AwsContext, pool_size: int) -> None:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        self.aws = aws
+        self.url = aws.endpoint + "/TraceSegments"
+        self._http = aws.http_session(pool_size)
+        self._signer = SigV4Auth
+        self._request = AWSRequest
+        self._user_agent = user_agent()
+
+    def send(self, path: str, body: bytes) -> bytes:
+        """POST a signed request to the X-Ray API; the response body, or UploadError."""
+        credentials = self.aws.credentials()
+        if credentials is None:
+            raise UploadError(
+                "Unable to retrieve credentials: no credentials found (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity or an instance role)",
+                "no_credentials", False)
+        request = self._request(
+            method="POST",
+            url=self.aws.endpoint + path,
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Amzn-Xray-Timestamp": f"{time.time():.9f}",
+                "User-Agent": self._user_agent,
+            },
+        )
+        self._signer(credentials, "xray", self.aws.region).add_auth(request)
+        try:
+            response = self._http.send(request.prepare())
+        except Exception as exc:
+            raise classify_send_error(exc) from exc
+        content = response.content
+        if response.status_code != 200:
+            raise classify_http_error(response.status_code, content, response.headers)
+        return content
+
+    def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
+        content = self.send("/TraceSegments", request_body(docs))
+        try:
+            parsed = orjson.loads(content) if content else {}
+        except orjson.JSONDecodeError:
+            return []
+        entries = parsed.get("UnprocessedTraceSegments") or [] if isinstance(parsed, dict) else []
+        return [
+            Unprocessed(str(e.get("Id") or ""), str(e.get("ErrorCode") or ""),
+                        str(e.get("Message") or ""))
+            for e in entries if isinstance(e, dict)
+        ]
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,169 @@
+"""UDP intake: a blocking socket read loop in a thread of its own.
+
+A plain blocking ``recv`` in a thread keeps up with bursts where asyncio's datagram endpoint
+does not (DESIGN.md section 2). Stopping sends the socket an empty datagram from the daemon
+itself: everything queued in the kernel before it is still read and buffered.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+from xrayd.batcher import Spill
+from xrayd.logs import RateLimitedLog
+from xrayd.protocol import MAX_DATAGRAM, HeaderCache, Reason, classify
+from xrayd.stats import IntakeCounters
+
+RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
+
+
+class AddressError(Exception):
+    pass
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` as (host, port); host "" means every interface."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise AddressError(f"address {address}: missing port in address")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise AddressError(f"address {address}: too many colons in address")
+    try:
+        number = int(port)
+    except ValueError:
+        raise AddressError(f"address {address}: invalid port") from None
+    if not 0 <= number <= 65535:
+        raise AddressError(f"address {address}: invalid port")
+    return host, number
+
+
+def bind_udp(address: str) -> socket.socket:
+    """A bound UDP socket with a large receive buffer; AddressError with the OS's reason."""
+    host, port = split_address(address)
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise AddressError(f"listen udp {address}: {exc.strerror}") from None
+    if not host:  # every interface: prefer a dual-stack IPv6 socket, as Go does
+        infos.sort(key=lambda info: info[0] != socket.AF_INET6)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6 and not host:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        set_receive_buffer(sock, RECEIVE_BUFFER_BYTES)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise AddressError(f"listen udp {address}: bind: {exc.strerror or exc}") from None
+    return sock
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for ``size`` bytes of kernel receive buffer (forced when privileged); the result."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+class UdpReceiver:
+    """Reads datagrams, checks them, hands documents to ``put``."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        put: Callable[[bytes], Spill | None],
+        counters: IntakeCounters,
+        on_spill: Callable[[Spill], None],
+        warnings: RateLimitedLog,
+    ) -> None:
+        self.sock = sock
+        self.put = put
+        self.counters = counters
+        self.on_spill = on_spill
+        self.warnings = warnings
+        self.headers = HeaderCache()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="udp-receiver", daemon=True)
+
+    @property
+    def address(self) -> tuple:
+        return self.sock.getsockname()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        recv = self.sock.recv
+        put = self.put
+        headers = self.headers
+        counters = self.counters
+        while True:
+            try:
+                data = recv(MAX_DATAGRAM)
+            except OSError as exc:
+                if self._stopping:
+                    return
+                self.warnings.error("udp-read", f"daemon: socket: err: {exc}")
+                continue
+            counters.received += 1
+            body, reason = classify(data, headers)
+            if reason is None:
+                counters.accepted += 1
+                spill = put(body)  # type: ignore[arg-type]
+                if spill is not None:
+                    self.on_spill(spill)
+                continue
+            if reason is Reason.EMPTY and self._stopping:
+                counters.received -= 1  # our own wake-up datagram
+                return
+            counters.rejected[reason] += 1
+            self._log_rejected(reason, data)
+
+    def _log_rejected(self, reason: Reason, data: bytes) -> None:
+        logger = self.warnings.logger
+        self.warnings.warn(
+            f"rejected:{reason.value}",
+            f"Rejected a datagram of {len(data)} bytes: {reason.description}",
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Rejected datagram content (first 200 bytes): %r", data[:200])
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Read what the kernel already holds, then stop."""
+        self._stopping = True
+        if self._thread.is_alive():
+            self._wake()
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._thread.join(timeout)
+        self.sock.close()
+
+    def _wake(self) -> None:
+        host, port = self.sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = "::1" if self.sock.family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            with socket.socket(self.sock.family, socket.SOCK_DGRAM) as waker:
+                waker.sendto(b"", (host, port))
+        except OSError:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -1,0 +1,83 @@
+"""The thread-safe shell around the Batcher: receivers put documents, upload workers take
+batches. One lock; workers sleep on a condition until a batch is due."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from xrayd.batcher import Batch, Batcher, Spill
+
+
+class SegmentQueue:
+    def __init__(self, batcher: Batcher, clock: Callable[[], float]) -> None:
+        self.batcher = batcher
+        self.clock = clock
+        self._cond = threading.Condition(threading.Lock())
+
+    def put(self, doc: bytes) -> Spill | None:
+        batcher = self.batcher
+        with self._cond:
+            was_open = batcher.open_count
+            waiting = batcher.waiting_count
+            spill = batcher.add(doc, self.clock())
+            # Wake a worker when a batch became ready, or when a new open batch starts its
+            # age timer (idle workers sleep without a timeout).
+            if batcher.waiting_count > waiting or not was_open:
+                self._cond.notify()
+            return spill
+
+    def get(self, timeout: float | None = None) -> Batch | None:
+        """The next batch; None when closed and empty, or after ``timeout`` seconds."""
+        deadline = None if timeout is None else self.clock() + timeout
+        with self._cond:
+            while True:
+                now = self.clock()
+                batch = self.batcher.take(now)
+                if batch is not None:
+                    return batch
+                if self.batcher.closed and not self.batcher.waiting_count:
+                    return None
+                wait = self.batcher.due_in(now)
+                if deadline is not None:
+                    left = deadline - now
+                    if left <= 0:
+                        return None
+                    wait = left if wait is None else min(wait, left)
+                self._cond.wait(wait)
+
+    def done(self, batch: Batch) -> None:
+        with self._cond:
+            self.batcher.release(batch)
+            self._cond.notify_all()
+
+    def requeue(self, batch: Batch) -> None:
+        with self._cond:
+            self.batcher.requeue(batch)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self.batcher.close()
+            self._cond.notify_all()
+
+    def abandon(self) -> int:
+        with self._cond:
+            count = self.batcher.abandon()
+            self._cond.notify_all()
+            return count
+
+    def wait_drained(self, timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        with self._cond:
+            while not self.batcher.drained:
+                left = deadline - self.clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """(bytes held, documents queued, batches in flight)."""
+        with self._cond:
+            return self.batcher.held, self.batcher.queued_docs, self.batcher.in_flight
