@@ -15,7 +15,7 @@ from xrayd.batcher import Batcher, Spill
 from xrayd.config import Config
 from xrayd.logs import RateLimitedLog, get_logger
 from xrayd.receivers.udp import AddressError, bind_udp
-from xrayd.stats import SEGMENTS_DROPPED, SEGMENTS_SPILLED, Stats
+from xrayd.stats import SEGMENTS_DROPPED, SEGMENTS_SENT, SEGMENTS_SPILLED, Stats
 
 # How long a shutdown may spend uploading what is buffered: long enough for a few rounds of
 # 2-second attempts, well under the 30 s a container platform waits before SIGKILL.
@@ -151,8 +151,9 @@ class Daemon:
         log.debug(
             "Trace segment: received: %d, truncated: %d, processed: %d",
             self.stats.accepted, self.stats.get(SEGMENTS_SPILLED),
-            self.stats.get("batches_sent"),
+            self.stats.get(SEGMENTS_SENT),
         )
+        log.info("Shutdown summary: %s", self.stats.summary())
         log.debug("Shutdown finished. Current epoch in nanoseconds: %d", time.time_ns())
 
 

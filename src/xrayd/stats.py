@@ -75,3 +75,14 @@ class Stats:
         for c in self._intakes:
             total.update(c.rejected)
         return total
+
+    def summary(self) -> str:
+        """Every counter on one line, for the shutdown log."""
+        rejected = self.rejected()
+        parts = [f"datagrams received {self.received}", f"accepted {self.accepted}",
+                 f"rejected {sum(rejected.values())}"]
+        parts += [f"rejected[{reason.value}] {n}" for reason, n in sorted(rejected.items())]
+        with self._lock:
+            items = sorted(self._counts.items())
+        parts += [f"{name}[{label}] {n}" if label else f"{name} {n}" for (name, label), n in items]
+        return ", ".join(parts)
