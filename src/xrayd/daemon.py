@@ -111,6 +111,7 @@ class Daemon:
         log.debug("Batch size: %d", batcher.max_batch)
         self.uploader.start()
         self.receiver.start()
+        log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
 
     def _spilled(self, spill: Spill) -> None:
         if spill.evicted:
