@@ -353,3 +353,18 @@ def test_flood_faster_than_the_backend(moto, start_xrayd, tmp_path):
     print(f"sent {sent}, received {counts['datagrams received']}, spilled {spilled}, "
           f"idle RSS {idle >> 20} MiB, peak growth {growth / 2**20:.1f} MiB")
     assert growth < (3 + 30) * 2**20, f"RSS grew {growth / 2**20:.1f} MiB with a 3 MB budget"
+
+
+def test_sighup_reopens_the_log_file(start_xrayd, tmp_path):
+    port = free_udp_tcp_port()
+    log = tmp_path / "xray.log"
+    daemon = start_xrayd(["-b", f"127.0.0.1:{port}", "-n", "us-east-1", "-f", str(log)],
+                         ready=None)
+    wait_until(lambda: log.exists() and "Ready: receiving" in log.read_text(), what="log")
+    log.rename(tmp_path / "xray.log.old")  # what logrotate does
+    daemon.signal(signal.SIGHUP)
+    wait_until(log.exists, what="reopened log file")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert "Got shutdown signal: terminated" in log.read_text()
+    assert "Got shutdown signal" not in (tmp_path / "xray.log.old").read_text()
