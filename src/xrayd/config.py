@@ -42,6 +42,12 @@ class Config:
     no_verify_ssl: bool = False
     proxy_address: str = ""
     version: int = 2
+    # Reliability (xrayd only): the spool, the admin address and the shutdown drain.
+    spool_dir: str = ""
+    spool_max_mb: int = 1024
+    spool_fsync_interval_ms: int = 1000  # < 0: fsync every spool file as it is written
+    admin_address: str = ""
+    drain_seconds: int = 20
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -76,6 +82,11 @@ KEYS: tuple[Key, ...] = (
     Key("NoVerifySSL", "no_verify_ssl", bool),
     Key("ProxyAddress", "proxy_address", str),
     Key("Version", "version", int),
+    Key("Spool.Directory", "spool_dir", str),
+    Key("Spool.MaxSizeMB", "spool_max_mb", int),
+    Key("Spool.FsyncIntervalMs", "spool_fsync_interval_ms", int),
+    Key("AdminAddress", "admin_address", str),
+    Key("DrainSeconds", "drain_seconds", int),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 
