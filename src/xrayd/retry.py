@@ -97,7 +97,7 @@ class Breaker:
     seconds (doubling up to ``max_probe_interval``) tests the backend. A success closes it."""
 
     def __init__(self, clock: Callable[[], float], threshold: int = 3, probe_interval: float = 1.0,
-                 max_probe_interval: float = 30.0) -> None:
+                 max_probe_interval: float = 5.0) -> None:
         self.clock = clock
         self.threshold = threshold
         self.probe_interval = probe_interval
