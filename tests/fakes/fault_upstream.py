@@ -35,6 +35,7 @@ class Phase:
     unprocessed_code: str = "ThrottledException"  # for "partial"
     unprocessed_every: int = 2  # for "partial": every n-th document is refused
     hang_seconds: float = 5.0  # for "hang"
+    delay: float = 0.0  # for "ok": seconds before answering (a slow backend)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -195,6 +196,8 @@ class FaultUpstream:
         except (ValueError, KeyError, TypeError):
             return self._answer(h, 400, {"__type": "InvalidRequestException",
                                          "message": "bad body"})
+        if mode == "ok" and phase.delay:
+            self._stopping.wait(phase.delay)
         if mode == "ok" and self.forward_to:
             return self._forward(h, body, docs)
         refused = []

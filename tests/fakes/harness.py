@@ -15,9 +15,14 @@ _SEQ = re.compile(rb'"id":"([0-9a-f]{16})"')
 PAD = "x" * 700  # about 1 KB per document, like a typical segment
 
 
+def trace_of(n: int, run: str = "0") -> str:
+    """Segments are grouped 100 to a trace."""
+    return f"1-6553f100-{run:0>8}{n // 100:016x}"
+
+
 def segment(n: int, run: str = "0") -> bytes:
     start = 1_700_000_000 + n / 1000
-    doc = {"trace_id": f"1-{int(start):08x}-{run:0>8}{n:016x}", "id": f"{n:016x}",
+    doc = {"trace_id": trace_of(n, run), "id": f"{n:016x}",
            "name": "reliability", "start_time": start, "end_time": start + 0.001,
            "annotations": {"pad": PAD}}
     return HEADER + json.dumps(doc, separators=(",", ":")).encode()
