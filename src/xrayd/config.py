@@ -208,6 +208,12 @@ def parse_yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Error occur when using config flag: yaml: {exc}") from None
+    except Exception as exc:
+        # PyYAML's constructors raise ValueError, IndexError, AttributeError, ... on values
+        # such as "2001-13-45" or a bare "!!int" (found by tests/test_fuzz.py).
+        raise ConfigError(
+            f"Error occur when using config flag: yaml: cannot read a value: {exc!r}"
+        ) from None
 
 
 def read_file(path: str) -> str:
