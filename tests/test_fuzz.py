@@ -53,7 +53,7 @@ def test_arbitrary_datagrams_are_classified_never_raise(data):
         body.decode("utf-8")
 
 
-@examples(1500)
+@examples(1000)
 @given(st.lists(st.tuples(HEADER_KEYS, HEADER_VALUES), max_size=5), st.text(min_size=1))
 def test_json_headers_follow_the_rule(pairs, text):
     header = ("{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}").encode()
@@ -65,7 +65,7 @@ def test_json_headers_follow_the_rule(pairs, text):
         assert verdict == (body, None)
 
 
-@examples(1500)
+@examples(800)
 @given(st.lists(st.one_of(st.sampled_from(sorted(KNOWN_HEADERS)), st.binary(max_size=40)),
                 min_size=1, max_size=40))
 def test_header_cache_agrees_with_the_parser(headers):
@@ -131,7 +131,7 @@ YAML_TOKENS = st.one_of(
 )
 
 
-@examples(1500)
+@examples(300)
 @given(st.lists(st.tuples(KEY_NAMES, st.lists(YAML_TOKENS, min_size=1, max_size=3)),
                 max_size=6), st.booleans())
 def test_config_files_with_tricky_scalars_load_or_fail_with_a_config_error(
@@ -151,7 +151,7 @@ STRING_FIELDS = st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=1
                         min_size=1, max_size=15)
 
 
-@examples(800)
+@examples(400)
 @given(concurrency=st.integers(1, 512), buffer=st.integers(3, 10_000), region=STRING_FIELDS,
        rotation=st.booleans(), spool_dir=STRING_FIELDS, spool_mb=st.integers(1, 10**6),
        fsync=st.integers(-1000, 10**6).filter(bool), version=st.sampled_from([1, 2]))
