@@ -91,6 +91,7 @@ class Uploader:
         spool: Spool | None = None,
         limiter: RateLimiter | None = None,
         breaker: Breaker | None = None,
+        replay_threads: int = 4,
     ) -> None:
         self.queue = queue
         self.exporter = exporter
@@ -114,14 +115,19 @@ class Uploader:
             threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
             for i in range(concurrency)
         ]
-        self._replayer = threading.Thread(target=self._replay_loop, name="spool-replay",
-                                          daemon=True)
+        # Spool files are claimed oldest first; a few are uploaded at once so that a backlog
+        # drains faster than one call's latency allows.
+        self._replayers = [
+            threading.Thread(target=self._replay_loop, name=f"spool-replay-{i}", daemon=True)
+            for i in range(max(1, min(replay_threads, concurrency)))
+        ]
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
         if self.spool is not None:
-            self._replayer.start()
+            for thread in self._replayers:
+                thread.start()
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -136,8 +142,10 @@ class Uploader:
 
     def stop_replay(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        if self._replayer.is_alive():
-            self._replayer.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._replayers:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while True:
