@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import zlib
 
+SCALE = int(os.environ.get("FUZZ_EXAMPLES", "0"))  # a long run: docs/fuzzing.md
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,7 +112,7 @@ def test_fsync_interval_defers_and_sync_flushes(tmp_path):
     assert spool._unsynced == []
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=SCALE or 1500, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_reader_never_raises_on_arbitrary_bytes(data):
     result = decode(data)
@@ -118,7 +120,7 @@ def test_fuzz_reader_never_raises_on_arbitrary_bytes(data):
     assert result.error or data.startswith(sp.MAGIC)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=SCALE or 1500, deadline=None)
 @given(st.lists(st.binary(max_size=80), max_size=8), st.data())
 def test_fuzz_damaged_files_yield_a_prefix_of_the_documents(docs, data):
     encoded = bytearray(encode(docs))
