@@ -294,6 +294,16 @@ def test_log_file_and_startup_lines(moto, start_xrayd, tmp_path):
     assert daemon.output == ""  # nothing on stdout when logging to a file
 
 
+def udp_backlog(port: int) -> int:
+    """Bytes waiting in the kernel receive queue of the UDP socket bound to ``port``."""
+    with open("/proc/net/udp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no UDP socket on port {port}")
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -331,13 +341,17 @@ def test_flood_faster_than_the_backend(moto, start_xrayd, tmp_path):
             for _ in range(1000):
                 sock.sendto(payload, ("127.0.0.1", port))
             sent += 1000
-    # Still responsive: a new trace after the flood is delivered.
-    after = trace_id()
-    send_udp(port, *[datagram(segment(after, n)) for n in range(5)])
-    wait_until(lambda: len(documents_at(moto, [after]).get(after, [])) == 5, timeout=60,
-               interval=0.5, what="segments sent after the flood")
-    stop.set()
-    sampler.join()
+    try:
+        # Still responsive: once it has read the backlog the kernel held, a new trace is
+        # delivered.
+        wait_until(lambda: udp_backlog(port) == 0, timeout=30, what="the socket backlog read")
+        after = trace_id()
+        send_udp(port, *[datagram(segment(after, n)) for n in range(5)])
+        wait_until(lambda: len(documents_at(moto, [after]).get(after, [])) == 5, timeout=60,
+                   interval=0.5, what="segments sent after the flood")
+    finally:
+        stop.set()
+        sampler.join()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=40) == 0
     counts = summary_counts(daemon.output)
