@@ -285,6 +285,8 @@ class Uploader:
             self.stats.add(names.SEGMENTS_UNPROCESSED, len(docs), label="retries_exhausted")
         else:
             self.stats.add(names.SEGMENTS_FAILED, len(docs), label=error_class)
+        if error is not None and is_auth_error(error):
+            return  # already said, with the fix, once per AUTH_LOG_INTERVAL
         self.logs.error(
             f"failed:{error_class}",
             f"Sending segment batch failed with: {error or 'the spool could not take it'} "
