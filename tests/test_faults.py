@@ -70,11 +70,12 @@ def received_numbers(up: FaultUpstream) -> list[int]:
     return [sequence_number(d) for d in list(up.docs)]
 
 
+@pytest.mark.slow
 def test_throttling_window_slows_uploads_and_loses_nothing(upstream, start_xrayd):
     up = upstream(Phase(1.0, "ok"), Phase(1.5, "throttle"), Phase(float("inf"), "ok"))
     run = start_daemon(start_xrayd, up.url)
     up.restart_schedule()
-    sent = send_at_rate(run.port, 0, 2000, 500)
+    sent = send_at_rate(run.port, 0, 1500, 500)
     counts = wait_until(settled(run, sent), timeout=60, interval=0.3, what="all settled")
     samples = run.metrics()
     assert counts["sent"] == sent, counts
@@ -142,6 +143,7 @@ def test_outage_with_spool_loses_nothing(upstream, start_xrayd, tmp_path):
     assert up.record.bad_signatures == 0
 
 
+@pytest.mark.slow
 def test_outage_without_spool_drops_exactly_what_the_counters_say(upstream, start_xrayd):
     up = upstream(Phase(0.5, "ok"), Phase(20.0, "error", status=500), Phase(float("inf"), "ok"))
     run = start_daemon(start_xrayd, up.url)
@@ -166,6 +168,7 @@ def test_access_denied_is_logged_once_with_the_fix(upstream, start_xrayd):
     assert run.daemon.output.count("To fix: allow xray:PutTraceSegments") == 1
 
 
+@pytest.mark.slow
 def test_sigterm_spools_what_cannot_be_sent_and_a_restart_delivers_it(upstream, start_xrayd,
                                                                       tmp_path):
     up = upstream(Phase(float("inf"), "hang", hang_seconds=10.0))

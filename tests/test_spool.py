@@ -112,7 +112,7 @@ def test_fsync_interval_defers_and_sync_flushes(tmp_path):
     assert spool._unsynced == []
 
 
-@settings(max_examples=SCALE or 1500, deadline=None)
+@settings(max_examples=SCALE or 1000, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_reader_never_raises_on_arbitrary_bytes(data):
     result = decode(data)
@@ -120,7 +120,7 @@ def test_fuzz_reader_never_raises_on_arbitrary_bytes(data):
     assert result.error or data.startswith(sp.MAGIC)
 
 
-@settings(max_examples=SCALE or 1500, deadline=None)
+@settings(max_examples=SCALE or 800, deadline=None)
 @given(st.lists(st.binary(max_size=80), max_size=8), st.data())
 def test_fuzz_damaged_files_yield_a_prefix_of_the_documents(docs, data):
     encoded = bytearray(encode(docs))
