@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import zlib
 
-SCALE = int(os.environ.get("FUZZ_EXAMPLES", "0"))  # a long run: docs/fuzzing.md
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xrayd import spool as sp
 from xrayd.spool import Spool, decode, encode
 
+SCALE = int(os.environ.get("FUZZ_EXAMPLES", "0"))  # a long run: docs/fuzzing.md
 DOCS = [b'{"id":"a"}', b"", b'{"name":"caf\xc3\xa9"}' * 50]
 
 
