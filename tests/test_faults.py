@@ -191,3 +191,12 @@ def test_sigterm_spools_what_cannot_be_sent_and_a_restart_delivers_it(upstream, 
     samples = again.metrics()
     assert samples["xrayd_spool_recovered_segments_total"] == sent
     assert sorted(received_numbers(up)) == list(range(sent))
+
+
+def test_unusable_spool_directory_is_a_startup_error(start_xrayd, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    daemon = start_xrayd(["-o", "-n", "us-east-1", "-b", "127.0.0.1:0", "-t", "127.0.0.1:0",
+                          "--spool-dir", str(blocker / "spool")], ready=None)
+    assert daemon.wait(30) == 1
+    assert f"Cannot use spool directory {blocker / 'spool'}" in daemon.output

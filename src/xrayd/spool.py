@@ -30,6 +30,11 @@ TMP_PREFIX = ".tmp-"
 MAX_RECORD = 16 * 1024 * 1024  # far above a UDP datagram; a larger length means corruption
 
 
+def _private(path: str, flags: int) -> int:
+    """Spool files hold segment documents: readable by the daemon's user only."""
+    return os.open(path, flags, 0o600)
+
+
 def encode(docs: Sequence[bytes]) -> bytes:
     parts = [MAGIC]
     for doc in docs:
@@ -119,6 +124,10 @@ class Spool:
         """Create the directory, clear leftovers of interrupted writes, index what is there;
         the number of documents found."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        probe = os.path.join(self.directory, TMP_PREFIX + "probe")
+        with open(probe, "wb", opener=_private):
+            pass  # fail at start, not at the first outage, when the directory is not writable
+        os.remove(probe)
         found = []
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
@@ -172,7 +181,7 @@ class Spool:
         final = os.path.join(self.directory, name)
         tmp = os.path.join(self.directory, TMP_PREFIX + name)
         durable_now = self.fsync_interval <= 0
-        with open(tmp, "wb") as handle:
+        with open(tmp, "wb", opener=_private) as handle:
             handle.write(data)
             handle.flush()
             if durable_now:
