@@ -23,9 +23,9 @@ from xrayd.stats import (
     Stats,
 )
 
-# How long a shutdown may spend uploading what is buffered: long enough for a few rounds of
-# 2-second attempts, well under the 30 s a container platform waits before SIGKILL.
-DRAIN_SECONDS = 20.0
+# The shutdown drain time is Config.drain_seconds (default 20 s: a few rounds of 2-second
+# attempts, well under the 30 s a container platform waits before SIGKILL).
+REPLAY_THREADS = 4
 
 
 class StartupError(Exception):
@@ -112,10 +112,12 @@ class Daemon:
 
         batcher = Batcher(budget=megabytes * budget.MIB)
         self.queue = SegmentQueue(batcher, time.monotonic)
-        exporter = XRayExporter(context, pool_size=cfg.concurrency)
         self.spool = self._open_spool()
+        # The spool's replay threads upload next to the workers: room for their connections.
+        pool = cfg.concurrency + (REPLAY_THREADS if self.spool is not None else 0)
+        exporter = XRayExporter(context, pool_size=pool)
         self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency,
-                                 spool=self.spool)
+                                 spool=self.spool, replay_threads=REPLAY_THREADS)
         self.receiver = UdpReceiver(
             sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
         )
