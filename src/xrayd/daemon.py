@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xrayd import __version__, budget
 from xrayd.batcher import Batcher, Spill
@@ -22,6 +23,9 @@ from xrayd.stats import (
     SPOOL_RECOVERED,
     Stats,
 )
+
+if TYPE_CHECKING:
+    from xrayd.spool import Spool
 
 # The shutdown drain time is Config.drain_seconds (default 20 s: a few rounds of 2-second
 # attempts, well under the 30 s a container platform waits before SIGKILL).
@@ -128,7 +132,7 @@ class Daemon:
         self.intake_open = True
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
 
-    def _open_spool(self):
+    def _open_spool(self) -> Spool | None:
         cfg = self.config
         if not cfg.spool_dir:
             return None
