@@ -8,10 +8,10 @@ import logging
 import urllib.request
 
 import pytest
+
 from conftest import datagram, free_udp_tcp_port, send_udp, wait_until
 from fakes.sts import ISSUED_KEY, ISSUED_SECRET, FakeSts
 from fakes.xray_upstream import XRayUpstream
-
 from xrayd import aws
 
 ROLE = "arn:aws:iam::210987654321:role/xray-writer"

@@ -9,9 +9,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
 from conftest import free_port, free_udp_tcp_port, wait_until
 from fakes.xray_upstream import Fault, XRayUpstream, sampling_rule
-
 from xrayd.server import proxy
 
 
@@ -126,7 +126,7 @@ def test_keep_alive_and_hop_by_hop_headers(start_xrayd, upstream):
 def test_hardening_404_413_405(start_xrayd, upstream):
     daemon, _udp, tcp = start_proxying(start_xrayd, upstream.url)
     for path in ("/TraceSegments", "/CreateSamplingRule", "/", "/GetSamplingRules/../x"):
-        status, answer = post(tcp, path, b"{}")
+        status, _answer = post(tcp, path, b"{}")
         assert status == 404, path
     status, _ = post(tcp, "/GetSamplingRules", b"x" * (proxy.MAX_BODY_BYTES + 1))
     assert status == 413

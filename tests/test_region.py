@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fakes.imds import FakeImds
 
+from fakes.imds import FakeImds
 from xrayd import aws, telemetry
 
 LOG = logging.getLogger("xrayd-test-region")

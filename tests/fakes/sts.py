@@ -54,8 +54,8 @@ class FakeSts:
         if verdict.region in self.disabled:
             return self._send(handler, 403, self._error(
                 "RegionDisabledException",
-                f"STS is not activated in this region for account:123456789012. Your account "
-                f"administrator can activate STS in this region using the IAM Console."))
+                "STS is not activated in this region for account:123456789012. Your account "
+                "administrator can activate STS in this region using the IAM Console."))
         expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         return self._send(handler, 200, f"""<AssumeRoleResponse
  xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><Credentials>

@@ -24,6 +24,7 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     verdict: Verdict
+    status: int = 0  # what it was answered (0: no answer)
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -43,7 +44,8 @@ def sampling_rule(name: str, service: str, fixed_rate: float, reservoir: int,
                   priority: int = 1) -> dict[str, Any]:
     return {
         "SamplingRule": {
-            "RuleName": name, "RuleARN": f"arn:aws:xray:us-east-1:123456789012:sampling-rule/{name}",
+            "RuleName": name,
+            "RuleARN": f"arn:aws:xray:us-east-1:123456789012:sampling-rule/{name}",
             "ResourceARN": "*", "Priority": priority, "FixedRate": fixed_rate,
             "ReservoirSize": reservoir, "ServiceName": service, "ServiceType": "*",
             "Host": "*", "HTTPMethod": "*", "URLPath": "*", "Version": 1, "Attributes": {},
@@ -109,13 +111,16 @@ class XRayUpstream:
                 handler.connection.shutdown(2)
                 return
             if fault.status:
+                seen.status = fault.status
                 self._send(handler, fault.status, {"__type": "InjectedFault",
                                                    "message": f"injected {fault.status}"})
                 return
         if not verdict.ok:
+            seen.status = 403
             self._send(handler, 403, {"__type": "InvalidSignatureException",
                                       "message": verdict.reason})
             return
+        seen.status = 200
         self._send(handler, 200, self._answer(seen))
 
     def _answer(self, seen: Seen) -> dict[str, Any]:
