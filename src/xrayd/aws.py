@@ -193,7 +193,8 @@ def proxy_url(configured: str, environ: Environ | None = None) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise AwsSetupError(f"Bad proxy URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url \
+            or "%" in parts.hostname:
         raise AwsSetupError(
             f"Bad proxy URL: {url!r} is not a URL such as http://host:port"
         )
