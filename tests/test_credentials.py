@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import datagram, free_udp_tcp_port, send_udp, wait_until
 
+from conftest import datagram, free_udp_tcp_port, send_udp, wait_until
 from xrayd import aws
 
 NO_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

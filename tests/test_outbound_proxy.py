@@ -7,10 +7,10 @@ import http.client
 import socket
 
 import pytest
+
 from conftest import datagram, free_port, free_udp_tcp_port, send_udp, wait_until
 from fakes.http_proxy import HttpProxy
 from fakes.xray_upstream import XRayUpstream
-
 from xrayd import aws
 
 SEGMENT = ('{"trace_id":"1-5759e988-bd862e3fe1be46a994272793","id":"defdfd9912dc5a56",'
