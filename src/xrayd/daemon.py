@@ -143,10 +143,8 @@ class Daemon:
         from xrayd.server.proxy import SigningProxy, is_loopback
 
         cfg, log = self.config, self.log
-        proxy = SigningProxy(
-            context, upstream, self.logs, idle_timeout=cfg.proxy_idle_conn_timeout,
-            max_idle_per_host=cfg.proxy_max_idle_conns_per_host,
-        )
+        proxy = SigningProxy(context, upstream, self.logs,
+                             idle_timeout=cfg.proxy_idle_conn_timeout)
         log.info("HTTP Proxy server using X-Ray Endpoint : %s", upstream)
         try:
             host, _port = split_address(cfg.tcp_address)

@@ -95,7 +95,7 @@ class SigningProxy:
 
     def __init__(self, aws: AwsContext, upstream: str, logs: RateLimitedLog,
                  timeout: float = UPSTREAM_TIMEOUT, max_body: int = MAX_BODY_BYTES,
-                 idle_timeout: float = 30.0, max_idle_per_host: int = 2) -> None:
+                 idle_timeout: float = 30.0) -> None:
         self.aws = aws
         self.upstream = upstream.rstrip("/")
         self.logs = logs
@@ -103,7 +103,6 @@ class SigningProxy:
         self.timeout = timeout
         self.max_body = max_body
         self.idle_timeout = idle_timeout
-        self.max_idle_per_host = max_idle_per_host
         self.proxy = aws.proxy_for(self.upstream) or None
         self._client: aiohttp.ClientSession | None = None
 
