@@ -125,3 +125,18 @@ def test_daemon_starts_without_credentials_and_logs_rate_limited(start_xrayd, mo
               if "Unable to retrieve credentials" in line and "[Error]" in line]
     assert len(errors) == 1, errors  # one line per 10 s, not one per batch
     assert daemon.proc.poll() is None
+
+
+def test_a_failed_source_is_asked_again_only_after_a_pause(no_env_keys, monkeypatch, tmp_path):
+    clock = [0.0]
+    source = aws.CredentialSource(aws.new_session(), clock=lambda: clock[0])
+    with pytest.raises(aws.CredentialsError):
+        source.frozen()
+    shared = tmp_path / "credentials"
+    shared.write_text("[default]\naws_access_key_id = AKIDLATER\naws_secret_access_key = s\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    clock[0] = aws.CREDENTIALS_RETRY_SECONDS / 2
+    with pytest.raises(aws.CredentialsError):  # not asked again yet
+        source.frozen()
+    clock[0] = aws.CREDENTIALS_RETRY_SECONDS + 0.1
+    assert source.frozen().access_key == "AKIDLATER"  # credentials that appear later are used

@@ -37,7 +37,7 @@ IMDS_HINT = (
     "least 2; otherwise set the region with -n / AWS_REGION or use local mode (-o)"
 )
 ROLE_SESSION_NAME = "xray-daemon"
-# After the chain found no credentials, wait this long before walking it again.
+# After credentials could not be had, wait this long before asking their source again.
 CREDENTIALS_RETRY_SECONDS = 10.0
 PRIMARY_STS_REGION = {"aws": "us-east-1", "aws-cn": "cn-north-1", "aws-us-gov": "us-gov-west-1"}
 
@@ -305,8 +305,8 @@ class AssumedRole:
 @dataclass
 class CredentialSource:
     """The daemon's credentials: resolved at first use, refreshed by botocore before they
-    expire; the chain is walked again at most every CREDENTIALS_RETRY_SECONDS while it finds
-    nothing. Thread-safe."""
+    expire; after a failure (nothing found, STS refused) the source is asked again at most every
+    CREDENTIALS_RETRY_SECONDS. Thread-safe."""
 
     session: Session
     role: AssumedRole | None = None
@@ -331,21 +331,39 @@ class CredentialSource:
     def frozen(self) -> Any:
         """Current credentials (access_key, secret_key, token); CredentialsError if none."""
         with self._lock:
-            if self._credentials is None:
-                now = self.clock()
-                if self._failed_at is not None and now - self._failed_at < \
-                        CREDENTIALS_RETRY_SECONDS:
-                    raise CredentialsError(self._failure)
-                try:
+            now = self.clock()
+            if self._failed_at is not None and now - self._failed_at < \
+                    CREDENTIALS_RETRY_SECONDS:
+                raise CredentialsError(self._failure)
+            try:
+                if self._failed_at is not None:
+                    self._renew_session()
+                if self._credentials is None:
                     self._credentials = self._resolve()
-                except Exception as exc:
-                    self._failed_at, self._failure = now, self._message(exc)
-                    raise CredentialsError(self._failure) from None
-            creds = self._credentials
+                creds = self._credentials
+            except Exception as exc:
+                raise self._failed(now, exc) from None
         try:
             return creds.get_frozen_credentials()
         except Exception as exc:
-            raise CredentialsError(self._message(exc)) from None
+            with self._lock:
+                raise self._failed(now, exc) from None
+
+    def _renew_session(self) -> None:
+        """A fresh botocore session: its providers re-read files and settings that appeared
+        since (botocore caches what it found, or did not find, in a session)."""
+        self.session = new_session()
+        if self.role is not None:
+            self.role.session = self.session
+        else:
+            self._credentials = None
+        self._failed_at = None
+
+    def _failed(self, now: float, exc: Exception) -> CredentialsError:
+        """Remember a failure: the source is not asked again for a while (a flood of uploads
+        or sampling calls must not become a flood of STS or metadata calls)."""
+        self._failed_at, self._failure = now, self._message(exc)
+        return CredentialsError(self._failure)
 
     @staticmethod
     def _message(exc: Exception) -> str:
