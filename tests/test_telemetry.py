@@ -215,7 +215,8 @@ def test_records_reach_moto_from_a_running_daemon(moto, monkeypatch):
     stored = moto_telemetry(moto)
     assert stored[0]["hostname"] == "tele-host" and stored[0]["instance_id"] == "i-tele"
     assert stored[0]["resource_arn"] == "arn:aws:ec2:x"
-    records = [r for entry in stored for r in entry["records"]]
+    # Delivery is at least once: a call that timed out on a busy machine is sent again.
+    records = list({r["Timestamp"]: r for entry in stored for r in entry["records"]}.values())
     assert sum(r["SegmentsReceivedCount"] for r in records) == 3
     assert sum(r["SegmentsSentCount"] for r in records) == 3
 
