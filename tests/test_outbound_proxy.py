@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
 
 import pytest
 
@@ -20,6 +21,17 @@ SEGMENT = ('{"trace_id":"1-5759e988-bd862e3fe1be46a994272793","id":"defdfd9912dc
 @pytest.fixture
 def upstream():
     server = XRayUpstream()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_upstream(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = XRayUpstream(tls=(str(cert), str(key)))
     yield server
     server.stop()
 
@@ -64,6 +76,27 @@ def test_uploads_and_sampling_calls_go_through_the_proxy(start_xrayd, upstream, 
     assert ("POST", upstream.url + "/GetSamplingRules") in seen
     for request in upstream.seen:
         assert request.verdict.ok, request.verdict  # the signature survives the proxy
+
+
+def test_https_through_a_connect_tunnel_with_no_verify_ssl(start_xrayd, tls_upstream,
+                                                           forward_proxy):
+    run_traffic(start_xrayd, tls_upstream, ["-p", forward_proxy.url, "--no-verify-ssl"])
+    tunnels = [target for method, target in forward_proxy.seen() if method == "CONNECT"]
+    assert tunnels and set(tunnels) == {f"127.0.0.1:{tls_upstream.port}"}
+    for request in tls_upstream.seen:
+        assert request.verdict.ok, request.verdict
+    assert {s.path for s in tls_upstream.seen} >= {"/TraceSegments", "/GetSamplingRules"}
+
+
+def test_tls_is_verified_by_default(start_xrayd, tls_upstream):
+    udp, tcp = free_udp_tcp_port(), free_port()
+    daemon = start_xrayd(["-b", f"127.0.0.1:{udp}", "-t", f"127.0.0.1:{tcp}",
+                          "--endpoint", tls_upstream.url])
+    conn = http.client.HTTPConnection("127.0.0.1", tcp, timeout=15)
+    conn.request("POST", "/GetSamplingRules", body=b"{}")
+    assert conn.getresponse().status == 502  # the self-signed certificate is refused
+    assert tls_upstream.seen == []
+    wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in daemon.output)
 
 
 def test_no_proxy_bypasses_it(start_xrayd, upstream, forward_proxy):

@@ -8,6 +8,7 @@ in for the whole API where a test needs to see headers."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class XRayUpstream:
     rules: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
     seen: list[Seen] = field(default_factory=list)
+    tls: tuple[str, str] | None = None  # (certificate file, key file): serve HTTPS
 
     def __post_init__(self) -> None:
         upstream = self
@@ -81,6 +83,11 @@ class XRayUpstream:
         self._server.block_on_close = False
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
