@@ -247,3 +247,22 @@ def test_uploads_and_telemetry_failures_counted_by_a_running_daemon(upstream):
     counted = sum(r["BackendConnectionErrors"]["HTTPCode5XXCount"] for r in records)
     assert counted == failed_trace_calls + failed_telemetry_calls
     assert daemon.stats.get(names.UPLOAD_ERRORS, "http_5xx") == failed_trace_calls
+
+
+def test_a_last_record_is_sent_at_shutdown(moto):
+    from xrayd.daemon import Daemon
+
+    port = free_udp_tcp_port()
+    config = Config(udp_address=f"127.0.0.1:{port}", tcp_address=f"127.0.0.1:{port}",
+                    endpoint=moto.url, region="us-east-1", local_mode=True)
+    daemon = Daemon(config, telemetry_interval=3600)  # no periodic cycle during the test
+    daemon.start()
+    try:
+        send_udp(port, datagram(SEGMENT % 7))
+        wait_until(lambda: daemon.stats.get(names.SEGMENTS_SENT) == 1, what="upload")
+        assert moto_telemetry(moto) == []
+    finally:
+        daemon.stop(drain_seconds=5)
+    [stored] = moto_telemetry(moto)
+    [record] = stored["records"]
+    assert record["SegmentsReceivedCount"] == 1 and record["SegmentsSentCount"] == 1
