@@ -204,3 +204,26 @@ def test_hop_by_hop_stripping_is_pure():
     assert proxy.request_headers(headers) == {"X-B": "2"}
     assert proxy.is_loopback("127.0.0.1") and proxy.is_loopback("::1")
     assert not proxy.is_loopback("0.0.0.0") and not proxy.is_loopback("")
+
+
+def test_upstream_timeout_answers_504(upstream):
+    """In-process, with a short upstream timeout (the daemon's is 10 s)."""
+    import logging
+
+    from xrayd import aws
+    from xrayd.logs import RateLimitedLog
+    from xrayd.server.http import HttpServer
+
+    upstream.fault = Fault(hang=5)
+    context = aws.create_context("us-east-1", upstream.url, False, "")
+    signing = proxy.SigningProxy(context, upstream.url,
+                                 RateLimitedLog(logging.getLogger("xrayd-test-proxy")),
+                                 timeout=0.5)
+    server = HttpServer(f"127.0.0.1:{free_port()}", signing.make_app)
+    server.start()
+    try:
+        status, answer = post(server.bound[1], "/GetSamplingRules", b"{}")
+    finally:
+        server.stop()
+    assert status == 504 and json.loads(answer)["__type"] == "GatewayTimeout"
+    assert upstream.requests("/GetSamplingRules")[0].verdict.ok
