@@ -3,6 +3,7 @@ the assumed credentials, and the fall-back to the partition's primary STS region
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import urllib.request
@@ -10,6 +11,7 @@ import urllib.request
 import pytest
 
 from conftest import datagram, free_udp_tcp_port, send_udp, wait_until
+from fakes.sigv4 import verify
 from fakes.sts import ISSUED_KEY, ISSUED_SECRET, FakeSts
 from fakes.xray_upstream import XRayUpstream
 from xrayd import aws
@@ -39,19 +41,22 @@ def test_uploads_and_proxy_use_the_assumed_role(moto, upstream, start_xrayd):
         env={"AWS_ENDPOINT_URL_STS": moto.url})
     send_udp(port, datagram(SEGMENT))
     wait_until(lambda: upstream.requests("/TraceSegments"), what="upload")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    conn.request("POST", "/GetSamplingRules", body=b"{}")
+    conn.getresponse().read()
     roles = assumed_roles(moto)
     assert len(roles) == 1
     assert roles[0]["role_arn"] == ROLE and roles[0]["session_name"] == "xray-daemon"
     upstream.secrets[roles[0]["access_key_id"]] = roles[0]["secret_access_key"]
 
-    seen = upstream.requests("/TraceSegments")[0]
-    assert seen.headers["Authorization"].split("Credential=")[1].startswith(
-        roles[0]["access_key_id"] + "/")
-    assert seen.headers["X-Amz-Security-Token"] == roles[0]["session_token"]
     # Verified with the assumed role's secret (the fake learnt it from moto only now).
-    from fakes.sigv4 import verify
-    url = f"http://{seen.headers['Host']}/TraceSegments"
-    assert verify("POST", url, seen.headers, seen.body, upstream.secrets).ok
+    for path in ("/TraceSegments", "/GetSamplingRules"):
+        [seen] = upstream.requests(path)
+        assert seen.headers["Authorization"].split("Credential=")[1].startswith(
+            roles[0]["access_key_id"] + "/")
+        assert seen.headers["X-Amz-Security-Token"] == roles[0]["session_token"]
+        url = f"http://{seen.headers['Host']}{path}"
+        assert verify("POST", url, seen.headers, seen.body, upstream.secrets).ok
     assert "STS Endpoint : " in daemon.output
 
 
