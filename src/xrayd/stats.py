@@ -67,6 +67,9 @@ class Histogram:
             return list(self._counts), self._sum
 
 
+TELEMETRY_ERRORS = "telemetry_errors"  # label: error class, one per failed PutTelemetryRecords
+
+
 class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
