@@ -96,12 +96,17 @@ def test_partial_unprocessed_transient_retried_permanent_counted(upstream, start
     counts = wait_until(settled(run, sent), timeout=60, interval=0.3, what="all settled")
     samples = run.metrics()
     refused = samples.get('xrayd_segments_unprocessed_total{code="InvalidTraceId"}', 0)
-    # The permanent refusals are exactly what the API refused with that code; everything else
-    # (including the transient InternalFailure refusals) arrived, exactly once.
+    final = total(samples, "xrayd_segments_unprocessed_total")
+    # The permanent refusals are final; the transient InternalFailure refusals were retried and
+    # arrived, unless the refusals outlasted the retries (rare: jitter can pack 6 attempts into
+    # the 1.5 s window), which is counted as retries_exhausted. Nothing else is lost, nothing
+    # arrives twice.
+    assert refused > 0
+    assert final == refused + samples.get(
+        'xrayd_segments_unprocessed_total{code="retries_exhausted"}', 0)
     numbers = received_numbers(up)
     assert len(numbers) == len(set(numbers))
-    assert counts["sent"] == len(numbers) == sent - refused
-    assert refused == total(samples, "xrayd_segments_unprocessed_total") > 0
+    assert counts["sent"] == len(numbers) == sent - final
     assert up.record.refused > refused  # the InternalFailure ones were refused, then retried
 
 
