@@ -131,7 +131,7 @@ YAML_TOKENS = st.one_of(
 )
 
 
-@examples(300)
+@examples(200)
 @given(st.lists(st.tuples(KEY_NAMES, st.lists(YAML_TOKENS, min_size=1, max_size=3)),
                 max_size=6), st.booleans())
 def test_config_files_with_tricky_scalars_load_or_fail_with_a_config_error(
