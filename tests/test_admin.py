@@ -81,3 +81,34 @@ def test_two_instances_keep_their_own_numbers(admin):
     urls = [admin(Sources(s, lambda: True, lambda: (True, ""))) for s in (first, second)]
     assert [scrape(u)["xrayd_segments_sent_total"] for u in urls] == [1, 2]
     assert status(urls[0] + "/nothing") == 404
+
+
+def test_proxy_requests_are_counted_by_status(start_xrayd):
+    import http.client
+
+    from conftest import free_udp_tcp_port, wait_until
+    from fakes.xray_upstream import XRayUpstream
+
+    upstream = XRayUpstream()
+    try:
+        udp, tcp, admin_port = free_udp_tcp_port(), free_port(), free_port()
+        start_xrayd(["-b", f"127.0.0.1:{udp}", "-t", f"127.0.0.1:{tcp}", "--endpoint",
+                     upstream.url, "--admin-address", f"127.0.0.1:{admin_port}"],
+                    ready="Starting proxy http server")
+        url = f"http://127.0.0.1:{admin_port}"
+
+        def post(path: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", tcp, timeout=15)
+            conn.request("POST", path, body=b"{}")
+            return conn.getresponse().status
+
+        from test_proxy import tcp_ready
+
+        wait_until(lambda: tcp_ready(tcp), what="TCP proxy")
+        assert [post("/GetSamplingRules"), post("/GetSamplingRules"), post("/nope")] == [
+            200, 200, 404]
+        samples = scrape(url)
+        assert samples['xrayd_proxy_requests_total{status="200"}'] == 2
+        assert samples['xrayd_proxy_requests_total{status="404"}'] == 1
+    finally:
+        upstream.stop()

@@ -208,7 +208,7 @@ class Daemon:
 
         cfg, log = self.config, self.log
         proxy = SigningProxy(context, upstream, self.logs,
-                             idle_timeout=cfg.proxy_idle_conn_timeout)
+                             idle_timeout=cfg.proxy_idle_conn_timeout, stats=self.stats)
         log.info("HTTP Proxy server using X-Ray Endpoint : %s", upstream)
         try:
             host, _port = split_address(cfg.tcp_address)
