@@ -205,3 +205,21 @@ def test_unusable_spool_directory_is_a_startup_error(start_xrayd, tmp_path):
                           "--spool-dir", str(blocker / "spool")], ready=None)
     assert daemon.wait(30) == 1
     assert f"Cannot use spool directory {blocker / 'spool'}" in daemon.output
+
+
+@pytest.mark.slow
+def test_full_spool_drops_the_oldest_and_counts_them(upstream, start_xrayd, tmp_path):
+    up = upstream(Phase(0.3, "ok"), Phase(4.0, "error", status=503), Phase(float("inf"), "ok"))
+    run = start_daemon(start_xrayd, up.url, tmp_path / "spool", extra=["--spool-max-mb", "1"])
+    up.restart_schedule()
+    sent = send_at_rate(run.port, 0, 3000, 1000)
+    wait_until(lambda: run.metrics()["xrayd_spool_segments"] == 0, timeout=60)
+    counts = wait_until(settled(run, sent), timeout=60, interval=0.3, what="all settled")
+    samples = run.metrics()
+    numbers = set(received_numbers(up))
+    lost = set(range(sent)) - numbers
+    dropped = samples['xrayd_segments_dropped_total{reason="spool_full"}']
+    assert dropped > 0
+    assert len(lost) == dropped + counts["spilled"] + counts["failed"]
+    # The oldest spooled data went first: the newest documents all arrived.
+    assert set(range(sent - 1000, sent)) <= numbers
