@@ -1,0 +1,219 @@
+"""Read queries behind the X-Ray API and the viewer. Each function takes a read connection;
+answers are in the service's response shapes (times as epoch seconds)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from xrayd.store.filters import compile_filter
+from xrayd.store.merge import merge
+
+PAGE_SIZE = 100
+MAX_BATCH_TRACE_IDS = 5
+GRAPH_TRACE_LIMIT = 20000
+
+
+class QueryError(Exception):
+    """A request the store cannot answer as asked (the API's InvalidRequestException)."""
+
+
+def encode_token(start: float, trace_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([start, trace_id])).decode()
+
+
+def decode_token(token: str) -> tuple[float, str]:
+    try:
+        start, trace_id = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(start), str(trace_id)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise QueryError("Invalid NextToken") from None
+
+
+def _chunks(seq: list[str], size: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _in_list(ids: list[str]) -> str:
+    return orjson.dumps(ids).decode()
+
+
+def _annotation_value(val: Any, typ: str) -> dict[str, Any]:
+    if typ == "b":
+        return {"BooleanValue": bool(val)}
+    if typ == "n":
+        return {"NumberValue": val}
+    return {"StringValue": val}
+
+
+def trace_summaries(
+    conn: sqlite3.Connection,
+    start: float,
+    end: float,
+    filter_expression: str | None = None,
+    next_token: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> dict[str, Any]:
+    where = ["t.start >= ?", "t.start <= ?"]
+    params: list[Any] = [start, end]
+    if filter_expression:
+        sql, extra = compile_filter(filter_expression)
+        where.append(sql)
+        params.extend(extra)
+    count_sql = "SELECT count(*) FROM traces t WHERE t.start >= ? AND t.start <= ?"
+    processed = conn.execute(count_sql, (start, end)).fetchone()[0]
+    if next_token:
+        after_start, after_id = decode_token(next_token)
+        where.append("(t.start < ? OR (t.start = ? AND t.trace_id < ?))")
+        params.extend([after_start, after_start, after_id])
+    rows = conn.execute(
+        "SELECT t.trace_id, t.start, t.end, t.root_start, t.root_end, t.error, t.fault, "
+        "t.throttle, t.http_method, t.http_status, t.http_url, t.user, t.root_name, t.documents "
+        f"FROM traces t WHERE {' AND '.join(where)} "
+        "ORDER BY t.start DESC, t.trace_id DESC LIMIT ?",
+        (*params, page_size + 1),
+    ).fetchall()
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    ids = [row[0] for row in rows]
+    annotations = _annotations_of(conn, ids)
+    services = _services_of(conn, ids)
+    partial = _partial_of(conn, ids)
+    summaries = []
+    for (trace_id, t_start, t_end, r_start, r_end, error, fault, throttle, method, status, url,
+         user, root_name, documents) in rows:
+        http: dict[str, Any] = {}
+        if url is not None:
+            http["HttpURL"] = url
+        if status is not None:
+            http["HttpStatus"] = status
+        if method is not None:
+            http["HttpMethod"] = method
+        summary: dict[str, Any] = {
+            "Id": trace_id,
+            "StartTime": t_start,
+            "Duration": round((t_end - t_start), 3) if t_end is not None else 0.0,
+            "ResponseTime": (round(r_end - r_start, 3)
+                             if r_end is not None and r_start is not None else 0.0),
+            "HasFault": bool(fault),
+            "HasError": bool(error),
+            "HasThrottle": bool(throttle),
+            "IsPartial": trace_id in partial,
+            "Http": http,
+            "Annotations": annotations.get(trace_id, {}),
+            "Users": [{"UserName": user, "ServiceIds": []}] if user else [],
+            "ServiceIds": [{"Name": name, "Names": [name]} for name in services.get(trace_id, [])],
+            "Revision": documents,
+        }
+        if root_name:
+            summary["EntryPoint"] = {"Name": root_name, "Names": [root_name]}
+        summaries.append(summary)
+    answer: dict[str, Any] = {
+        "TraceSummaries": summaries,
+        "ApproximateTime": end,
+        "TracesProcessedCount": processed,
+    }
+    if more and rows:
+        last = rows[-1]
+        answer["NextToken"] = encode_token(last[1], last[0])
+    return answer
+
+
+def _annotations_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, list]]:
+    found: dict[str, dict[str, list]] = defaultdict(dict)
+    for chunk in _chunks(ids):
+        for trace_id, key, val, typ in conn.execute(
+            "SELECT trace_id, key, val, typ FROM annotations "
+            "WHERE trace_id IN (SELECT value FROM json_each(?))", (_in_list(chunk),)
+        ):
+            found[trace_id].setdefault(key, []).append(
+                {"AnnotationValue": _annotation_value(val, typ), "ServiceIds": []})
+    return found
+
+
+def _services_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = defaultdict(list)
+    for chunk in _chunks(ids):
+        for trace_id, service in conn.execute(
+            "SELECT trace_id, service FROM services "
+            "WHERE trace_id IN (SELECT value FROM json_each(?)) ORDER BY service",
+            (_in_list(chunk),),
+        ):
+            found[trace_id].append(service)
+    return found
+
+
+def _partial_of(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        found.update(row[0] for row in conn.execute(
+            "SELECT DISTINCT trace_id FROM segments WHERE in_progress = 1 "
+            "AND trace_id IN (SELECT value FROM json_each(?))", (_in_list(chunk),)))
+    return found
+
+
+def trace_documents(conn: sqlite3.Connection, trace_id: str
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(segments with their separately sent subsegments merged in, orphan subsegments)."""
+    segments: list[dict[str, Any]] = []
+    subsegments: list[dict[str, Any]] = []
+    for kind, doc in conn.execute(
+        "SELECT kind, doc FROM segments WHERE trace_id = ? ORDER BY start, pk", (trace_id,)
+    ):
+        parsed = orjson.loads(doc)
+        (segments if kind == "segment" else subsegments).append(parsed)
+    return merge(segments, subsegments)
+
+
+def batch_get_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> dict[str, Any]:
+    traces = []
+    unprocessed = []
+    for trace_id in trace_ids:
+        row = conn.execute(
+            "SELECT start, end FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+        if row is None:
+            unprocessed.append(trace_id)
+            continue
+        segments, orphans = trace_documents(conn, trace_id)
+        start, end = row
+        traces.append({
+            "Id": trace_id,
+            "Duration": round(end - start, 3) if end is not None else 0.0,
+            "LimitExceeded": False,
+            "Segments": [
+                {"Id": doc["id"], "Document": orjson.dumps(doc).decode()}
+                for doc in segments + orphans
+            ],
+        })
+    return {"Traces": traces, "UnprocessedTraceIds": unprocessed}
+
+
+def trace_ids_between(conn: sqlite3.Connection, start: float, end: float,
+                      limit: int = GRAPH_TRACE_LIMIT) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT trace_id FROM traces WHERE start >= ? AND start <= ? "
+        "ORDER BY start DESC LIMIT ?", (start, end, limit))]
+
+
+def rejected(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
+    return [
+        {"Received": received, "ErrorCode": code, "Reason": reason,
+         "Document": doc.decode("utf-8", "replace") if isinstance(doc, bytes) else str(doc)}
+        for received, code, reason, doc in conn.execute(
+            "SELECT received, code, reason, doc FROM rejected ORDER BY pk DESC LIMIT ?", (limit,))
+    ]
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        "traces": conn.execute("SELECT count(*) FROM traces").fetchone()[0],
+        "segments": conn.execute("SELECT count(*) FROM segments").fetchone()[0],
+        "rejected": conn.execute("SELECT count(*) FROM rejected").fetchone()[0],
+    }

@@ -1,0 +1,118 @@
+"""The store's SQLite schema and connection settings."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+# One row per trace, its summary kept current as documents arrive (the filters' main table).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id    TEXT PRIMARY KEY,
+    start       REAL NOT NULL,
+    end         REAL,
+    root_start  REAL,
+    root_end    REAL,
+    error       INTEGER NOT NULL DEFAULT 0,
+    fault       INTEGER NOT NULL DEFAULT 0,
+    throttle    INTEGER NOT NULL DEFAULT 0,
+    http_method TEXT,
+    http_status INTEGER,
+    http_url    TEXT,
+    user        TEXT,
+    root_name   TEXT,
+    documents   INTEGER NOT NULL DEFAULT 0,
+    updated     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
+CREATE INDEX IF NOT EXISTS traces_updated ON traces(updated);
+
+CREATE TABLE IF NOT EXISTS segments (
+    pk          INTEGER PRIMARY KEY,
+    trace_id    TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    parent_id   TEXT,
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    origin      TEXT,
+    start       REAL NOT NULL,
+    end         REAL,
+    in_progress INTEGER NOT NULL,
+    error       INTEGER NOT NULL,
+    fault       INTEGER NOT NULL,
+    throttle    INTEGER NOT NULL,
+    received    REAL NOT NULL,
+    doc         BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS segments_id ON segments(trace_id, id);
+
+CREATE TABLE IF NOT EXISTS annotations (
+    trace_id TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    val,
+    typ      TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS annotations_kv ON annotations(key, val, typ, trace_id);
+CREATE INDEX IF NOT EXISTS annotations_trace ON annotations(trace_id);
+
+CREATE TABLE IF NOT EXISTS services (
+    service  TEXT NOT NULL,
+    trace_id TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS services_name ON services(service, trace_id);
+CREATE INDEX IF NOT EXISTS services_trace ON services(trace_id);
+
+CREATE TABLE IF NOT EXISTS calls (
+    trace_id  TEXT NOT NULL,
+    id        TEXT NOT NULL,
+    owner_id  TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    start     REAL NOT NULL,
+    end       REAL,
+    error     INTEGER NOT NULL,
+    fault     INTEGER NOT NULL,
+    throttle  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS calls_id ON calls(trace_id, id);
+
+CREATE TABLE IF NOT EXISTS rejected (
+    pk       INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    code     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    doc      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_received ON rejected(received);
+"""
+
+TRACE_TABLES = ("segments", "annotations", "services", "calls", "traces")
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the store's settings; the writer's creates the schema."""
+    if not readonly and path != ":memory:":
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+    conn.execute("PRAGMA busy_timeout=10000")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new database
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.executescript(SCHEMA)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+def default_path(environ: dict[str, str] | None = None) -> str:
+    """$XDG_DATA_HOME/xrayd/traces.db, else ~/.local/share/xrayd/traces.db."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "xrayd", "traces.db")

@@ -1,0 +1,301 @@
+"""The store's one writer: a thread that commits batches of documents in transactions and
+enforces retention. Callers (the upload workers) parse documents in their own thread, hand the
+records over and wait for the commit, so a document counts as sent only once it is stored."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from xrayd.store import schema
+from xrayd.store.extract import BadDocument, Record, parse
+
+# Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
+MAX_RECORDS_PER_COMMIT = 5000
+REJECTED_DOC_BYTES = 65536
+RETENTION_CHECK_SECONDS = 30.0
+DELETE_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Retention:
+    hours: float = 72.0
+    max_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Rejection:
+    id: str
+    code: str
+    message: str
+
+
+class _Job:
+    __slots__ = ("done", "error", "records", "rejects")
+
+    def __init__(self, records: list[Record], rejects: list[tuple[BadDocument, bytes]]) -> None:
+        self.records = records
+        self.rejects = rejects
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+
+class StoreClosed(Exception):
+    pass
+
+
+_SEGMENT_UPSERT = """
+INSERT INTO segments (trace_id, id, parent_id, kind, name, origin, start, end, in_progress,
+                      error, fault, throttle, received, doc)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (trace_id, id) DO UPDATE SET
+    parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
+    origin = excluded.origin, start = excluded.start, end = excluded.end,
+    in_progress = excluded.in_progress, error = excluded.error, fault = excluded.fault,
+    throttle = excluded.throttle, received = excluded.received, doc = excluded.doc
+WHERE segments.in_progress = 1 OR excluded.in_progress = 0
+"""
+
+# Root segments (no parent) own the trace's HTTP, user and response time; other documents only
+# fill what is still unknown.
+_TRACE_UPSERT = """
+INSERT INTO traces (trace_id, start, end, root_start, root_end, error, fault, throttle,
+                    http_method, http_status, http_url, user, root_name, documents, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
+ON CONFLICT (trace_id) DO UPDATE SET
+    start = min(start, excluded.start),
+    end = max(coalesce(end, excluded.end), coalesce(excluded.end, end)),
+    root_start = coalesce(excluded.root_start, root_start),
+    root_end = coalesce(excluded.root_end, root_end),
+    error = error | excluded.error,
+    fault = fault | excluded.fault,
+    throttle = throttle | excluded.throttle,
+    http_method = CASE WHEN excluded.root_start IS NOT NULL
+        THEN coalesce(excluded.http_method, http_method)
+        ELSE coalesce(http_method, excluded.http_method) END,
+    http_status = CASE WHEN excluded.root_start IS NOT NULL
+        THEN coalesce(excluded.http_status, http_status)
+        ELSE coalesce(http_status, excluded.http_status) END,
+    http_url = CASE WHEN excluded.root_start IS NOT NULL
+        THEN coalesce(excluded.http_url, http_url)
+        ELSE coalesce(http_url, excluded.http_url) END,
+    user = coalesce(excluded.user, user),
+    root_name = coalesce(excluded.root_name, root_name),
+    documents = documents + 1,
+    updated = excluded.updated
+"""
+
+
+def annotation_value(value: object) -> tuple[object, str]:
+    """(stored value, type tag): booleans, numbers and strings compare only with their kind."""
+    if isinstance(value, bool):
+        return int(value), "b"
+    if isinstance(value, int | float):
+        return float(value), "n"
+    return str(value), "s"
+
+
+class StoreWriter:
+    def __init__(
+        self,
+        path: str,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.path = path
+        self.retention = retention or Retention()
+        self.clock = clock
+        self.log = log or logging.getLogger("xrayd")
+        self.conn = schema.connect(path)
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._last_retention = 0.0
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    # --- callers' side -------------------------------------------------------------------
+    def write(self, docs: Sequence[bytes], timeout: float = 60.0) -> list[Rejection]:
+        """Store ``docs``; the rejected ones, with the service's error codes."""
+        records: list[Record] = []
+        rejects: list[tuple[BadDocument, bytes]] = []
+        for doc in docs:
+            try:
+                records.append(parse(doc))
+            except BadDocument as bad:
+                rejects.append((bad, doc))
+        job = _Job(records, rejects)
+        with self._cond:
+            if self._closed:
+                raise StoreClosed("the trace store is closed")
+            self._jobs.append(job)
+            self._cond.notify()
+        if not job.done.wait(timeout):
+            raise TimeoutError("the trace store did not commit in time")
+        if job.error is not None:
+            raise job.error
+        return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in rejects]
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def enforce_retention_now(self) -> None:
+        """Run retention at the writer's next turn (used by tests and at start-up)."""
+        with self._cond:
+            self._last_retention = float("-inf")
+            self._cond.notify()
+
+    # --- the writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed and not self._retention_due():
+                    self._cond.wait(RETENTION_CHECK_SECONDS)
+                jobs: list[_Job] = []
+                count = 0
+                while self._jobs and count < MAX_RECORDS_PER_COMMIT:
+                    job = self._jobs.popleft()
+                    jobs.append(job)
+                    count += len(job.records) + len(job.rejects)
+                closing = self._closed and not self._jobs
+            if jobs:
+                self._commit(jobs)
+            if self._retention_due():
+                self._run_retention()
+            if closing:
+                self.conn.close()
+                return
+
+    def _retention_due(self) -> bool:
+        return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        now = self.clock()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                self._insert(job.records, now)
+                self._insert_rejects(job.rejects, now)
+            self.conn.execute("COMMIT")
+        except Exception as exc:  # a disk or database problem: the batch is not stored
+            with contextlib.suppress(Exception):
+                self.conn.execute("ROLLBACK")
+            for job in jobs:
+                job.error = exc
+        for job in jobs:
+            job.done.set()
+
+    def _insert(self, records: list[Record], now: float) -> None:
+        segments, traces, annotations, services, calls = [], [], [], [], []
+        for r in records:
+            segments.append((
+                r.trace_id, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
+                int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now, r.doc,
+            ))
+            root = r.kind == "segment" and r.parent_id is None
+            traces.append((
+                r.trace_id, r.start, r.end, r.start if root else None,
+                (r.end if r.end is not None else None) if root else None,
+                int(r.error), int(r.fault), int(r.throttle), r.http_method, r.http_status,
+                r.http_url, r.user, r.name if root else None, now,
+            ))
+            for key, value in r.annotations:
+                stored, tag = annotation_value(value)
+                annotations.append((r.trace_id, key, stored, tag))
+            if r.kind == "segment":
+                services.append((r.name, r.trace_id))
+            for call in r.calls:
+                services.append((call.name, r.trace_id))
+                calls.append((
+                    r.trace_id, call.id, call.owner_id or r.id, call.name, call.namespace, call.start, call.end,
+                    int(call.error), int(call.fault), int(call.throttle),
+                ))
+        execute = self.conn.executemany
+        execute(_SEGMENT_UPSERT, segments)
+        execute(_TRACE_UPSERT, traces)
+        if annotations:
+            execute("INSERT OR IGNORE INTO annotations (trace_id, key, val, typ) "
+                    "VALUES (?, ?, ?, ?)", annotations)
+        if services:
+            execute("INSERT OR IGNORE INTO services (service, trace_id) VALUES (?, ?)", services)
+        if calls:
+            execute("INSERT OR REPLACE INTO calls (trace_id, id, owner_id, name, namespace, "
+                    "start, end, error, fault, throttle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    calls)
+
+    def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
+        if rejects:
+            self.conn.executemany(
+                "INSERT INTO rejected (received, code, reason, doc) VALUES (?, ?, ?, ?)",
+                [(now, bad.code, str(bad), doc[:REJECTED_DOC_BYTES]) for bad, doc in rejects],
+            )
+
+    # --- retention -----------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size
+
+    def _delete_traces(self, trace_ids: list[str]) -> None:
+        ids = orjson.dumps(trace_ids).decode()
+        self.conn.execute("BEGIN IMMEDIATE")
+        for table in schema.TRACE_TABLES:
+            self.conn.execute(
+                f"DELETE FROM {table} WHERE trace_id IN (SELECT value FROM json_each(?))", (ids,))
+        self.conn.execute("COMMIT")
+
+    def _run_retention(self) -> None:
+        self._last_retention = time.monotonic()
+        try:
+            removed = self.apply_retention()
+        except Exception as exc:
+            self.log.error("Trace store retention failed: %s", exc)
+            return
+        if removed:
+            self.log.info("Trace store retention removed %d traces", removed)
+
+    def apply_retention(self) -> int:
+        """Remove traces older than the age limit, then the oldest until under the size limit;
+        the number of traces removed."""
+        removed = 0
+        cutoff = self.clock() - self.retention.hours * 3600.0
+        while True:
+            ids = [row[0] for row in self.conn.execute(
+                "SELECT trace_id FROM traces WHERE updated < ? LIMIT ?", (cutoff, DELETE_CHUNK))]
+            if not ids:
+                break
+            self._delete_traces(ids)
+            removed += len(ids)
+        self.conn.execute("DELETE FROM rejected WHERE received < ?", (cutoff,))
+        # Size: drop the oldest traces (and rejected documents) until 90 % of the limit.
+        target = self.retention.max_bytes * 0.9
+        if self.used_bytes() > self.retention.max_bytes:
+            while self.used_bytes() > target:
+                total = self.conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+                if total == 0:
+                    self.conn.execute("DELETE FROM rejected")
+                    break
+                chunk = max(1, min(DELETE_CHUNK, total // 10))
+                ids = [row[0] for row in self.conn.execute(
+                    "SELECT trace_id FROM traces ORDER BY updated LIMIT ?", (chunk,))]
+                self._delete_traces(ids)
+                self.conn.execute(
+                    "DELETE FROM rejected WHERE pk IN "
+                    "(SELECT pk FROM rejected ORDER BY received LIMIT ?)", (chunk,))
+                removed += len(ids)
+        if removed:
+            self.conn.execute("PRAGMA incremental_vacuum")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
