@@ -55,6 +55,7 @@ class Daemon:
         self.receiver = None
         self.uploader = None
         self.queue = None
+        self.offline = None
 
     def start(self) -> None:
         cfg = self.config
@@ -76,6 +77,10 @@ class Daemon:
             raise StartupError(str(exc)) from None
         log.info("Using buffer memory limit of %d MB", megabytes)
         log.info("%d segment buffers allocated", budget.original_buffer_count(megabytes))
+
+        if cfg.offline:
+            self._start_offline(sock, megabytes)
+            return
 
         # Heavy imports (botocore) only now that the port is bound.
         from xrayd import aws
@@ -112,6 +117,30 @@ class Daemon:
         self.uploader.start()
         self.receiver.start()
 
+    def _start_offline(self, sock, megabytes: int) -> None:
+        """Offline mode: the same pipeline into the local store; no region, no credentials."""
+        from xrayd import offline
+        from xrayd.receivers.udp import UdpReceiver
+        from xrayd.segment_queue import SegmentQueue
+        from xrayd.uploader import Uploader
+
+        try:
+            self.offline = offline.start(self.config, self.log)
+        except offline.OfflineError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from None
+        batcher = Batcher(budget=megabytes * budget.MIB)
+        self.queue = SegmentQueue(batcher, time.monotonic)
+        self.uploader = Uploader(self.queue, self.offline.exporter, self.stats, self.logs,
+                                 self.config.concurrency)
+        self.receiver = UdpReceiver(
+            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
+        )
+        self.log.debug("Batch size: %d", batcher.max_batch)
+        self.uploader.start()
+        self.receiver.start()
+        self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
+
     def _spilled(self, spill: Spill) -> None:
         if spill.evicted:
             self.stats.add(SEGMENTS_SPILLED, spill.evicted, label="evicted_oldest")
@@ -135,6 +164,8 @@ class Daemon:
         log.debug("Shutdown Initiated. Current epoch in nanoseconds: %d", time.time_ns())
         if self.receiver is not None:
             self.receiver.stop()
+        if self.offline is not None:
+            self.offline.stop()
         if self.queue is not None and self.uploader is not None:
             self.queue.close()
             if not self.queue.wait_drained(drain_seconds):
