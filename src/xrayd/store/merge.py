@@ -27,6 +27,12 @@ def _attach(parent: dict, child: dict) -> None:
             subs[i] = child
             return
     subs.append(child)
+    subs.sort(key=_start)
+
+
+def _start(entity: object) -> float:
+    value = entity.get("start_time") if isinstance(entity, dict) else None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def merge(segments: list[dict[str, Any]], subsegments: list[dict[str, Any]]
