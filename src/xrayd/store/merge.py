@@ -24,6 +24,14 @@ def _attach(parent: dict, child: dict) -> None:
         subs = parent["subsegments"] = []
     for i, existing in enumerate(subs):
         if isinstance(existing, dict) and existing.get("id") == child.get("id"):
+            # The complete document replaces its in-progress version; children attached to
+            # the old one stay.
+            kept = [s for s in existing.get("subsegments") or () if isinstance(s, dict)]
+            if kept:
+                own = child.setdefault("subsegments", [])
+                ids = {s.get("id") for s in own if isinstance(s, dict)}
+                own.extend(s for s in kept if s.get("id") not in ids)
+                own.sort(key=_start)
             subs[i] = child
             return
     subs.append(child)

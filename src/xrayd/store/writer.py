@@ -218,8 +218,8 @@ class StoreWriter:
             for call in r.calls:
                 services.append((call.name, r.trace_id))
                 calls.append((
-                    r.trace_id, call.id, call.owner_id or r.id, call.name, call.namespace, call.start, call.end,
-                    int(call.error), int(call.fault), int(call.throttle),
+                    r.trace_id, call.id, call.owner_id or r.id, call.name, call.namespace,
+                    call.start, call.end, int(call.error), int(call.fault), int(call.throttle),
                 ))
         execute = self.conn.executemany
         execute(_SEGMENT_UPSERT, segments)
