@@ -99,8 +99,8 @@ def trace_summaries(
         summary: dict[str, Any] = {
             "Id": trace_id,
             "StartTime": t_start,
-            "Duration": round((t_end - t_start), 3) if t_end is not None else 0.0,
-            "ResponseTime": (round(r_end - r_start, 3)
+            "Duration": (t_end - t_start) if t_end is not None else 0.0,
+            "ResponseTime": ((r_end - r_start)
                              if r_end is not None and r_start is not None else 0.0),
             "HasFault": bool(fault),
             "HasError": bool(error),
@@ -185,7 +185,7 @@ def batch_get_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> dict[str
         start, end = row
         traces.append({
             "Id": trace_id,
-            "Duration": round(end - start, 3) if end is not None else 0.0,
+            "Duration": (end - start) if end is not None else 0.0,
             "LimitExceeded": False,
             "Segments": [
                 {"Id": doc["id"], "Document": orjson.dumps(doc).decode()}
