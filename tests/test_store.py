@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import orjson
+import pytest
 
 from xrayd.store import queries, schema
 from xrayd.store.extract import parse
@@ -65,7 +66,7 @@ def test_out_of_order_in_progress_document_does_not_replace_the_final_one(tmp_pa
     writer.write([started])
     conn = schema.connect(writer.path, readonly=True)
     [summary] = queries.trace_summaries(conn, 0, 2000)["TraceSummaries"]
-    assert summary["IsPartial"] is False and summary["Duration"] == 0.1
+    assert summary["IsPartial"] is False and summary["Duration"] == pytest.approx(0.1)
     writer.close()
 
 

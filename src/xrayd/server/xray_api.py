@@ -208,7 +208,7 @@ class XRayApi:
         start, end = time_range(body)
 
         def build(conn):
-            return graph.build(conn, queries.trace_ids_between(conn, start, end))
+            return graph.build(conn, queries.trace_keys_between(conn, start, end))
 
         services = await self.reader.run(build)
         return {"StartTime": start, "EndTime": end, "Services": services,
@@ -216,7 +216,7 @@ class XRayApi:
 
     async def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = trace_ids(body, None)
-        return {"Services": await self.reader.run(graph.build, ids)}
+        return {"Services": await self.reader.run(graph.build_for_ids, ids)}
 
     # --- sampling --------------------------------------------------------------------
     async def get_sampling_rules(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -110,22 +110,27 @@ def _remote_type(name: str, namespace: str) -> str:
     return f"AWS::{name}" if namespace == "aws" else "remote"
 
 
-def build(conn: sqlite3.Connection, trace_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """The services and edges of the given traces."""
+def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str, Any]]:
+    """The services and edges of the given traces (by store key)."""
     graph = _Graph()
-    ids = list(trace_ids)
-    for i in range(0, len(ids), 500):
-        chunk = orjson.dumps(ids[i:i + 500]).decode()
+    keys = list(trace_keys)
+    for i in range(0, len(keys), 500):
+        chunk = orjson.dumps(keys[i:i + 500]).decode()
         segments = conn.execute(
-            "SELECT trace_id, id, parent_id, kind, name, origin, start, end, error, fault, "
-            "throttle FROM segments WHERE trace_id IN (SELECT value FROM json_each(?)) "
-            "ORDER BY trace_id", (chunk,)).fetchall()
-        calls = conn.execute(
-            "SELECT trace_id, id, owner_id, name, namespace, start, end, error, fault, throttle "
-            "FROM calls WHERE trace_id IN (SELECT value FROM json_each(?)) ORDER BY trace_id",
-            (chunk,)).fetchall()
-        _add(graph, segments, calls)
+            "SELECT tkey, id, parent_id, kind, name, origin, start, end, error, fault, "
+            "throttle, calls FROM segments WHERE tkey IN (SELECT value FROM json_each(?)) "
+            "ORDER BY tkey", (chunk,)).fetchall()
+        calls = [(row[0], *call) for row in segments if row[-1]
+                 for call in orjson.loads(row[-1])]
+        _add(graph, [row[:-1] for row in segments], calls)
     return graph.services()
+
+
+def build_for_ids(conn: sqlite3.Connection, trace_ids: Iterable[str]) -> list[dict[str, Any]]:
+    from xrayd.store.queries import known_trace_key
+
+    keys = [known_trace_key(conn, trace_id) for trace_id in trace_ids]
+    return build(conn, [k for k in keys if k is not None])
 
 
 def _add(graph: _Graph, segments: list[tuple], calls: list[tuple]) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from xrayd.store.extract import TRACE_ID
 from xrayd.store.filters import compile_filter
 from xrayd.store.merge import merge
+from xrayd.store.schema import trace_key
 
 PAGE_SIZE = 100
 MAX_BATCH_TRACE_IDS = 5
@@ -34,23 +34,6 @@ def decode_token(token: str) -> tuple[float, str]:
         return float(start), str(trace_id)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise QueryError("Invalid NextToken") from None
-
-
-def _chunks(seq: list[str], size: int = 500) -> Iterable[list[str]]:
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
-
-
-def _in_list(ids: list[str]) -> str:
-    return orjson.dumps(ids).decode()
-
-
-def _annotation_value(val: Any, typ: str) -> dict[str, Any]:
-    if typ == "b":
-        return {"BooleanValue": bool(val)}
-    if typ == "n":
-        return {"NumberValue": val}
-    return {"StringValue": val}
 
 
 def trace_summaries(
@@ -75,20 +58,18 @@ def trace_summaries(
         params.extend([after_start, after_start, after_id])
     rows = conn.execute(
         "SELECT t.trace_id, t.start, t.end, t.root_start, t.root_end, t.error, t.fault, "
-        "t.throttle, t.http_method, t.http_status, t.http_url, t.user, t.root_name, t.documents "
+        "t.throttle, t.http_method, t.http_status, t.http_url, t.user, t.root_name, t.documents, "
+        "t.annotations, t.services, t.tkey "
         f"FROM traces t WHERE {' AND '.join(where)} "
         "ORDER BY t.start DESC, t.trace_id DESC LIMIT ?",
         (*params, page_size + 1),
     ).fetchall()
     more = len(rows) > page_size
     rows = rows[:page_size]
-    ids = [row[0] for row in rows]
-    annotations = _annotations_of(conn, ids)
-    services = _services_of(conn, ids)
-    partial = _partial_of(conn, ids)
+    partial = _partial_of(conn, [row[-1] for row in rows])
     summaries = []
     for (trace_id, t_start, t_end, r_start, r_end, error, fault, throttle, method, status, url,
-         user, root_name, documents) in rows:
+         user, root_name, documents, notes, names, tkey) in rows:
         http: dict[str, Any] = {}
         if url is not None:
             http["HttpURL"] = url
@@ -105,11 +86,15 @@ def trace_summaries(
             "HasFault": bool(fault),
             "HasError": bool(error),
             "HasThrottle": bool(throttle),
-            "IsPartial": trace_id in partial,
+            "IsPartial": tkey in partial,
             "Http": http,
-            "Annotations": annotations.get(trace_id, {}),
+            "Annotations": {
+                key: [{"AnnotationValue": _annotation_json(value), "ServiceIds": []}]
+                for key, value in orjson.loads(notes).items()
+            },
             "Users": [{"UserName": user, "ServiceIds": []}] if user else [],
-            "ServiceIds": [{"Name": name, "Names": [name]} for name in services.get(trace_id, [])],
+            "ServiceIds": [{"Name": name, "Names": [name]}
+                           for name in sorted(orjson.loads(names))],
             "Revision": documents,
         }
         if root_name:
@@ -126,37 +111,29 @@ def trace_summaries(
     return answer
 
 
-def _annotations_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, list]]:
-    found: dict[str, dict[str, list]] = defaultdict(dict)
-    for chunk in _chunks(ids):
-        for trace_id, key, val, typ in conn.execute(
-            "SELECT trace_id, key, val, typ FROM annotations "
-            "WHERE trace_id IN (SELECT value FROM json_each(?))", (_in_list(chunk),)
-        ):
-            found[trace_id].setdefault(key, []).append(
-                {"AnnotationValue": _annotation_value(val, typ), "ServiceIds": []})
-    return found
+def _annotation_json(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"BooleanValue": value}
+    if isinstance(value, int | float):
+        return {"NumberValue": float(value)}
+    return {"StringValue": str(value)}
 
 
-def _services_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = defaultdict(list)
-    for chunk in _chunks(ids):
-        for trace_id, service in conn.execute(
-            "SELECT trace_id, service FROM services "
-            "WHERE trace_id IN (SELECT value FROM json_each(?)) ORDER BY service",
-            (_in_list(chunk),),
-        ):
-            found[trace_id].append(service)
-    return found
+def _partial_of(conn: sqlite3.Connection, keys: list[int]) -> set[int]:
+    if not keys:
+        return set()
+    return {row[0] for row in conn.execute(
+        "SELECT DISTINCT tkey FROM segments WHERE in_progress = 1 "
+        "AND tkey IN (SELECT value FROM json_each(?))", (orjson.dumps(keys).decode(),))}
 
 
-def _partial_of(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(ids):
-        found.update(row[0] for row in conn.execute(
-            "SELECT DISTINCT trace_id FROM segments WHERE in_progress = 1 "
-            "AND trace_id IN (SELECT value FROM json_each(?))", (_in_list(chunk),)))
-    return found
+def known_trace_key(conn: sqlite3.Connection, trace_id: str) -> int | None:
+    """The store's key of a trace id, None when the trace is not stored."""
+    if not TRACE_ID.match(trace_id):
+        return None
+    tkey = trace_key(trace_id)
+    row = conn.execute("SELECT trace_id FROM traces WHERE tkey = ?", (tkey,)).fetchone()
+    return tkey if row is not None and row[0] == trace_id else None
 
 
 def trace_documents(conn: sqlite3.Connection, trace_id: str
@@ -164,8 +141,11 @@ def trace_documents(conn: sqlite3.Connection, trace_id: str
     """(segments with their separately sent subsegments merged in, orphan subsegments)."""
     segments: list[dict[str, Any]] = []
     subsegments: list[dict[str, Any]] = []
+    tkey = known_trace_key(conn, trace_id)
+    if tkey is None:
+        return [], []
     for kind, doc in conn.execute(
-        "SELECT kind, doc FROM segments WHERE trace_id = ? ORDER BY start, pk", (trace_id,)
+        "SELECT kind, doc FROM segments WHERE tkey = ? ORDER BY start, skey", (tkey,)
     ):
         parsed = orjson.loads(doc)
         (segments if kind == "segment" else subsegments).append(parsed)
@@ -176,8 +156,9 @@ def batch_get_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> dict[str
     traces = []
     unprocessed = []
     for trace_id in trace_ids:
-        row = conn.execute(
-            "SELECT start, end FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+        tkey = known_trace_key(conn, trace_id)
+        row = None if tkey is None else conn.execute(
+            "SELECT start, end FROM traces WHERE tkey = ?", (tkey,)).fetchone()
         if row is None:
             unprocessed.append(trace_id)
             continue
@@ -195,10 +176,10 @@ def batch_get_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> dict[str
     return {"Traces": traces, "UnprocessedTraceIds": unprocessed}
 
 
-def trace_ids_between(conn: sqlite3.Connection, start: float, end: float,
-                      limit: int = GRAPH_TRACE_LIMIT) -> list[str]:
+def trace_keys_between(conn: sqlite3.Connection, start: float, end: float,
+                       limit: int = GRAPH_TRACE_LIMIT) -> list[int]:
     return [row[0] for row in conn.execute(
-        "SELECT trace_id FROM traces WHERE start >= ? AND start <= ? "
+        "SELECT tkey FROM traces WHERE start >= ? AND start <= ? "
         "ORDER BY start DESC LIMIT ?", (start, end, limit))]
 
 

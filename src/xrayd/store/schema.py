@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# One row per trace, its summary kept current as documents arrive (the filters' main table).
+# Keys are 64-bit integers derived from the ids (trace_key, segment_key): random text keys made
+# every index insert several times slower. Each trace's annotations and services are also kept
+# as JSON on its row, so a page of summaries and retention need no extra index.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
-    trace_id    TEXT PRIMARY KEY,
+    tkey        INTEGER PRIMARY KEY,
+    trace_id    TEXT NOT NULL,
     start       REAL NOT NULL,
     end         REAL,
     root_start  REAL,
@@ -24,14 +28,15 @@ CREATE TABLE IF NOT EXISTS traces (
     user        TEXT,
     root_name   TEXT,
     documents   INTEGER NOT NULL DEFAULT 0,
-    updated     REAL NOT NULL
+    updated     REAL NOT NULL,
+    annotations TEXT NOT NULL DEFAULT '{}',
+    services    TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
-CREATE INDEX IF NOT EXISTS traces_updated ON traces(updated);
 
 CREATE TABLE IF NOT EXISTS segments (
-    pk          INTEGER PRIMARY KEY,
-    trace_id    TEXT NOT NULL,
+    skey        INTEGER PRIMARY KEY,
+    tkey        INTEGER NOT NULL,
     id          TEXT NOT NULL,
     parent_id   TEXT,
     kind        TEXT NOT NULL,
@@ -44,39 +49,24 @@ CREATE TABLE IF NOT EXISTS segments (
     fault       INTEGER NOT NULL,
     throttle    INTEGER NOT NULL,
     received    REAL NOT NULL,
+    calls       TEXT,
     doc         BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS segments_id ON segments(trace_id, id);
+CREATE INDEX IF NOT EXISTS segments_trace ON segments(tkey);
 
 CREATE TABLE IF NOT EXISTS annotations (
-    trace_id TEXT NOT NULL,
-    key      TEXT NOT NULL,
-    val,
-    typ      TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS annotations_kv ON annotations(key, val, typ, trace_id);
-CREATE INDEX IF NOT EXISTS annotations_trace ON annotations(trace_id);
+    key  TEXT NOT NULL,
+    typ  TEXT NOT NULL,
+    val  NOT NULL,
+    tkey INTEGER NOT NULL,
+    PRIMARY KEY (key, typ, val, tkey)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS services (
-    service  TEXT NOT NULL,
-    trace_id TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS services_name ON services(service, trace_id);
-CREATE INDEX IF NOT EXISTS services_trace ON services(trace_id);
-
-CREATE TABLE IF NOT EXISTS calls (
-    trace_id  TEXT NOT NULL,
-    id        TEXT NOT NULL,
-    owner_id  TEXT NOT NULL,
-    name      TEXT NOT NULL,
-    namespace TEXT NOT NULL,
-    start     REAL NOT NULL,
-    end       REAL,
-    error     INTEGER NOT NULL,
-    fault     INTEGER NOT NULL,
-    throttle  INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS calls_id ON calls(trace_id, id);
+    name TEXT NOT NULL,
+    tkey INTEGER NOT NULL,
+    PRIMARY KEY (name, tkey)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS rejected (
     pk       INTEGER PRIMARY KEY,
@@ -88,7 +78,36 @@ CREATE TABLE IF NOT EXISTS rejected (
 CREATE INDEX IF NOT EXISTS rejected_received ON rejected(received);
 """
 
-TRACE_TABLES = ("segments", "annotations", "services", "calls", "traces")
+_MASK = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15
+
+
+def _signed(value: int) -> int:
+    value &= _MASK
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def trace_key(trace_id: str) -> int:
+    """A 64-bit key of a trace id (``1-<8 hex time>-<24 hex random>``, already validated)."""
+    return _signed(int(trace_id[-16:], 16) ^ (int(trace_id[2:10], 16) << 24)
+                   ^ int(trace_id[11:19], 16))
+
+
+def segment_key(tkey: int, segment_id: str) -> int:
+    """A 64-bit key of a segment within its trace (distinct ids give distinct keys). The trace
+    key is mixed by an odd multiplier so that structured ids (counters) do not collide across
+    traces."""
+    mixed = (tkey * _MIX) & _MASK
+    if len(segment_id) <= 16:
+        try:
+            return _signed(mixed ^ int(segment_id, 16))
+        except ValueError:
+            pass
+    digest = hashlib.blake2b(segment_id.encode("utf-8", "replace"), digest_size=8).digest()
+    return _signed(mixed ^ int.from_bytes(digest, "big") ^ (1 << 62))
+
+
+
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
@@ -105,6 +124,12 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version and version != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"trace store schema version {version}, this xrayd uses {SCHEMA_VERSION}: "
+            "move the old file away or use another --store path")
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn

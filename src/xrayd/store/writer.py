@@ -52,24 +52,27 @@ class StoreClosed(Exception):
 
 
 _SEGMENT_UPSERT = """
-INSERT INTO segments (trace_id, id, parent_id, kind, name, origin, start, end, in_progress,
-                      error, fault, throttle, received, doc)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (trace_id, id) DO UPDATE SET
+INSERT INTO segments (skey, tkey, id, parent_id, kind, name, origin, start, end, in_progress,
+                      error, fault, throttle, received, calls, doc)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (skey) DO UPDATE SET
     parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
     origin = excluded.origin, start = excluded.start, end = excluded.end,
     in_progress = excluded.in_progress, error = excluded.error, fault = excluded.fault,
-    throttle = excluded.throttle, received = excluded.received, doc = excluded.doc
-WHERE segments.in_progress = 1 OR excluded.in_progress = 0
+    throttle = excluded.throttle, received = excluded.received, calls = excluded.calls,
+    doc = excluded.doc
+WHERE (segments.in_progress = 1 OR excluded.in_progress = 0)
+    AND segments.tkey = excluded.tkey AND segments.id = excluded.id
 """
 
 # Root segments (no parent) own the trace's HTTP, user and response time; other documents only
 # fill what is still unknown.
 _TRACE_UPSERT = """
-INSERT INTO traces (trace_id, start, end, root_start, root_end, error, fault, throttle,
-                    http_method, http_status, http_url, user, root_name, documents, updated)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
-ON CONFLICT (trace_id) DO UPDATE SET
+INSERT INTO traces (tkey, trace_id, start, end, root_start, root_end, error, fault, throttle,
+                    http_method, http_status, http_url, user, root_name, documents, updated,
+                    annotations, services)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+ON CONFLICT (tkey) DO UPDATE SET
     start = min(start, excluded.start),
     end = max(coalesce(end, excluded.end), coalesce(excluded.end, end)),
     root_start = coalesce(excluded.root_start, root_start),
@@ -89,7 +92,12 @@ ON CONFLICT (trace_id) DO UPDATE SET
     user = coalesce(excluded.user, user),
     root_name = coalesce(excluded.root_name, root_name),
     documents = documents + 1,
-    updated = excluded.updated
+    updated = excluded.updated,
+    annotations = CASE WHEN excluded.annotations = '{}' THEN annotations
+        ELSE json_patch(annotations, excluded.annotations) END,
+    services = CASE WHEN excluded.services = '{}' THEN services
+        ELSE json_patch(services, excluded.services) END
+WHERE trace_id = excluded.trace_id
 """
 
 
@@ -197,42 +205,43 @@ class StoreWriter:
             job.done.set()
 
     def _insert(self, records: list[Record], now: float) -> None:
-        segments, traces, annotations, services, calls = [], [], [], [], []
+        segments, traces, annotations, services = [], [], [], []
+        dumps = orjson.dumps
         for r in records:
+            tkey = schema.trace_key(r.trace_id)
+            calls = None
+            if r.calls:
+                calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
+                                int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
             segments.append((
-                r.trace_id, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now, r.doc,
+                schema.segment_key(tkey, r.id), tkey, r.id, r.parent_id, r.kind, r.name,
+                r.origin, r.start, r.end, int(r.in_progress), int(r.error), int(r.fault),
+                int(r.throttle), now, calls, r.doc,
             ))
-            root = r.kind == "segment" and r.parent_id is None
-            traces.append((
-                r.trace_id, r.start, r.end, r.start if root else None,
-                (r.end if r.end is not None else None) if root else None,
-                int(r.error), int(r.fault), int(r.throttle), r.http_method, r.http_status,
-                r.http_url, r.user, r.name if root else None, now,
-            ))
+            names = {c.name: 1 for c in r.calls}
+            if r.kind == "segment":
+                names[r.name] = 1
+            notes = {}
             for key, value in r.annotations:
                 stored, tag = annotation_value(value)
-                annotations.append((r.trace_id, key, stored, tag))
-            if r.kind == "segment":
-                services.append((r.name, r.trace_id))
-            for call in r.calls:
-                services.append((call.name, r.trace_id))
-                calls.append((
-                    r.trace_id, call.id, call.owner_id or r.id, call.name, call.namespace,
-                    call.start, call.end, int(call.error), int(call.fault), int(call.throttle),
-                ))
+                annotations.append((key, tag, stored, tkey))
+                notes[key] = value
+            services.extend((name, tkey) for name in names)
+            root = r.kind == "segment" and r.parent_id is None
+            traces.append((
+                tkey, r.trace_id, r.start, r.end, r.start if root else None,
+                r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
+                r.http_method, r.http_status, r.http_url, r.user, r.name if root else None,
+                now, dumps(notes).decode(), dumps(names).decode(),
+            ))
         execute = self.conn.executemany
         execute(_SEGMENT_UPSERT, segments)
         execute(_TRACE_UPSERT, traces)
         if annotations:
-            execute("INSERT OR IGNORE INTO annotations (trace_id, key, val, typ) "
-                    "VALUES (?, ?, ?, ?)", annotations)
+            execute("INSERT OR IGNORE INTO annotations (key, typ, val, tkey) VALUES (?, ?, ?, ?)",
+                    annotations)
         if services:
-            execute("INSERT OR IGNORE INTO services (service, trace_id) VALUES (?, ?)", services)
-        if calls:
-            execute("INSERT OR REPLACE INTO calls (trace_id, id, owner_id, name, namespace, "
-                    "start, end, error, fault, throttle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    calls)
+            execute("INSERT OR IGNORE INTO services (name, tkey) VALUES (?, ?)", services)
 
     def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
         if rejects:
@@ -248,12 +257,21 @@ class StoreWriter:
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
-    def _delete_traces(self, trace_ids: list[str]) -> None:
-        ids = orjson.dumps(trace_ids).decode()
+    def _delete_traces(self, rows: list[tuple[int, str, str]]) -> None:
+        """Delete traces given as (tkey, annotations JSON, services JSON) rows."""
+        annotations, services = [], []
+        for tkey, notes, names in rows:
+            for key, value in orjson.loads(notes).items():
+                stored, tag = annotation_value(value)
+                annotations.append((key, tag, stored, tkey))
+            services.extend((name, tkey) for name in orjson.loads(names))
+        keys = [(row[0],) for row in rows]
         self.conn.execute("BEGIN IMMEDIATE")
-        for table in schema.TRACE_TABLES:
-            self.conn.execute(
-                f"DELETE FROM {table} WHERE trace_id IN (SELECT value FROM json_each(?))", (ids,))
+        self.conn.executemany("DELETE FROM annotations WHERE key = ? AND typ = ? AND val = ? "
+                              "AND tkey = ?", annotations)
+        self.conn.executemany("DELETE FROM services WHERE name = ? AND tkey = ?", services)
+        self.conn.executemany("DELETE FROM segments WHERE tkey = ?", keys)
+        self.conn.executemany("DELETE FROM traces WHERE tkey = ?", keys)
         self.conn.execute("COMMIT")
 
     def _run_retention(self) -> None:
@@ -267,17 +285,18 @@ class StoreWriter:
             self.log.info("Trace store retention removed %d traces", removed)
 
     def apply_retention(self) -> int:
-        """Remove traces older than the age limit, then the oldest until under the size limit;
-        the number of traces removed."""
+        """Remove traces that started before the age limit, then the oldest until under the
+        size limit; the number of traces removed."""
         removed = 0
         cutoff = self.clock() - self.retention.hours * 3600.0
         while True:
-            ids = [row[0] for row in self.conn.execute(
-                "SELECT trace_id FROM traces WHERE updated < ? LIMIT ?", (cutoff, DELETE_CHUNK))]
-            if not ids:
+            rows = self.conn.execute(
+                "SELECT tkey, annotations, services FROM traces WHERE start < ? LIMIT ?",
+                (cutoff, DELETE_CHUNK)).fetchall()
+            if not rows:
                 break
-            self._delete_traces(ids)
-            removed += len(ids)
+            self._delete_traces(rows)
+            removed += len(rows)
         self.conn.execute("DELETE FROM rejected WHERE received < ?", (cutoff,))
         # Size: drop the oldest traces (and rejected documents) until 90 % of the limit.
         target = self.retention.max_bytes * 0.9
@@ -288,13 +307,14 @@ class StoreWriter:
                     self.conn.execute("DELETE FROM rejected")
                     break
                 chunk = max(1, min(DELETE_CHUNK, total // 10))
-                ids = [row[0] for row in self.conn.execute(
-                    "SELECT trace_id FROM traces ORDER BY updated LIMIT ?", (chunk,))]
-                self._delete_traces(ids)
+                rows = self.conn.execute(
+                    "SELECT tkey, annotations, services FROM traces ORDER BY start LIMIT ?",
+                    (chunk,)).fetchall()
+                self._delete_traces(rows)
                 self.conn.execute(
                     "DELETE FROM rejected WHERE pk IN "
                     "(SELECT pk FROM rejected ORDER BY received LIMIT ?)", (chunk,))
-                removed += len(ids)
+                removed += len(rows)
         if removed:
             self.conn.execute("PRAGMA incremental_vacuum")
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
