@@ -18,7 +18,7 @@ class LocalExporter:
 
     def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
         try:
-            rejected = self.writer.write(docs)
+            rejected = self.writer.write(docs, wait=False)
         except StoreClosed as exc:
             raise UploadError(str(exc), "other", False) from exc
         except TimeoutError as exc:

@@ -45,7 +45,7 @@ _BOOLEAN_KEYWORDS = {
     "fault": "t.fault = 1",
     "throttle": "t.throttle = 1",
     "ok": "(t.error = 0 AND t.fault = 0 AND t.throttle = 0)",
-    "partial": "EXISTS (SELECT 1 FROM segments p WHERE p.tkey = t.tkey AND p.in_progress = 1)",
+    "partial": "EXISTS (SELECT 1 FROM segments p WHERE p.tpk = t.pk AND p.in_progress = 1)",
 }
 _NUMBER_KEYWORDS = {
     "responsetime": "(t.root_end - t.root_start)",
@@ -179,7 +179,7 @@ class _Parser:
             raise self.fail("Expected a quoted service name")
         self.params.append(self.next().value)
         self.expect_op(")")
-        return "t.tkey IN (SELECT tkey FROM services WHERE name = ?)"
+        return "t.pk IN (SELECT tpk FROM services WHERE name = ?)"
 
     def annotation(self, text: str) -> str:
         if self.op("["):
@@ -192,7 +192,7 @@ class _Parser:
             key = text.split(".", 1)[1]
         if not key or not re.fullmatch(r"[A-Za-z0-9_]+", key):
             raise FilterError(f"Invalid annotation key {key!r}")
-        sub = "t.tkey IN (SELECT tkey FROM annotations WHERE key = ? AND "
+        sub = "t.pk IN (SELECT tpk FROM annotations WHERE key = ? AND "
         if not (self.op(*_COMPARE) or self.word(*_STRING_OPS)):
             self.params.extend([key, 1])
             return sub + "typ = 'b' AND val = ?)"

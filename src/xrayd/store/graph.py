@@ -117,9 +117,9 @@ def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str,
     for i in range(0, len(keys), 500):
         chunk = orjson.dumps(keys[i:i + 500]).decode()
         segments = conn.execute(
-            "SELECT tkey, id, parent_id, kind, name, origin, start, end, error, fault, "
-            "throttle, calls FROM segments WHERE tkey IN (SELECT value FROM json_each(?)) "
-            "ORDER BY tkey", (chunk,)).fetchall()
+            "SELECT tpk, id, parent_id, kind, name, origin, start, end, error, fault, "
+            "throttle, calls FROM segments WHERE tpk IN (SELECT value FROM json_each(?)) "
+            "ORDER BY tpk", (chunk,)).fetchall()
         calls = [(row[0], *call) for row in segments if row[-1]
                  for call in orjson.loads(row[-1])]
         _add(graph, [row[:-1] for row in segments], calls)

@@ -10,10 +10,8 @@ from typing import Any
 
 import orjson
 
-from xrayd.store.extract import TRACE_ID
 from xrayd.store.filters import compile_filter
 from xrayd.store.merge import merge
-from xrayd.store.schema import trace_key
 
 PAGE_SIZE = 100
 MAX_BATCH_TRACE_IDS = 5
@@ -59,7 +57,7 @@ def trace_summaries(
     rows = conn.execute(
         "SELECT t.trace_id, t.start, t.end, t.root_start, t.root_end, t.error, t.fault, "
         "t.throttle, t.http_method, t.http_status, t.http_url, t.user, t.root_name, t.documents, "
-        "t.annotations, t.services, t.tkey "
+        "t.annotations, t.services, t.pk "
         f"FROM traces t WHERE {' AND '.join(where)} "
         "ORDER BY t.start DESC, t.trace_id DESC LIMIT ?",
         (*params, page_size + 1),
@@ -123,17 +121,14 @@ def _partial_of(conn: sqlite3.Connection, keys: list[int]) -> set[int]:
     if not keys:
         return set()
     return {row[0] for row in conn.execute(
-        "SELECT DISTINCT tkey FROM segments WHERE in_progress = 1 "
-        "AND tkey IN (SELECT value FROM json_each(?))", (orjson.dumps(keys).decode(),))}
+        "SELECT DISTINCT tpk FROM segments WHERE in_progress = 1 "
+        "AND tpk IN (SELECT value FROM json_each(?))", (orjson.dumps(keys).decode(),))}
 
 
 def known_trace_key(conn: sqlite3.Connection, trace_id: str) -> int | None:
     """The store's key of a trace id, None when the trace is not stored."""
-    if not TRACE_ID.match(trace_id):
-        return None
-    tkey = trace_key(trace_id)
-    row = conn.execute("SELECT trace_id FROM traces WHERE tkey = ?", (tkey,)).fetchone()
-    return tkey if row is not None and row[0] == trace_id else None
+    row = conn.execute("SELECT pk FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def trace_documents(conn: sqlite3.Connection, trace_id: str
@@ -145,7 +140,7 @@ def trace_documents(conn: sqlite3.Connection, trace_id: str
     if tkey is None:
         return [], []
     for kind, doc in conn.execute(
-        "SELECT kind, doc FROM segments WHERE tkey = ? ORDER BY start, skey", (tkey,)
+        "SELECT kind, doc FROM segments WHERE tpk = ? ORDER BY start, pk", (tkey,)
     ):
         parsed = orjson.loads(doc)
         (segments if kind == "segment" else subsegments).append(parsed)
@@ -158,7 +153,7 @@ def batch_get_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> dict[str
     for trace_id in trace_ids:
         tkey = known_trace_key(conn, trace_id)
         row = None if tkey is None else conn.execute(
-            "SELECT start, end FROM traces WHERE tkey = ?", (tkey,)).fetchone()
+            "SELECT start, end FROM traces WHERE pk = ?", (tkey,)).fetchone()
         if row is None:
             unprocessed.append(trace_id)
             continue
@@ -179,7 +174,7 @@ def batch_get_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> dict[str
 def trace_keys_between(conn: sqlite3.Connection, start: float, end: float,
                        limit: int = GRAPH_TRACE_LIMIT) -> list[int]:
     return [row[0] for row in conn.execute(
-        "SELECT tkey FROM traces WHERE start >= ? AND start <= ? "
+        "SELECT pk FROM traces WHERE start >= ? AND start <= ? "
         "ORDER BY start DESC LIMIT ?", (start, end, limit))]
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Keys are 64-bit integers derived from the ids (trace_key, segment_key): random text keys made
-# every index insert several times slower. Each trace's annotations and services are also kept
-# as JSON on its row, so a page of summaries and retention need no extra index.
+# Every index grows at its end: rows and trace keys (pk, tpk) go in arrival order and trace ids
+# start with their time, so a commit dirties few pages (random keys made inserts several times
+# slower). Each trace's annotations and services are also kept as JSON on its row, so a page of
+# summaries and retention need no extra index.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
-    tkey        INTEGER PRIMARY KEY,
-    trace_id    TEXT NOT NULL,
+    pk          INTEGER PRIMARY KEY,
+    trace_id    TEXT NOT NULL UNIQUE,
     start       REAL NOT NULL,
     end         REAL,
     root_start  REAL,
@@ -35,8 +35,8 @@ CREATE TABLE IF NOT EXISTS traces (
 CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
 
 CREATE TABLE IF NOT EXISTS segments (
-    skey        INTEGER PRIMARY KEY,
-    tkey        INTEGER NOT NULL,
+    pk          INTEGER PRIMARY KEY,
+    tpk         INTEGER NOT NULL,
     id          TEXT NOT NULL,
     parent_id   TEXT,
     kind        TEXT NOT NULL,
@@ -52,20 +52,20 @@ CREATE TABLE IF NOT EXISTS segments (
     calls       TEXT,
     doc         BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS segments_trace ON segments(tkey);
+CREATE UNIQUE INDEX IF NOT EXISTS segments_id ON segments(tpk, id);
 
 CREATE TABLE IF NOT EXISTS annotations (
     key  TEXT NOT NULL,
     typ  TEXT NOT NULL,
     val  NOT NULL,
-    tkey INTEGER NOT NULL,
-    PRIMARY KEY (key, typ, val, tkey)
+    tpk  INTEGER NOT NULL,
+    PRIMARY KEY (key, typ, val, tpk)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS services (
     name TEXT NOT NULL,
-    tkey INTEGER NOT NULL,
-    PRIMARY KEY (name, tkey)
+    tpk  INTEGER NOT NULL,
+    PRIMARY KEY (name, tpk)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS rejected (
@@ -77,37 +77,6 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 CREATE INDEX IF NOT EXISTS rejected_received ON rejected(received);
 """
-
-_MASK = (1 << 64) - 1
-_MIX = 0x9E3779B97F4A7C15
-
-
-def _signed(value: int) -> int:
-    value &= _MASK
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def trace_key(trace_id: str) -> int:
-    """A 64-bit key of a trace id (``1-<8 hex time>-<24 hex random>``, already validated)."""
-    return _signed(int(trace_id[-16:], 16) ^ (int(trace_id[2:10], 16) << 24)
-                   ^ int(trace_id[11:19], 16))
-
-
-def segment_key(tkey: int, segment_id: str) -> int:
-    """A 64-bit key of a segment within its trace (distinct ids give distinct keys). The trace
-    key is mixed by an odd multiplier so that structured ids (counters) do not collide across
-    traces."""
-    mixed = (tkey * _MIX) & _MASK
-    if len(segment_id) <= 16:
-        try:
-            return _signed(mixed ^ int(segment_id, 16))
-        except ValueError:
-            pass
-    digest = hashlib.blake2b(segment_id.encode("utf-8", "replace"), digest_size=8).digest()
-    return _signed(mixed ^ int.from_bytes(digest, "big") ^ (1 << 62))
-
-
-
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:

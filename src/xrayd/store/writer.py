@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -19,9 +20,12 @@ from xrayd.store.extract import BadDocument, Record, parse
 
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
 MAX_RECORDS_PER_COMMIT = 5000
+MAX_PENDING = 20000  # records queued for the writer before callers are held back
+PK_CACHE_SIZE = 200_000
 REJECTED_DOC_BYTES = 65536
 RETENTION_CHECK_SECONDS = 30.0
 DELETE_CHUNK = 2000
+CHECKPOINT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,27 +56,26 @@ class StoreClosed(Exception):
 
 
 _SEGMENT_UPSERT = """
-INSERT INTO segments (skey, tkey, id, parent_id, kind, name, origin, start, end, in_progress,
+INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
                       error, fault, throttle, received, calls, doc)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (skey) DO UPDATE SET
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tpk, id) DO UPDATE SET
     parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
     origin = excluded.origin, start = excluded.start, end = excluded.end,
     in_progress = excluded.in_progress, error = excluded.error, fault = excluded.fault,
     throttle = excluded.throttle, received = excluded.received, calls = excluded.calls,
     doc = excluded.doc
-WHERE (segments.in_progress = 1 OR excluded.in_progress = 0)
-    AND segments.tkey = excluded.tkey AND segments.id = excluded.id
+WHERE segments.in_progress = 1 OR excluded.in_progress = 0
 """
 
 # Root segments (no parent) own the trace's HTTP, user and response time; other documents only
 # fill what is still unknown.
 _TRACE_UPSERT = """
-INSERT INTO traces (tkey, trace_id, start, end, root_start, root_end, error, fault, throttle,
+INSERT INTO traces (pk, trace_id, start, end, root_start, root_end, error, fault, throttle,
                     http_method, http_status, http_url, user, root_name, documents, updated,
                     annotations, services)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
-ON CONFLICT (tkey) DO UPDATE SET
+ON CONFLICT (trace_id) DO UPDATE SET
     start = min(start, excluded.start),
     end = max(coalesce(end, excluded.end), coalesce(excluded.end, end)),
     root_start = coalesce(excluded.root_start, root_start),
@@ -97,7 +100,6 @@ ON CONFLICT (tkey) DO UPDATE SET
         ELSE json_patch(annotations, excluded.annotations) END,
     services = CASE WHEN excluded.services = '{}' THEN services
         ELSE json_patch(services, excluded.services) END
-WHERE trace_id = excluded.trace_id
 """
 
 
@@ -123,16 +125,30 @@ class StoreWriter:
         self.clock = clock
         self.log = log or logging.getLogger("xrayd")
         self.conn = schema.connect(path)
+        # Checkpoints (copying the WAL into the database, with an fsync) run in a thread of
+        # their own, so commits never wait for one.
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="store-checkpoint", daemon=True)
         self._jobs: deque[_Job] = deque()
+        self._pending = 0
+        self.failed_commits = 0
+        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
+                                              ).fetchone()[0]
+        self._pk_cache: dict[str, int] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
+        self._checkpointer.start()
 
     # --- callers' side -------------------------------------------------------------------
-    def write(self, docs: Sequence[bytes], timeout: float = 60.0) -> list[Rejection]:
-        """Store ``docs``; the rejected ones, with the service's error codes."""
+    def write(self, docs: Sequence[bytes], wait: bool = True, timeout: float = 60.0
+              ) -> list[Rejection]:
+        """Store ``docs``; the rejected ones, with the service's error codes. Without ``wait``
+        the call returns once the documents are queued for the next commit (at most
+        MAX_PENDING records wait; beyond that the caller is held back)."""
         records: list[Record] = []
         rejects: list[tuple[BadDocument, bytes]] = []
         for doc in docs:
@@ -141,22 +157,58 @@ class StoreWriter:
             except BadDocument as bad:
                 rejects.append((bad, doc))
         job = _Job(records, rejects)
+        deadline = time.monotonic() + timeout
         with self._cond:
+            while self._pending >= MAX_PENDING and not self._closed:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("the trace store is not keeping up")
             if self._closed:
                 raise StoreClosed("the trace store is closed")
             self._jobs.append(job)
-            self._cond.notify()
-        if not job.done.wait(timeout):
+            self._pending += len(docs)
+            self._cond.notify_all()
+        if not wait:
+            return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in rejects]
+        if not job.done.wait(max(0.0, deadline - time.monotonic())):
             raise TimeoutError("the trace store did not commit in time")
         if job.error is not None:
             raise job.error
         return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in rejects]
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until everything queued is committed (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    return not self._pending
+            return True
 
     def close(self, timeout: float = 30.0) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout)
+        self._checkpointer.join(timeout)
+
+    def _checkpoint_loop(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                               timeout=10.0)
+        try:
+            while not self._thread_done():
+                time.sleep(CHECKPOINT_SECONDS)
+                try:
+                    busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if busy:
+                        self.log.debug("Trace store checkpoint was busy")
+                except Exception as exc:  # busy or I/O error: the next round tries again
+                    self.log.debug("Trace store checkpoint: %s", exc)
+        finally:
+            conn.close()
+
+    def _thread_done(self) -> bool:
+        return self._closed and not self._thread.is_alive()
 
     def enforce_retention_now(self) -> None:
         """Run retention at the writer's next turn (used by tests and at start-up)."""
@@ -179,9 +231,14 @@ class StoreWriter:
                 closing = self._closed and not self._jobs
             if jobs:
                 self._commit(jobs)
+                with self._cond:
+                    self._pending -= count
+                    self._cond.notify_all()
             if self._retention_due():
                 self._run_retention()
             if closing:
+                with contextlib.suppress(Exception):
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
                 return
 
@@ -199,24 +256,55 @@ class StoreWriter:
         except Exception as exc:  # a disk or database problem: the batch is not stored
             with contextlib.suppress(Exception):
                 self.conn.execute("ROLLBACK")
+            self._reset_keys()
+            self.failed_commits += 1
+            self.log.error("Trace store: %d documents not stored: %s",
+                           sum(len(job.records) for job in jobs), exc)
             for job in jobs:
                 job.error = exc
         for job in jobs:
             job.done.set()
 
+    def _reset_keys(self) -> None:
+        self._pk_cache.clear()
+        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
+                                              ).fetchone()[0]
+
+    def _trace_keys(self, records: list[Record]) -> dict[str, int]:
+        """Each trace's row number: known ones from a cache or the database, new ones in
+        arrival order (sequential keys keep every index of the child tables append-only)."""
+        cache = self._pk_cache
+        unknown = list({r.trace_id for r in records if r.trace_id not in cache})
+        if unknown:
+            for trace_id, pk in self.conn.execute(
+                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
+                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)
+            ):
+                cache[trace_id] = pk
+            for trace_id in unknown:
+                if trace_id not in cache:
+                    cache[trace_id] = self._next_pk
+                    self._next_pk += 1
+        if len(cache) > PK_CACHE_SIZE:
+            keep = {r.trace_id: cache[r.trace_id] for r in records}
+            cache.clear()
+            cache.update(keep)
+        return cache
+
     def _insert(self, records: list[Record], now: float) -> None:
         segments, traces, annotations, services = [], [], [], []
         dumps = orjson.dumps
+        keys = self._trace_keys(records)
         for r in records:
-            tkey = schema.trace_key(r.trace_id)
+            tpk = keys[r.trace_id]
             calls = None
             if r.calls:
                 calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
                                 int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
             segments.append((
-                schema.segment_key(tkey, r.id), tkey, r.id, r.parent_id, r.kind, r.name,
-                r.origin, r.start, r.end, int(r.in_progress), int(r.error), int(r.fault),
-                int(r.throttle), now, calls, r.doc,
+                tpk, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
+                int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now, calls,
+                r.doc,
             ))
             names = {c.name: 1 for c in r.calls}
             if r.kind == "segment":
@@ -224,12 +312,12 @@ class StoreWriter:
             notes = {}
             for key, value in r.annotations:
                 stored, tag = annotation_value(value)
-                annotations.append((key, tag, stored, tkey))
+                annotations.append((key, tag, stored, tpk))
                 notes[key] = value
-            services.extend((name, tkey) for name in names)
+            services.extend((name, tpk) for name in names)
             root = r.kind == "segment" and r.parent_id is None
             traces.append((
-                tkey, r.trace_id, r.start, r.end, r.start if root else None,
+                tpk, r.trace_id, r.start, r.end, r.start if root else None,
                 r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
                 r.http_method, r.http_status, r.http_url, r.user, r.name if root else None,
                 now, dumps(notes).decode(), dumps(names).decode(),
@@ -238,10 +326,10 @@ class StoreWriter:
         execute(_SEGMENT_UPSERT, segments)
         execute(_TRACE_UPSERT, traces)
         if annotations:
-            execute("INSERT OR IGNORE INTO annotations (key, typ, val, tkey) VALUES (?, ?, ?, ?)",
+            execute("INSERT OR IGNORE INTO annotations (key, typ, val, tpk) VALUES (?, ?, ?, ?)",
                     annotations)
         if services:
-            execute("INSERT OR IGNORE INTO services (name, tkey) VALUES (?, ?)", services)
+            execute("INSERT OR IGNORE INTO services (name, tpk) VALUES (?, ?)", services)
 
     def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
         if rejects:
@@ -258,21 +346,22 @@ class StoreWriter:
         return (pages - free) * size
 
     def _delete_traces(self, rows: list[tuple[int, str, str]]) -> None:
-        """Delete traces given as (tkey, annotations JSON, services JSON) rows."""
+        """Delete traces given as (pk, annotations JSON, services JSON) rows."""
         annotations, services = [], []
-        for tkey, notes, names in rows:
+        for tpk, notes, names in rows:
             for key, value in orjson.loads(notes).items():
                 stored, tag = annotation_value(value)
-                annotations.append((key, tag, stored, tkey))
-            services.extend((name, tkey) for name in orjson.loads(names))
+                annotations.append((key, tag, stored, tpk))
+            services.extend((name, tpk) for name in orjson.loads(names))
         keys = [(row[0],) for row in rows]
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.executemany("DELETE FROM annotations WHERE key = ? AND typ = ? AND val = ? "
-                              "AND tkey = ?", annotations)
-        self.conn.executemany("DELETE FROM services WHERE name = ? AND tkey = ?", services)
-        self.conn.executemany("DELETE FROM segments WHERE tkey = ?", keys)
-        self.conn.executemany("DELETE FROM traces WHERE tkey = ?", keys)
+                              "AND tpk = ?", annotations)
+        self.conn.executemany("DELETE FROM services WHERE name = ? AND tpk = ?", services)
+        self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
+        self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
+        self._pk_cache.clear()
 
     def _run_retention(self) -> None:
         self._last_retention = time.monotonic()
@@ -291,7 +380,7 @@ class StoreWriter:
         cutoff = self.clock() - self.retention.hours * 3600.0
         while True:
             rows = self.conn.execute(
-                "SELECT tkey, annotations, services FROM traces WHERE start < ? LIMIT ?",
+                "SELECT pk, annotations, services FROM traces WHERE start < ? LIMIT ?",
                 (cutoff, DELETE_CHUNK)).fetchall()
             if not rows:
                 break
@@ -308,7 +397,7 @@ class StoreWriter:
                     break
                 chunk = max(1, min(DELETE_CHUNK, total // 10))
                 rows = self.conn.execute(
-                    "SELECT tkey, annotations, services FROM traces ORDER BY start LIMIT ?",
+                    "SELECT pk, annotations, services FROM traces ORDER BY start LIMIT ?",
                     (chunk,)).fetchall()
                 self._delete_traces(rows)
                 self.conn.execute(
