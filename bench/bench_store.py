@@ -1,11 +1,12 @@
 """Offline store benchmark: how fast SDK-like 1 KB segment documents are stored, and how fast
 GetTraceSummaries answers over the last hour with one annotation filter on a full store.
 
-    .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 8]
+    .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 8] [--udp-rate 20000]
 
 Storing goes through the offline exporter (the upload workers' path: parse and queue, then one
 writer thread committing what is queued in transactions), from --threads workers at once; the
-time runs until the last document is committed. Queries go
+time runs until the last document is committed. Then the whole daemon (``xrayd --offline`` as
+a subprocess) gets documents over UDP at --udp-rate a second for 5 seconds. Queries go
 through the daemon's own X-Ray API over HTTP on loopback, as boto3 would send them.
 """
 
@@ -88,6 +89,64 @@ def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> floa
     return len(docs) / (time.perf_counter() - started)
 
 
+def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int]:
+    """The whole daemon: ``xrayd --offline`` as a subprocess, documents sent over UDP at
+    ``rate`` a second; (segments stored a second until the last is committed, segments stored)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    log = open(os.path.join(tmp, "xrayd.log"), "wb")  # noqa: SIM115
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "xrayd", "--offline", "--store", os.path.join(tmp, "udp.db"),
+         "-b", f"127.0.0.1:{port}", "-t", f"127.0.0.1:{port}", "-m", "256", "-l", "info"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    stats_url = f"http://127.0.0.1:{port}/api/stats"
+
+    def stored() -> int:
+        try:
+            with urllib.request.urlopen(stats_url, timeout=5) as response:
+                return json.loads(response.read())["segments"]
+        except OSError:
+            return -1
+
+    try:
+        deadline = time.monotonic() + 30
+        while stored() < 0:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError("xrayd did not start")
+            time.sleep(0.1)
+        header = b'{"format":"json","version":1}\n'
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            started = time.perf_counter()
+            for i, doc in enumerate(docs):
+                sock.sendto(header + doc, ("127.0.0.1", port))
+                if i % 1000 == 999:
+                    ahead = (i + 1) / rate - (time.perf_counter() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        last, count, same = -1, 0, 0
+        while same < 20:  # until nothing more arrives for 2 s
+            count = stored()
+            same = same + 1 if count == last else 0
+            if count != last:
+                finished = time.perf_counter()
+            last = count
+            if count >= len(docs):
+                break
+            time.sleep(0.1)
+        return count / (finished - started), count
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        log.close()
+
+
 def query_times(url: str, body: dict, runs: int) -> list[float]:
     data = json.dumps(body).encode()
     times = []
@@ -108,6 +167,8 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--udp-rate", type=int, default=20_000,
+                        help="documents a second sent over UDP to a whole daemon (0: skip)")
     args = parser.parse_args()
     rng = random.Random(7)
     now = time.time()
@@ -147,6 +208,11 @@ def main() -> None:
         server.stop()
         reader.close()
         exporter.close()
+        if args.udp_rate:
+            count = min(len(docs), args.udp_rate * 5)
+            stored_rate, stored = pipeline_rate(docs[:count], tmp, args.udp_rate)
+            print(f"whole daemon, UDP at {args.udp_rate:,}/s: {stored} of {count} documents "
+                  f"stored, {stored_rate:,.0f} segments/s until the last was committed")
 
 
 if __name__ == "__main__":

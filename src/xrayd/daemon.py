@@ -141,6 +141,7 @@ class Daemon:
         self.uploader.start()
         self.receiver.start()
         self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
+        self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
 
     def _spilled(self, spill: Spill) -> None:
         if spill.evicted:
