@@ -126,7 +126,7 @@ class Daemon:
         from xrayd.uploader import Uploader
 
         try:
-            self.offline = offline.start(self.config, self.log)
+            self.offline = offline.start(self.config, self.log, self._rejected)
         except offline.OfflineError as exc:
             sock.close()
             raise StartupError(str(exc)) from None
@@ -142,6 +142,18 @@ class Daemon:
         self.receiver.start()
         self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
         self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
+
+    def _rejected(self, rejection) -> None:
+        """A document the offline store refused (it was counted as sent when queued)."""
+        from xrayd.stats import SEGMENTS_UNPROCESSED
+
+        self.stats.add(SEGMENTS_SENT, -1)
+        self.stats.add(SEGMENTS_UNPROCESSED, label=rejection.code)
+        self.logs.error(
+            "unprocessed",
+            f"Unprocessed segment: Id {rejection.id or 'missing'}, ErrorCode {rejection.code}, "
+            f"Message {rejection.message} (kept in the store's rejected list)",
+        )
 
     def _spilled(self, spill: Spill) -> None:
         if spill.evicted:

@@ -4,6 +4,7 @@ TCP server answering the X-Ray API and the viewer. Nothing here needs AWS (no bo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xrayd.config import Config
@@ -14,7 +15,7 @@ from xrayd.server.http import HttpServer
 from xrayd.server.viewer_routes import routes as viewer_routes
 from xrayd.server.xray_api import StoreReader, XRayApi, make_app
 from xrayd.store.schema import default_path
-from xrayd.store.writer import Retention, StoreWriter
+from xrayd.store.writer import Rejection, Retention, StoreWriter
 
 DEFAULT_RETENTION_HOURS = 72
 DEFAULT_MAX_SIZE_MB = 1024
@@ -60,7 +61,8 @@ def load_rules(path: str) -> list[dict]:
         raise OfflineError(f"Invalid sampling rules file {path}: {exc}") from None
 
 
-def start(cfg: Config, log: logging.Logger) -> Offline:
+def start(cfg: Config, log: logging.Logger,
+          on_reject: Callable[[Rejection], None] | None = None) -> Offline:
     """Open the store, load the rules and start the TCP server; OfflineError on failure."""
     rules = load_rules(cfg.sampling_rules_file)
     path = cfg.store_path or default_path()
@@ -69,7 +71,7 @@ def start(cfg: Config, log: logging.Logger) -> Offline:
         max_bytes=(cfg.store_max_size_mb or DEFAULT_MAX_SIZE_MB) * 1024 * 1024,
     )
     try:
-        writer = StoreWriter(path, retention, log=log)
+        writer = StoreWriter(path, retention, log=log, on_reject=on_reject)
     except Exception as exc:
         raise OfflineError(f"Unable to open trace store {path}: {exc}") from None
     writer.enforce_retention_now()

@@ -1,6 +1,7 @@
-"""The offline exporter: batches go into the local trace store instead of the X-Ray API. A
-document the store rejects comes back as Unprocessed, as the service would report it, and is
-kept in the store's rejected table for the viewer."""
+"""The offline exporter: batches go into the local trace store instead of the X-Ray API. Batches
+are queued for the store's writer thread (which holds callers back when it falls behind); a
+document the store rejects is reported to the writer's ``on_reject`` and kept in the store's
+rejected table for the viewer."""
 
 from __future__ import annotations
 

@@ -41,14 +41,56 @@ class Rejection:
     message: str
 
 
-class _Job:
-    __slots__ = ("done", "error", "records", "rejects")
+class _Prepared:
+    """A record's rows, built by the caller's thread; the writer only adds the trace key."""
 
-    def __init__(self, records: list[Record], rejects: list[tuple[BadDocument, bytes]]) -> None:
-        self.records = records
-        self.rejects = rejects
+    __slots__ = ("annotations", "segment", "services", "trace", "trace_id")
+
+    def __init__(self, r: Record, now: float) -> None:
+        dumps = orjson.dumps
+        calls = None
+        if r.calls:
+            calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
+                            int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
+        self.trace_id = r.trace_id
+        self.segment = (r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
+                        int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now,
+                        calls, r.doc)
+        names = {c.name: 1 for c in r.calls}
+        if r.kind == "segment":
+            names[r.name] = 1
+        self.services = list(names)
+        notes = {}
+        self.annotations = []
+        for key, value in r.annotations:
+            stored, tag = annotation_value(value)
+            self.annotations.append((key, tag, stored))
+            notes[key] = value
+        root = r.kind == "segment" and r.parent_id is None
+        self.trace = (r.trace_id, r.start, r.end, r.start if root else None,
+                      r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
+                      r.http_method, r.http_status, r.http_url, r.user,
+                      r.name if root else None, now, dumps(notes).decode(),
+                      dumps(names).decode())
+
+
+class _Job:
+    __slots__ = ("docs", "done", "error", "received", "records", "rejects")
+
+    def __init__(self, docs: Sequence[bytes], received: float) -> None:
+        self.docs = docs
+        self.received = received
+        self.records: list[_Prepared] = []
+        self.rejects: list[tuple[BadDocument, bytes]] = []
         self.done = threading.Event()
         self.error: Exception | None = None
+
+    def prepare(self) -> None:
+        for doc in self.docs:
+            try:
+                self.records.append(_Prepared(parse(doc), self.received))
+            except BadDocument as bad:
+                self.rejects.append((bad, doc))
 
 
 class StoreClosed(Exception):
@@ -119,8 +161,10 @@ class StoreWriter:
         retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
         log: logging.Logger | None = None,
+        on_reject: Callable[[Rejection], None] | None = None,
     ) -> None:
         self.path = path
+        self.on_reject = on_reject
         self.retention = retention or Retention()
         self.clock = clock
         self.log = log or logging.getLogger("xrayd")
@@ -148,15 +192,12 @@ class StoreWriter:
               ) -> list[Rejection]:
         """Store ``docs``; the rejected ones, with the service's error codes. Without ``wait``
         the call returns once the documents are queued for the next commit (at most
-        MAX_PENDING records wait; beyond that the caller is held back)."""
-        records: list[Record] = []
-        rejects: list[tuple[BadDocument, bytes]] = []
-        for doc in docs:
-            try:
-                records.append(parse(doc))
-            except BadDocument as bad:
-                rejects.append((bad, doc))
-        job = _Job(records, rejects)
+        MAX_PENDING records wait; beyond that the caller is held back) and rejections go to
+        ``on_reject`` only.
+
+        The writer thread parses the documents too: parsing in the callers' threads made the
+        writer wait for the GIL after every row SQLite stepped through."""
+        job = _Job(docs, self.clock())
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._pending >= MAX_PENDING and not self._closed:
@@ -168,12 +209,12 @@ class StoreWriter:
             self._pending += len(docs)
             self._cond.notify_all()
         if not wait:
-            return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in rejects]
+            return []
         if not job.done.wait(max(0.0, deadline - time.monotonic())):
             raise TimeoutError("the trace store did not commit in time")
         if job.error is not None:
             raise job.error
-        return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in rejects]
+        return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in job.rejects]
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything queued is committed (or failed); False on timeout."""
@@ -227,7 +268,7 @@ class StoreWriter:
                 while self._jobs and count < MAX_RECORDS_PER_COMMIT:
                     job = self._jobs.popleft()
                     jobs.append(job)
-                    count += len(job.records) + len(job.rejects)
+                    count += len(job.docs)
                 closing = self._closed and not self._jobs
             if jobs:
                 self._commit(jobs)
@@ -247,11 +288,15 @@ class StoreWriter:
 
     def _commit(self, jobs: list[_Job]) -> None:
         now = self.clock()
+        for job in jobs:
+            job.prepare()
+            if self.on_reject is not None:
+                for bad, _doc in job.rejects:
+                    self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                self._insert(job.records, now)
-                self._insert_rejects(job.rejects, now)
+            self._insert([r for job in jobs for r in job.records], now)
+            self._insert_rejects([r for job in jobs for r in job.rejects], now)
             self.conn.execute("COMMIT")
         except Exception as exc:  # a disk or database problem: the batch is not stored
             with contextlib.suppress(Exception):
@@ -270,7 +315,7 @@ class StoreWriter:
         self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
                                               ).fetchone()[0]
 
-    def _trace_keys(self, records: list[Record]) -> dict[str, int]:
+    def _trace_keys(self, records: list[_Prepared]) -> dict[str, int]:
         """Each trace's row number: known ones from a cache or the database, new ones in
         arrival order (sequential keys keep every index of the child tables append-only)."""
         cache = self._pk_cache
@@ -291,37 +336,16 @@ class StoreWriter:
             cache.update(keep)
         return cache
 
-    def _insert(self, records: list[Record], now: float) -> None:
-        segments, traces, annotations, services = [], [], [], []
-        dumps = orjson.dumps
+    def _insert(self, records: list[_Prepared], now: float) -> None:
         keys = self._trace_keys(records)
+        segments, traces, annotations, services = [], [], [], []
         for r in records:
             tpk = keys[r.trace_id]
-            calls = None
-            if r.calls:
-                calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
-                                int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
-            segments.append((
-                tpk, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now, calls,
-                r.doc,
-            ))
-            names = {c.name: 1 for c in r.calls}
-            if r.kind == "segment":
-                names[r.name] = 1
-            notes = {}
-            for key, value in r.annotations:
-                stored, tag = annotation_value(value)
-                annotations.append((key, tag, stored, tpk))
-                notes[key] = value
-            services.extend((name, tpk) for name in names)
-            root = r.kind == "segment" and r.parent_id is None
-            traces.append((
-                tpk, r.trace_id, r.start, r.end, r.start if root else None,
-                r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
-                r.http_method, r.http_status, r.http_url, r.user, r.name if root else None,
-                now, dumps(notes).decode(), dumps(names).decode(),
-            ))
+            segments.append((tpk, *r.segment))
+            traces.append((tpk, *r.trace))
+            if r.annotations:
+                annotations.extend((*row, tpk) for row in r.annotations)
+            services.extend((name, tpk) for name in r.services)
         execute = self.conn.executemany
         execute(_SEGMENT_UPSERT, segments)
         execute(_TRACE_UPSERT, traces)
