@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +27,7 @@ REJECTED_DOC_BYTES = 65536
 RETENTION_CHECK_SECONDS = 30.0
 DELETE_CHUNK = 2000
 CHECKPOINT_SECONDS = 0.5
+WAL_LIMIT_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ class StoreWriter:
                 with self._cond:
                     self._pending -= count
                     self._cond.notify_all()
+                self._bound_wal()
             if self._retention_due():
                 self._run_retention()
             if closing:
@@ -282,6 +285,19 @@ class StoreWriter:
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
                 return
+
+    def _bound_wal(self) -> None:
+        """Under a steady stream the background checkpoints never find the WAL idle enough to
+        start it over; past WAL_LIMIT_BYTES the writer checkpoints and truncates it itself."""
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > WAL_LIMIT_BYTES:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except Exception as exc:
+                self.log.debug("Trace store checkpoint: %s", exc)
 
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
