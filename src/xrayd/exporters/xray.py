@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from xrayd.aws import AwsContext, user_agent
+from xrayd.aws import AwsContext, CredentialsError, user_agent
 
 THROTTLING_CODES = frozenset(
     {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
@@ -99,12 +99,10 @@ class XRayExporter:
 
     def send(self, path: str, body: bytes) -> bytes:
         """POST a signed request to the X-Ray API; the response body, or UploadError."""
-        credentials = self.aws.credentials()
-        if credentials is None:
-            raise UploadError(
-                "Unable to retrieve credentials: no credentials found (set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity or an instance role)",
-                "no_credentials", False)
+        try:
+            credentials = self.aws.credentials()
+        except CredentialsError as exc:
+            raise UploadError(str(exc), "no_credentials", False) from None
         request = self._request(
             method="POST",
             url=self.aws.endpoint + path,
