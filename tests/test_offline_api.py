@@ -281,6 +281,7 @@ def test_rejected_documents_are_kept_and_reported(start_xrayd, tmp_path):
     answer = client.put_trace_segments(TraceSegmentDocuments=['{"id": "0123456789abcdef"}'])
     assert answer["UnprocessedTraceSegments"][0]["Id"] == "0123456789abcdef"
     assert answer["UnprocessedTraceSegments"][0]["ErrorCode"] == "InvalidTraceId"
+    wait_until(lambda: "ErrorCode MissingId" in daemon.output, what="the rejection logged")
     assert "{this is not json" not in daemon.output  # no segment contents in the log
 
 

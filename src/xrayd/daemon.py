@@ -160,7 +160,7 @@ class Daemon:
         self.stats.add(SEGMENTS_SENT, -1)
         self.stats.add(SEGMENTS_UNPROCESSED, label=rejection.code)
         self.logs.error(
-            "unprocessed",
+            f"unprocessed:{rejection.code}",
             f"Unprocessed segment: Id {rejection.id or 'missing'}, ErrorCode {rejection.code}, "
             f"Message {rejection.message} (kept in the store's rejected list)",
         )
