@@ -111,12 +111,11 @@ def trace_ids(body: dict[str, Any], limit: int | None) -> list[str]:
 
 
 class XRayApi:
-    def __init__(self, writer: StoreWriter, reader: StoreReader, sampling: SamplingEngine,
-                 on_put: Callable[[int], None] | None = None) -> None:
+    def __init__(self, writer: StoreWriter, reader: StoreReader, sampling: SamplingEngine
+                 ) -> None:
         self.writer = writer
         self.reader = reader
         self.sampling = sampling
-        self.on_put = on_put
 
     def routes(self) -> list[web.RouteDef]:
         ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
@@ -181,8 +180,6 @@ class XRayApi:
             rejected = await loop.run_in_executor(self.reader.pool, self.writer.write, accepted)
             unprocessed.extend({"Id": r.id, "ErrorCode": r.code, "Message": r.message}
                                for r in rejected)
-            if self.on_put is not None:
-                self.on_put(len(accepted) - len(rejected))
         return {"UnprocessedTraceSegments": unprocessed}
 
     async def put_telemetry_records(self, body: dict[str, Any]) -> dict[str, Any]:
