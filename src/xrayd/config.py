@@ -48,6 +48,12 @@ class Config:
     spool_fsync_interval_ms: int = 1000  # < 0: fsync every spool file as it is written
     admin_address: str = ""
     drain_seconds: int = 20
+    # Offline mode (docs/offline.md): the local trace store, X-Ray API and viewer.
+    offline: bool = False
+    store_path: str = ""
+    store_retention_hours: int = 0  # 0: the default (72)
+    store_max_size_mb: int = 0  # 0: the default (1024)
+    sampling_rules_file: str = ""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -87,6 +93,11 @@ KEYS: tuple[Key, ...] = (
     Key("Spool.FsyncIntervalMs", "spool_fsync_interval_ms", int),
     Key("AdminAddress", "admin_address", str),
     Key("DrainSeconds", "drain_seconds", int),
+    Key("Offline", "offline", bool),
+    Key("Store.Path", "store_path", str),
+    Key("Store.RetentionHours", "store_retention_hours", int),
+    Key("Store.MaxSizeMB", "store_max_size_mb", int),
+    Key("SamplingRulesFile", "sampling_rules_file", str),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 
