@@ -28,12 +28,17 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=10.0)
     parser.add_argument("--no-spool", action="store_true")
     parser.add_argument("--memory-mb", type=int, default=64)
+    parser.add_argument("--fault", choices=["mixed", "throttle"], default="mixed",
+                        help="mixed: 503s, resets, hangs, 500s; throttle: 429 ThrottledException")
     args = parser.parse_args()
 
     half = args.outage / 2
     schedule = [Phase(args.before, "ok"), Phase(half, "error", status=503),
                 Phase(half / 3, "reset"), Phase(half / 3, "hang", hang_seconds=3.0),
                 Phase(half / 3, "error", status=500), Phase(float("inf"), "ok")]
+    if args.fault == "throttle":
+        schedule = [Phase(args.before, "ok"), Phase(args.outage, "throttle"),
+                    Phase(float("inf"), "ok")]
     seen = bytearray()
     duplicates = [0]
     lock = threading.Lock()
@@ -89,7 +94,10 @@ def main() -> int:
     received = sum(seen)
     lost = sent - received
     print(f"load average at start/end: {load_average()}")
-    print(f"outage {args.outage:.0f} s at {args.rate:.0f} segments/s, spool "
+    faulty = sum(n for mode, n in upstream.record.by_mode.items() if mode != "ok")
+    print(f"calls during the {args.fault} window: {faulty} ({faulty / args.outage:.1f}/s; "
+          f"the load needs {args.rate / 50:.0f} calls/s)")
+    print(f"outage ({args.fault}) {args.outage:.0f} s at {args.rate:.0f} segments/s, spool "
           f"{'off' if args.no_spool else 'on'}: sent {sent} in {send_seconds:.1f} s; daemon "
           f"accepted {counts['accepted']:.0f}; API received {received} unique "
           f"(+{duplicates[0]} duplicates); lost {lost}")
