@@ -1,16 +1,20 @@
-"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer, sent with botocore's
-HTTP session on kept-alive connections. Building the request body directly (the documents are
-already JSON) skips the botocore client's per-call work, which costs more than the upload."""
+"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer, sent on kept-alive
+connections (exporters/transport.py; botocore's HTTP session when an outbound proxy is set).
+Building the request body directly (the documents are already JSON) skips the botocore client's
+per-call work, which costs more than the upload."""
 
 from __future__ import annotations
 
+import http.client
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from xrayd.aws import AwsContext, user_agent
+from xrayd.aws import REQUEST_TIMEOUT, AwsContext, user_agent
+from xrayd.exporters.transport import DirectTransport
 
 THROTTLING_CODES = frozenset(
     {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
@@ -61,7 +65,15 @@ def classify_http_error(status: int, body: bytes, headers: dict) -> UploadError:
 def classify_send_error(exc: Exception) -> UploadError:
     from botocore import exceptions as bex
 
-    detail = str(exc)
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return UploadError(f"request timed out: {detail}", "timeout", True)
+    if isinstance(exc, ConnectionRefusedError):
+        return UploadError(f"connection refused: {detail}", "connection_refused", True)
+    if isinstance(exc, socket.gaierror):
+        return UploadError(f"unknown host: {detail}", "unknown_host", True)
+    if isinstance(exc, OSError | http.client.HTTPException):
+        return UploadError(f"{type(exc).__name__}: {detail}", "other", True)
     if isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
         return UploadError(detail, "timeout", True)
     if isinstance(exc, bex.EndpointConnectionError):
@@ -92,7 +104,11 @@ class XRayExporter:
 
         self.aws = aws
         self.url = aws.endpoint + "/TraceSegments"
-        self._http = aws.http_session(pool_size)
+        # Through a proxy, botocore's session (CONNECT tunnels, proxy TLS); else plain
+        # kept-alive connections, which cost half the CPU per call.
+        self._direct = None if aws.proxy else DirectTransport(aws.endpoint, aws.verify,
+                                                               REQUEST_TIMEOUT)
+        self._http = aws.http_session(pool_size) if aws.proxy else None
         self._signer = SigV4Auth
         self._request = AWSRequest
         self._user_agent = user_agent()
@@ -117,7 +133,10 @@ class XRayExporter:
         )
         self._signer(credentials, "xray", self.aws.region).add_auth(request)
         try:
-            response = self._http.send(request.prepare())
+            if self._direct is not None:
+                response = self._direct.post(request.url, body, request.headers)
+            else:
+                response = self._http.send(request.prepare())
         except Exception as exc:
             raise classify_send_error(exc) from exc
         content = response.content
@@ -139,4 +158,7 @@ class XRayExporter:
         ]
 
     def close(self) -> None:
-        self._http.close()
+        if self._direct is not None:
+            self._direct.close()
+        if self._http is not None:
+            self._http.close()
