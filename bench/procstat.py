@@ -51,6 +51,21 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of the process and its live descendants: pages shared between
+    them (a forked helper shares the daemon's) are counted once in all, not once per process."""
+    total = 0
+    for each in tree(pid):
+        try:
+            for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
+
+
 def udp_port_bound(port: int) -> bool:
     """True when some socket is bound to UDP ``port`` (IPv4 or IPv6)."""
     needle = f":{port:04X} "

@@ -103,11 +103,13 @@ class SinkProcess:
 
 
 class RssSampler:
-    """The peak resident memory of a process tree, sampled every ``interval`` seconds."""
+    """The peak resident memory (RSS summed, and PSS) of a process tree, sampled every
+    ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid, self.interval = pid, interval
         self.peak = 0
+        self.pss_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -115,11 +117,13 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, procstat.rss_bytes(self.pid))
+            self.pss_peak = max(self.pss_peak, procstat.pss_bytes(self.pid))
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._thread.join()
-        return max(self.peak, procstat.rss_bytes(self.pid))
+        return (max(self.peak, procstat.rss_bytes(self.pid)),
+                max(self.pss_peak, procstat.pss_bytes(self.pid)))
 
 
 @dataclass
@@ -135,6 +139,8 @@ class Trial:
     daemon_cpu: float = 0.0
     sink_cpu: float = 0.0
     rss_peak: int = 0
+    pss_peak: int = 0
+    processes: int = 1
     latency_ms: dict = field(default_factory=dict)
 
     @property
@@ -165,7 +171,9 @@ class Trial:
             if self.send_seconds else None,
             "cpu_s_per_100k": round(per100k, 3) if per100k is not None else None,
             "sink_cpu_s": round(self.sink_cpu, 3),
-            "rss_peak_mb": round(self.rss_peak / 2**20, 1), "latency_ms": self.latency_ms,
+            "rss_peak_mb": round(self.rss_peak / 2**20, 1),
+            "pss_peak_mb": round(self.pss_peak / 2**20, 1), "processes": self.processes,
+            "latency_ms": self.latency_ms,
         }
 
 
@@ -248,6 +256,8 @@ class Bench:
         time.sleep(seconds)
         cpu = procstat.cpu_seconds(self.proc.pid) - cpu0
         return {"rss_mb": round(procstat.rss_bytes(self.proc.pid) / 2**20, 1),
+                "pss_mb": round(procstat.pss_bytes(self.proc.pid) / 2**20, 1),
+                "processes": len(procstat.tree(self.proc.pid)),
                 "cpu_pct_of_core": round(100 * cpu / seconds, 2), "seconds": seconds}
 
     # -- load ---------------------------------------------------------------------------------
@@ -267,7 +277,8 @@ class Bench:
         finally:
             load.kill()
         stats = self.settle(quiet=2.5)
-        trial.rss_peak = sampler.stop()
+        trial.processes = len(procstat.tree(pid))
+        trial.rss_peak, trial.pss_peak = sampler.stop()
         trial.daemon_cpu = procstat.cpu_seconds(pid) - cpu0
         trial.sink_cpu = self.sink.cpu() - sink0
         trial.kernel_drops = procstat.udp_receive_errors() - drops0
@@ -279,7 +290,7 @@ class Bench:
         progress(f"  {self.name}: rate {rate:>9,.0f}/s sent {trial.sent:,} at "
                  f"{trial.send_rate:,.0f}/s, delivered {trial.delivered:,} "
                  f"(lost {trial.lost:,}), cpu {trial.daemon_cpu:.2f}s, "
-                 f"rss {trial.rss_peak / 2**20:.0f} MB"
+                 f"rss {trial.rss_peak / 2**20:.0f} MB pss {trial.pss_peak / 2**20:.0f} MB"
                  + (f", p50 {trial.latency_ms['p50']:.1f} ms p99 {trial.latency_ms['p99']:.1f} ms"
                     if trial.latency_ms else ""))
         return trial
@@ -404,6 +415,9 @@ def table(results: dict) -> str:
         peaks = [t["rss_peak_mb"] for t in d.get("fixed", []) + d.get("search", [])
                  + ([sat] if sat else [])]
         row["RSS peak MB (any rate)"] = fmt(max(peaks) if peaks else None, digits=1)
+        pss = [t["pss_peak_mb"] for t in d.get("fixed", []) + d.get("search", [])
+               + ([sat] if sat else [])]
+        row["PSS peak MB (any rate)"] = fmt(max(pss) if pss else None, digits=1)
         for rate in (1000, 10000):
             f = fixed.get(rate)
             if f and f["latency_ms"]:

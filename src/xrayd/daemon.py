@@ -106,7 +106,8 @@ class Daemon:
         exporter = XRayExporter(context, pool_size=cfg.concurrency)
         self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency)
         self.receiver = UdpReceiver(
-            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
+            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
+            put_many=self.queue.put_many,
         )
         log.debug("Batch size: %d", batcher.max_batch)
         self.uploader.start()

@@ -27,6 +27,17 @@ class SegmentQueue:
                 self._cond.notify()
             return spill
 
+    def put_many(self, docs: list[bytes]) -> Spill | None:
+        """``put`` for several documents under one lock acquisition."""
+        batcher = self.batcher
+        with self._cond:
+            was_open = batcher.open_count
+            waiting = batcher.waiting_count
+            spill = batcher.add_many(docs, self.clock())
+            if batcher.waiting_count > waiting or not was_open:
+                self._cond.notify(max(1, batcher.waiting_count - waiting))
+            return spill
+
     def get(self, timeout: float | None = None) -> Batch | None:
         """The next batch; None when closed and empty, or after ``timeout`` seconds."""
         deadline = None if timeout is None else self.clock() + timeout
@@ -49,7 +60,10 @@ class SegmentQueue:
     def done(self, batch: Batch) -> None:
         with self._cond:
             self.batcher.release(batch)
-            self._cond.notify_all()
+            # Only a drain waits for releases; waking every idle worker after each batch
+            # costs more CPU than the upload at everyday rates.
+            if self.batcher.closed:
+                self._cond.notify_all()
 
     def requeue(self, batch: Batch) -> None:
         with self._cond:

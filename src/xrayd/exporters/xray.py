@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,12 @@ from dataclasses import dataclass
 import orjson
 
 from xrayd.aws import REQUEST_TIMEOUT, AwsContext, user_agent
+from xrayd.exporters.offload import Helper, HelperUnavailable
 from xrayd.exporters.transport import DirectTransport
+
+# Above this many calls a second (50 documents each: 2,500 segments/s) signing and sending move
+# to a helper process (exporters/offload.py), off the GIL the UDP reader needs.
+OFFLOAD_CALLS_PER_SECOND = 50
 
 THROTTLING_CODES = frozenset(
     {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
@@ -98,7 +104,7 @@ class XRayExporter:
 
     name = "xray"
 
-    def __init__(self, aws: AwsContext, pool_size: int) -> None:
+    def __init__(self, aws: AwsContext, pool_size: int, offload: bool = True) -> None:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
@@ -112,6 +118,11 @@ class XRayExporter:
         self._signer = SigV4Auth
         self._request = AWSRequest
         self._user_agent = user_agent()
+        self._channels = pool_size + 1  # the upload workers and telemetry
+        self._offload = offload
+        self._helper: Helper | None = None
+        self._window = (0.0, 0)  # (start of the current second, calls in it)
+        self._lock = threading.Lock()
 
     def send(self, path: str, body: bytes) -> bytes:
         """POST a signed request to the X-Ray API; the response body, or UploadError."""
@@ -121,16 +132,27 @@ class XRayExporter:
                 "Unable to retrieve credentials: no credentials found (set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity or an instance role)",
                 "no_credentials", False)
-        request = self._request(
-            method="POST",
-            url=self.aws.endpoint + path,
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-Amzn-Xray-Timestamp": f"{time.time():.9f}",
-                "User-Agent": self._user_agent,
-            },
-        )
+        url = self.aws.endpoint + path
+        headers = {
+            "Content-Type": "application/json",
+            "X-Amzn-Xray-Timestamp": f"{time.time():.9f}",
+            "User-Agent": self._user_agent,
+        }
+        helper = self._helper_for_call() if self._offload else None
+        if helper is not None:
+            try:
+                reply = helper.call({"url": url, "headers": headers, "region": self.aws.region,
+                                     "credentials": list(credentials)}, body)
+            except HelperUnavailable:
+                pass
+            else:
+                if reply.error is not None:
+                    raise UploadError(reply.error["message"], reply.error["error_class"],
+                                      reply.error["retriable"])
+                if reply.status != 200:
+                    raise classify_http_error(reply.status, reply.content, reply.headers)
+                return reply.content
+        request = self._request(method="POST", url=url, data=body, headers=headers)
         self._signer(credentials, "xray", self.aws.region).add_auth(request)
         try:
             if self._direct is not None:
@@ -143,6 +165,28 @@ class XRayExporter:
         if response.status_code != 200:
             raise classify_http_error(response.status_code, content, response.headers)
         return content
+
+    def _helper_for_call(self) -> Helper | None:
+        """The helper process once calls come faster than OFFLOAD_CALLS_PER_SECOND (started
+        then); None while it is starting, or when it failed."""
+        helper = self._helper
+        if helper is not None:
+            return helper if helper.usable else None
+        now = time.monotonic()
+        with self._lock:
+            start, calls = self._window
+            if now - start >= 1.0:
+                self._window = (now, 1)
+                return None
+            self._window = (start, calls + 1)
+            if calls + 1 < OFFLOAD_CALLS_PER_SECOND or self._helper is not None:
+                return None
+            try:
+                self._helper = Helper(self.aws.endpoint, self.aws.verify, self.aws.proxy,
+                                      REQUEST_TIMEOUT, self._channels)
+            except OSError:
+                self._offload = False
+        return None
 
     def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
         content = self.send("/TraceSegments", request_body(docs))
@@ -158,6 +202,8 @@ class XRayExporter:
         ]
 
     def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
         if self._direct is not None:
             self._direct.close()
         if self._http is not None:
