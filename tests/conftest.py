@@ -163,8 +163,8 @@ class Xrayd:
 def start_xrayd(tmp_path: Path) -> Iterator:
     started: list[Xrayd] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None, ready: str | None = "Batch size",
-              cwd: Path | None = None) -> Xrayd:
+    def start(args: list[str], env: dict[str, str] | None = None,
+              ready: str | None = "Ready: receiving segments", cwd: Path | None = None) -> Xrayd:
         daemon = Xrayd(args, tmp_path, env, cwd)
         started.append(daemon)
         if ready:

@@ -37,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     level = logs.level_for(cfg.log_level)
     try:
-        logs.configure(level if level is not None else logs.LEVELS_BY_SETTING["prod"],
-                       cfg.log_path, cfg.log_rotation)
+        log_file = logs.configure(level if level is not None else logs.LEVELS_BY_SETTING["prod"],
+                                  cfg.log_path, cfg.log_rotation)
     except OSError as exc:
         logs.write_early_error(f"Unable to open log file {cfg.log_path}: {exc.strerror}")
         return 1
@@ -50,4 +50,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from xrayd import daemon
 
-    return daemon.run(cfg)
+    return daemon.run(cfg, log_file)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from xrayd import __version__, budget
 from xrayd.batcher import Batcher, Spill
 from xrayd.config import Config
-from xrayd.logs import RateLimitedLog, get_logger
+from xrayd.logs import RateLimitedLog, RotatingFile, get_logger
 from xrayd.receivers.udp import AddressError, bind_udp
 from xrayd.stats import SEGMENTS_DROPPED, SEGMENTS_SENT, SEGMENTS_SPILLED, Stats
 
@@ -112,6 +112,7 @@ class Daemon:
         log.debug("Batch size: %d", batcher.max_batch)
         self.uploader.start()
         self.receiver.start()
+        log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
 
     def _spilled(self, spill: Spill) -> None:
         if spill.evicted:
@@ -121,9 +122,12 @@ class Daemon:
             self.stats.add(SEGMENTS_SPILLED, spill.dropped, label="dropped_new")
             self.logs.warn("spill-dropped", "Segment dropped. Consider increasing memory limit")
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, log_file: RotatingFile | None = None) -> None:
         signal.signal(signal.SIGINT, self.shutdown.handle)
         signal.signal(signal.SIGTERM, self.shutdown.handle)
+        if log_file is not None:
+            # logrotate moves the file away and sends SIGHUP: write to a new file at the path.
+            signal.signal(signal.SIGHUP, lambda _s, _f: log_file.reopen())
 
     def wait(self) -> None:
         while not self.shutdown.requested.wait(3600):
@@ -158,9 +162,9 @@ class Daemon:
         log.debug("Shutdown finished. Current epoch in nanoseconds: %d", time.time_ns())
 
 
-def run(config: Config) -> int:
+def run(config: Config, log_file: RotatingFile | None = None) -> int:
     daemon = Daemon(config)
-    daemon.install_signal_handlers()
+    daemon.install_signal_handlers(log_file)
     try:
         daemon.start()
     except StartupError as exc:

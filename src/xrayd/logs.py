@@ -6,6 +6,7 @@ goes to stdout, or to a file that rotates at 50 MiB keeping one rolled file (``<
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -84,7 +85,7 @@ class RotatingFile:
         self._handle = self._open()
 
     def _open(self) -> TextIO:
-        return open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        return open(self.path, "a", encoding="utf-8", errors="replace")
 
     def write(self, text: str) -> None:
         with self._lock:
@@ -109,10 +110,8 @@ class RotatingFile:
         target = max(existing, default=0) + 1
         os.replace(self.path, f"{self.path}.{target}")
         for n in existing:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{self.path}.{n}")
-            except FileNotFoundError:
-                pass
         self._handle = self._open()
 
     def reopen(self) -> None:
@@ -171,10 +170,8 @@ def write_early_error(message: str, log_path: str = "") -> None:
     sys.stderr.write(line)
     sys.stderr.flush()
     if log_path:
-        try:
+        with contextlib.suppress(OSError):
             RotatingFile(log_path, rotate=False).write(line)
-        except OSError:
-            pass
 
 
 class RateLimitedLog:

@@ -20,7 +20,7 @@ MAX_DATAGRAM = 65536
 KNOWN_HEADERS = frozenset({b'{"format":"json","version":1}', b'{"format": "json", "version": 1}'})
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a datagram was rejected; each value is a counter label."""
 
     EMPTY = "empty_datagram"

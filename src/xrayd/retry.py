@@ -17,7 +17,9 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number ``attempt`` (1-based); draw in [0, 1)."""
         return draw * min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
 
-    def next_delay(self, attempt: int, elapsed: float, retriable: bool, draw: float) -> float | None:
+    def next_delay(
+        self, attempt: int, elapsed: float, retriable: bool, draw: float
+    ) -> float | None:
         """The wait before the next attempt, or None when the batch should be given up."""
         if not retriable or attempt >= self.max_attempts:
             return None

@@ -7,6 +7,7 @@ itself: everything queued in the kernel before it is still read and buffered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -216,10 +217,8 @@ class UdpReceiver:
             self._wake()
             self._thread.join(timeout)
         if self._thread.is_alive():
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._thread.join(timeout)
         self.sock.close()
 
@@ -231,7 +230,5 @@ class UdpReceiver:
             with socket.socket(self.sock.family, socket.SOCK_DGRAM) as waker:
                 waker.sendto(b"", (host, port))
         except OSError:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

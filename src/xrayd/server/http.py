@@ -6,6 +6,7 @@ viewer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -45,9 +46,7 @@ class HttpServer:
             return
         if self._runner is not None:
             future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop)
-            try:
+            with contextlib.suppress(Exception):
                 future.result(timeout)
-            except Exception:
-                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
