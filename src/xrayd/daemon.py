@@ -9,13 +9,16 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xrayd import __version__, budget
-from xrayd.batcher import Batcher, Spill
 from xrayd.config import Config
 from xrayd.logs import RateLimitedLog, RotatingFile, get_logger
 from xrayd.receivers.udp import AddressError, bind_udp
 from xrayd.stats import SEGMENTS_DROPPED, SEGMENTS_SENT, SEGMENTS_SPILLED, Stats
+
+if TYPE_CHECKING:
+    from xrayd.batcher import Spill
 
 # How long a shutdown may spend uploading what is buffered: long enough for a few rounds of
 # 2-second attempts, well under the 30 s a container platform waits before SIGKILL.
@@ -79,6 +82,7 @@ class Daemon:
 
         # Heavy imports (botocore) only now that the port is bound.
         from xrayd import aws
+        from xrayd.batcher import Batcher
         from xrayd.exporters.xray import XRayExporter
         from xrayd.receivers.udp import UdpReceiver
         from xrayd.segment_queue import SegmentQueue

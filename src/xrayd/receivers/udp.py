@@ -14,12 +14,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from xrayd.batcher import Spill
-from xrayd.logs import RateLimitedLog
 from xrayd.protocol import MAX_DATAGRAM, HeaderCache, Reason, classify
-from xrayd.receivers.mmsg import MultiReader, open_reader
-from xrayd.stats import IntakeCounters
+
+if TYPE_CHECKING:  # not imported at run time: this module is loaded before the port is bound
+    from xrayd.batcher import Spill
+    from xrayd.logs import RateLimitedLog
+    from xrayd.receivers.mmsg import MultiReader
+    from xrayd.stats import IntakeCounters
 
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
 
@@ -83,10 +86,10 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
 
 
 # After a wake-up at a low rate, wait this long before reading: the datagrams that arrive
-# meanwhile are taken in one go, so the thread wakes at most ~100 times a second however many
+# meanwhile are taken in one go, so the thread wakes at most ~50 times a second however many
 # datagrams trickle in (each wake-up costs more CPU than handling a datagram). Documents wait
 # for a batch anyway (up to 1 s), so the added latency is small.
-COALESCE_SECONDS = 0.01
+COALESCE_SECONDS = 0.02
 # A read that returns fewer datagrams than this counts as "low rate".
 COALESCE_BELOW = 8
 
@@ -124,6 +127,8 @@ class UdpReceiver:
         self._thread.start()
 
     def _run(self) -> None:
+        from xrayd.receivers.mmsg import open_reader  # ctypes: after the bind
+
         reader = open_reader(self.sock.fileno()) if self.put_many is not None else None
         if reader is None:
             self._run_single()
