@@ -42,24 +42,31 @@ def build_datagram(size: int, seq: int, sent_ns: int) -> bytes:
     return head + b"x" * pad + tail
 
 
-def compiled_sender(cache: Path | None = None) -> Path | None:
-    """The C sender's binary, compiled on first use; None when gcc is missing or fails."""
+def compiled(source: Path, cache: Path | None = None, env_off: str = "") -> Path | None:
+    """``source`` (C) compiled with gcc on first use, cached by content; None when gcc is
+    missing or fails, or when the environment variable ``env_off`` is set."""
     gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None or os.environ.get("BENCH_PYTHON_SENDER"):
+    if gcc is None or (env_off and os.environ.get(env_off)):
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     folder = cache or HERE / "results" / ".build"
     folder.mkdir(parents=True, exist_ok=True)
-    binary = folder / f"sender-{digest}"
+    binary = folder / f"{source.stem}-{digest}"
     if not binary.exists():
-        tmp = folder / f".sender-{os.getpid()}"
-        result = subprocess.run([gcc, "-O2", "-o", str(tmp), str(SOURCE)], capture_output=True,
+        tmp = folder / f".{source.stem}-{os.getpid()}"
+        result = subprocess.run([gcc, "-O2", "-o", str(tmp), str(source)], capture_output=True,
                                 text=True)
         if result.returncode != 0:
-            sys.stderr.write(f"bench: gcc failed, using the Python sender:\n{result.stderr}")
+            sys.stderr.write(f"bench: gcc failed on {source.name}, using the Python "
+                             f"fallback:\n{result.stderr}")
             return None
         tmp.replace(binary)
     return binary
+
+
+def compiled_sender(cache: Path | None = None) -> Path | None:
+    """The C sender's binary (BENCH_PYTHON_SENDER=1 forces the Python sender)."""
+    return compiled(SOURCE, cache, "BENCH_PYTHON_SENDER")
 
 
 def python_sender(host: str, port: int, rate: float, count: int, seq0: int, step: int,
@@ -76,7 +83,7 @@ def python_sender(host: str, port: int, rate: float, count: int, seq0: int, step
         if rate > 0:
             due = min(count, int((now - start) * rate / 1e9) + 1)
             if due <= sent:
-                wake = start + sent * 1e9 / rate
+                wake = max(start + sent * 1e9 / rate, now + 1e6)  # at most one wake per ms
                 time.sleep(max(0.0, (wake - time.monotonic_ns()) / 1e9))
                 continue
         else:

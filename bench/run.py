@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procstat
-from bench.loadgen import SIZES, Load, build_datagram, compiled_sender
+from bench.loadgen import SIZES, Load, build_datagram, compiled, compiled_sender
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -71,9 +71,13 @@ def free_port() -> int:
 
 
 class SinkProcess:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "0"],
-                                     stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
+    """The sink: bench/sink.c when gcc is there (BENCH_PYTHON_SINK=1 forces bench/sink.py)."""
+
+    def __init__(self, cache: Path | None = None) -> None:
+        binary = compiled(HERE / "sink.c", cache, "BENCH_PYTHON_SINK")
+        command = [str(binary), "0"] if binary else [sys.executable, "-m", "bench.sink", "0"]
+        self.kind = "c" if binary else "python"
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
         line = self.proc.stdout.readline().split() if self.proc.stdout else []
         if len(line) != 2 or line[0] != "listening":
             raise RuntimeError(f"the sink did not start: {line}")

@@ -97,7 +97,10 @@ int main(int argc, char **argv) {
             due = (long long)((double)(now - start) * rate / 1e9) + 1;
             if (due > count) due = count;
             if (due <= sent) {
+                /* Wake at most every millisecond and send what is due in one sendmmsg: a
+                 * wake-up per datagram would cost the machine more than the datagrams. */
                 long long next = start + (long long)((double)sent * 1e9 / rate);
+                if (next < now + 1000000LL) next = now + 1000000LL;
                 struct timespec ts = {next / 1000000000LL, next % 1000000000LL};
                 clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
                 continue;

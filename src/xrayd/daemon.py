@@ -3,6 +3,7 @@ the drain at shutdown."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -114,6 +115,10 @@ class Daemon:
             put_many=self.queue.put_many,
         )
         log.debug("Batch size: %d", batcher.max_batch)
+        # Everything loaded so far (botocore's tables above all) lives as long as the daemon:
+        # out of the collector's sight, a full collection takes a few milliseconds instead of
+        # tens, during which the UDP reader would wait for the GIL and the kernel drop datagrams.
+        gc.freeze()
         self.uploader.start()
         self.receiver.start()
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)

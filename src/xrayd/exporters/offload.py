@@ -15,6 +15,7 @@ it died, a reply is late) the exporter goes back to sending in-process.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -82,6 +83,8 @@ class Helper:
             code = 1
             try:
                 gc.freeze()
+                with contextlib.suppress(OSError):
+                    os.nice(5)  # below the daemon's UDP reader, as its upload threads
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 for parent, _ in pairs:

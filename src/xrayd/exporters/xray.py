@@ -5,7 +5,9 @@ per-call work, which costs more than the upload."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import socket
 import threading
 import time
@@ -21,6 +23,7 @@ from xrayd.exporters.transport import DirectTransport
 # Above this many calls a second (50 documents each: 2,500 segments/s) signing and sending move
 # to a helper process (exporters/offload.py), off the GIL the UDP reader needs.
 OFFLOAD_CALLS_PER_SECOND = 50
+UPLOAD_NICENESS = 5
 
 THROTTLING_CODES = frozenset(
     {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
@@ -95,6 +98,15 @@ def classify_send_error(exc: Exception) -> UploadError:
     return UploadError(detail, "other", False)
 
 
+def lower_thread_priority() -> None:
+    """Run the calling (upload) thread at a lower CPU priority than the UDP reader: uploads can
+    wait within the memory budget, datagrams cannot once the kernel buffer is full. Only a
+    raise of niceness, which needs no privilege; Linux sets it per thread."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + UPLOAD_NICENESS))
+
+
 def request_body(docs: Sequence[bytes]) -> bytes:
     return orjson.dumps({"TraceSegmentDocuments": [d.decode("utf-8") for d in docs]})
 
@@ -123,9 +135,13 @@ class XRayExporter:
         self._helper: Helper | None = None
         self._window = (0.0, 0)  # (start of the current second, calls in it)
         self._lock = threading.Lock()
+        self._niced = threading.local()
 
     def send(self, path: str, body: bytes) -> bytes:
         """POST a signed request to the X-Ray API; the response body, or UploadError."""
+        if not getattr(self._niced, "done", False):
+            lower_thread_priority()
+            self._niced.done = True
         credentials = self.aws.credentials()
         if credentials is None:
             raise UploadError(
