@@ -89,6 +89,7 @@ class Helper:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 for parent, _ in pairs:
                     parent.close()
+                _close_inherited_fds({0, 1, 2} | {child.fileno() for _, child in pairs})
                 _child_main([child for _, child in pairs], sender)
                 code = 0
             finally:
@@ -212,6 +213,19 @@ class _ChildSender:
         headers: Mapping[str, str] = response.headers
         kept = {name: headers[name] for name in ("x-amzn-ErrorType",) if headers.get(name)}
         return {"status": response.status_code, "headers": kept}, content
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """Close what the fork copied (the UDP socket above all, so that the port is free as soon
+    as the daemon exits), keeping ``keep``."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _child_main(channels: list[socket.socket], sender: _ChildSender) -> None:
