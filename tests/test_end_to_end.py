@@ -265,7 +265,9 @@ def test_udp_port_in_use_is_fatal(start_xrayd, tmp_path):
 
 def test_no_region_is_fatal(start_xrayd, tmp_path):
     port = free_udp_tcp_port()
-    daemon = start_xrayd(["-b", f"127.0.0.1:{port}", "-o"], env={"AWS_REGION": ""}, ready=None)
+    # Local mode falls back to the SDK default region: neither variable may be set.
+    daemon = start_xrayd(["-b", f"127.0.0.1:{port}", "-o"],
+                         env={"AWS_REGION": "", "AWS_DEFAULT_REGION": ""}, ready=None)
     assert daemon.wait() == 1
     assert "[Error] Cannot fetch region variable from config file" in daemon.output
 

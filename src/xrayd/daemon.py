@@ -50,8 +50,11 @@ class Shutdown:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, telemetry_interval: float | None = None) -> None:
         self.config = config
+        self.telemetry_interval = telemetry_interval  # None: the original's 60 s
+        self.telemetry = None
+        self.http = None
         self.log = get_logger()
         self.stats = Stats()
         self.logs = RateLimitedLog(self.log)
@@ -90,17 +93,22 @@ class Daemon:
         from xrayd.uploader import Uploader
 
         try:
-            region, source = aws.resolve_region(cfg.region)
+            region, source = aws.resolve_region(cfg.region, cfg.local_mode, log=log)
             proxy = aws.proxy_url(cfg.proxy_address)
+            upstream = aws.xray_endpoint_for(region, cfg.endpoint)
         except aws.AwsSetupError as exc:
             sock.close()
             raise StartupError(str(exc)) from None
-        log.debug("Fetch region %s from %s", region, source)
+        if source == "config":
+            log.debug("Fetched region %s from config", region)
+        else:
+            log.debug("Fetch region %s from %s", region, source)
         if cfg.endpoint:
             log.debug("Using Endpoint read from Config file: %s", cfg.endpoint)
         if proxy:
             log.debug("Using proxy address: %s", proxy)
-        context = aws.create_context(region, cfg.endpoint, cfg.no_verify_ssl, proxy)
+        context = aws.create_context(region, cfg.endpoint, cfg.no_verify_ssl, proxy,
+                                     cfg.role_arn, log)
         log.debug("Using Endpoint: %s", context.endpoint)
         log.info("Using region: %s", region)
         if cfg.resource_arn:
@@ -121,7 +129,50 @@ class Daemon:
         gc.freeze()
         self.uploader.start()
         self.receiver.start()
+        self._start_telemetry(aws, context, exporter)
+        self._start_proxy(context, upstream)
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
+
+    def _start_telemetry(self, aws, context, exporter) -> None:
+        from xrayd import telemetry
+
+        cfg = self.config
+
+        def make_cycle() -> telemetry.TelemetryCycle:
+            fetch = None if cfg.local_mode else aws.instance_metadata(context.session).get
+            identity = telemetry.resolve_identity(
+                cfg.resource_arn, cfg.local_mode, os.environ, fetch, self.log)
+            return telemetry.TelemetryCycle(self.stats, exporter.send, identity, self.log)
+
+        interval = self.telemetry_interval or telemetry.INTERVAL_SECONDS
+        self.telemetry = telemetry.TelemetryThread(make_cycle, self.log, interval)
+        self.telemetry.start()
+
+    def _start_proxy(self, context, upstream: str) -> None:
+        from xrayd.receivers.udp import split_address
+        from xrayd.server.http import HttpServer
+        from xrayd.server.proxy import SigningProxy, is_loopback
+
+        cfg, log = self.config, self.log
+        proxy = SigningProxy(context, upstream, self.logs,
+                             idle_timeout=cfg.proxy_idle_conn_timeout)
+        log.info("HTTP Proxy server using X-Ray Endpoint : %s", upstream)
+        try:
+            host, _port = split_address(cfg.tcp_address)
+        except AddressError as exc:
+            log.error("proxy http server failed to listen: %s", exc)
+            return
+        if not is_loopback(host):
+            log.warning(
+                "The TCP proxy listens on %s, not a loopback address: whoever can reach it "
+                "gets sampling API calls signed with the daemon's credentials",
+                cfg.tcp_address)
+        log.info("Starting proxy http server on %s", cfg.tcp_address)
+        self.http = HttpServer(cfg.tcp_address, proxy.make_app)
+        try:
+            self.http.start()
+        except Exception as exc:  # as the original: the daemon runs on without the proxy
+            log.error("proxy http server failed to listen: %s", exc)
 
     def _spilled(self, spill: Spill) -> None:
         if spill.evicted:
@@ -147,6 +198,8 @@ class Daemon:
         """Stop intake, upload what is buffered within ``drain_seconds``, then return."""
         log = self.log
         log.debug("Shutdown Initiated. Current epoch in nanoseconds: %d", time.time_ns())
+        if self.http is not None:
+            self.http.stop()
         if self.receiver is not None:
             self.receiver.stop()
         if self.queue is not None and self.uploader is not None:
@@ -161,6 +214,8 @@ class Daemon:
                 )
             else:
                 self.uploader.join(1.0)
+            if self.telemetry is not None:
+                self.telemetry.stop()
             self.uploader.exporter.close()
         log.debug(
             "Trace segment: received: %d, truncated: %d, processed: %d",

@@ -33,6 +33,7 @@ SEGMENTS_DROPPED = "segments_dropped"  # label: reason (e.g. shutdown)
 BATCHES_SENT = "batches_sent"
 BATCHES_RETRIED = "batches_retried"
 UPLOAD_ERRORS = "upload_errors"  # label: error class, one per failed attempt
+TELEMETRY_ERRORS = "telemetry_errors"  # label: error class, one per failed PutTelemetryRecords
 
 
 class Stats:

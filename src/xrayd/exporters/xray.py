@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from xrayd.aws import REQUEST_TIMEOUT, AwsContext, user_agent
+from xrayd.aws import REQUEST_TIMEOUT, AwsContext, CredentialsError, user_agent
 from xrayd.exporters.offload import Helper, HelperUnavailable
 from xrayd.exporters.transport import DirectTransport
 
@@ -124,9 +124,11 @@ class XRayExporter:
         self.url = aws.endpoint + "/TraceSegments"
         # Through a proxy, botocore's session (CONNECT tunnels, proxy TLS); else plain
         # kept-alive connections, which cost half the CPU per call.
-        self._direct = None if aws.proxy else DirectTransport(aws.endpoint, aws.verify,
+        proxy = aws.proxy_for(aws.endpoint)  # "" when NO_PROXY names the endpoint
+        self._proxy = proxy
+        self._direct = None if proxy else DirectTransport(aws.endpoint, aws.verify,
                                                                REQUEST_TIMEOUT)
-        self._http = aws.http_session(pool_size) if aws.proxy else None
+        self._http = aws.http_session(pool_size) if proxy else None
         self._signer = SigV4Auth
         self._request = AWSRequest
         self._user_agent = user_agent()
@@ -142,12 +144,10 @@ class XRayExporter:
         if not getattr(self._niced, "done", False):
             lower_thread_priority()
             self._niced.done = True
-        credentials = self.aws.credentials()
-        if credentials is None:
-            raise UploadError(
-                "Unable to retrieve credentials: no credentials found (set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity or an instance role)",
-                "no_credentials", False)
+        try:
+            credentials = self.aws.credentials()
+        except CredentialsError as exc:
+            raise UploadError(str(exc), "no_credentials", False) from None
         url = self.aws.endpoint + path
         headers = {
             "Content-Type": "application/json",
@@ -198,7 +198,7 @@ class XRayExporter:
             if calls + 1 < OFFLOAD_CALLS_PER_SECOND or self._helper is not None:
                 return None
             try:
-                self._helper = Helper(self.aws.endpoint, self.aws.verify, self.aws.proxy,
+                self._helper = Helper(self.aws.endpoint, self.aws.verify, self._proxy,
                                       REQUEST_TIMEOUT, self._channels)
             except OSError:
                 self._offload = False
