@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import socket
 import threading
 
@@ -169,3 +170,24 @@ def test_transport_errors_are_classified_in_process_and_in_the_helper(monkeypatc
             assert (exporter._helper is not None and exporter._helper.usable) == offload
         finally:
             exporter.close()
+
+
+def test_when_the_helper_dies_uploads_continue_in_process(endpoint, monkeypatch):
+    monkeypatch.setattr(xray, "OFFLOAD_CALLS_PER_SECOND", 3)
+    exporter = exporter_for(endpoint.url, offload=True)
+    try:
+        for i in range(10):
+            exporter.put(docs(1, f"w{i}"))
+            if exporter._helper is not None:
+                exporter._helper.ready.wait(10)
+        helper = exporter._helper
+        assert helper is not None and helper.usable
+        os.kill(helper.pid, signal.SIGKILL)
+        os.waitpid(helper.pid, 0)
+        for i in range(5):
+            assert exporter.put(docs(1, f"after{i}")) == []
+        assert not helper.usable
+    finally:
+        exporter.close()
+    assert [d for d in endpoint.documents if "after" in d] == [
+        d.decode() for i in range(5) for d in docs(1, f"after{i}")]

@@ -137,6 +137,8 @@ class Helper:
             # A late or lost reply leaves the channel out of step: give the helper up.
             self.broken = True
             channel.close()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)  # reap it if it died
             raise HelperUnavailable(str(exc)) from exc
         with self._lock:
             self._free.append(channel)
@@ -149,12 +151,15 @@ class Helper:
             channels, self._free = self._free, []
         for channel in channels:
             channel.close()
-        for _ in range(50):
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                return
-            time.sleep(0.1)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+        try:
+            for _ in range(50):
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    return
+                time.sleep(0.1)
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            return  # already reaped
 
 
 # -- the child --------------------------------------------------------------------------------
