@@ -21,7 +21,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "sender.c"
-SIZES = {"0.5k": 512, "1k": 1024, "4k": 4096, "16k": 16384}
+SIZES = {"0.5k": [512], "1k": [1024], "4k": [4096], "16k": [16384],
+         "mix": [512, 1024, 1024, 1024, 4096, 1024, 512, 16384]}  # mix: mostly ~1 KB
 HEADER = b'{"format":"json","version":1}\n'
 
 

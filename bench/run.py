@@ -133,7 +133,7 @@ class RssSampler:
 @dataclass
 class Trial:
     rate: float  # target, segments/s; 0 = as fast as possible
-    size: int
+    sizes: list[int]
     duration: float
     sent: int = 0
     send_seconds: float = 0.0
@@ -162,11 +162,12 @@ class Trial:
     def summary(self) -> dict:
         per100k = self.daemon_cpu / self.delivered * 1e5 if self.delivered else None
         return {
-            "target_rate": self.rate, "size": self.size, "duration": self.duration,
+            "target_rate": self.rate, "sizes": self.sizes, "duration": self.duration,
             "sent": self.sent, "send_seconds": round(self.send_seconds, 3),
             "send_rate": round(self.send_rate), "delivered": self.delivered,
             "delivered_rate": round(self.delivered_rate),
-            "delivered_mb_s": round(self.delivered_rate * self.size / 1e6, 2),
+            "delivered_mb_s": round(
+                self.delivered_rate * sum(self.sizes) / len(self.sizes) / 1e6, 2),
             "lost": self.lost,
             "loss_pct": round(100 * self.lost / self.sent, 4) if self.sent else 0,
             "duplicates": self.duplicates, "kernel_drops_systemwide": self.kernel_drops,
@@ -266,16 +267,17 @@ class Bench:
 
     # -- load ---------------------------------------------------------------------------------
 
-    def trial(self, rate: float, duration: float, size: int, latency: bool = False) -> Trial:
+    def trial(self, rate: float, duration: float, sizes: list[int],
+              latency: bool = False) -> Trial:
         assert self.proc is not None
         count = int(rate * duration) if rate else int(self.args.blast_count)
-        trial = Trial(rate, size, duration)
+        trial = Trial(rate, sizes, duration)
         self.sink.reset(count, latency)
         pid = self.proc.pid
         cpu0, sink0 = procstat.cpu_seconds(pid), self.sink.cpu()
         drops0 = procstat.udp_receive_errors()
         sampler = RssSampler(pid)
-        load = Load(self.port, rate, count, [size], self.args.senders, binary=self.binary)
+        load = Load(self.port, rate, count, sizes, self.args.senders, binary=self.binary)
         try:
             result = load.wait(timeout=duration * 4 + 60 if rate else 600)
         finally:
@@ -299,7 +301,7 @@ class Bench:
                     if trial.latency_ms else ""))
         return trial
 
-    def search(self, duration: float, size: int) -> tuple[float, list[Trial]]:
+    def search(self, duration: float, size: list[int]) -> tuple[float, list[Trial]]:
         """The highest target rate with zero loss: x1.5 steps up, then bisection to 5 %."""
         trials: list[Trial] = []
         good, bad = 0.0, 0.0
@@ -455,7 +457,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="5 s trials, 2 s idle: a quick look, not the reference figures")
     parser.add_argument("--size", choices=sorted(SIZES), default="1k",
-                        help="segment size (default 1k)")
+                        help="segment size (default 1k; mix: 0.5-16 KB, mostly 1 KB)")
     parser.add_argument("--senders", type=int, default=2, help="sender processes (default 2)")
     parser.add_argument("--fixed-rates", type=float, nargs="*", default=[1000, 10000])
     parser.add_argument("--start-rate", type=float, default=40000)
