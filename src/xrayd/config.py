@@ -42,6 +42,12 @@ class Config:
     no_verify_ssl: bool = False
     proxy_address: str = ""
     version: int = 2
+    # Offline mode (docs/offline.md): the local trace store, X-Ray API and viewer.
+    offline: bool = False
+    store_path: str = ""
+    store_retention_hours: int = 0  # 0: the default (72)
+    store_max_size_mb: int = 0  # 0: the default (1024)
+    sampling_rules_file: str = ""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -76,6 +82,11 @@ KEYS: tuple[Key, ...] = (
     Key("NoVerifySSL", "no_verify_ssl", bool),
     Key("ProxyAddress", "proxy_address", str),
     Key("Version", "version", int),
+    Key("Offline", "offline", bool),
+    Key("Store.Path", "store_path", str),
+    Key("Store.RetentionHours", "store_retention_hours", int),
+    Key("Store.MaxSizeMB", "store_max_size_mb", int),
+    Key("SamplingRulesFile", "sampling_rules_file", str),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 

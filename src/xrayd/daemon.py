@@ -63,6 +63,7 @@ class Daemon:
         self.receiver = None
         self.uploader = None
         self.queue = None
+        self.offline = None
 
     def start(self) -> None:
         cfg = self.config
@@ -84,6 +85,10 @@ class Daemon:
             raise StartupError(str(exc)) from None
         log.info("Using buffer memory limit of %d MB", megabytes)
         log.info("%d segment buffers allocated", budget.original_buffer_count(megabytes))
+
+        if cfg.offline:
+            self._start_offline(sock, megabytes)
+            return
 
         # Heavy imports (botocore) only now that the port is bound.
         from xrayd import aws
@@ -136,6 +141,43 @@ class Daemon:
         self._start_telemetry(aws, context, exporter)
         self._start_proxy(context, upstream)
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
+
+    def _start_offline(self, sock, megabytes: int) -> None:
+        """Offline mode: the same pipeline into the local store; no region, no credentials."""
+        from xrayd import offline
+        from xrayd.receivers.udp import UdpReceiver
+        from xrayd.segment_queue import SegmentQueue
+        from xrayd.uploader import Uploader
+
+        try:
+            self.offline = offline.start(self.config, self.log, self._rejected)
+        except offline.OfflineError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from None
+        batcher = Batcher(budget=megabytes * budget.MIB)
+        self.queue = SegmentQueue(batcher, time.monotonic)
+        self.uploader = Uploader(self.queue, self.offline.exporter, self.stats, self.logs,
+                                 self.config.concurrency)
+        self.receiver = UdpReceiver(
+            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
+        )
+        self.log.debug("Batch size: %d", batcher.max_batch)
+        self.uploader.start()
+        self.receiver.start()
+        self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
+        self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
+
+    def _rejected(self, rejection) -> None:
+        """A document the offline store refused (it was counted as sent when queued)."""
+        from xrayd.stats import SEGMENTS_UNPROCESSED
+
+        self.stats.add(SEGMENTS_SENT, -1)
+        self.stats.add(SEGMENTS_UNPROCESSED, label=rejection.code)
+        self.logs.error(
+            f"unprocessed:{rejection.code}",
+            f"Unprocessed segment: Id {rejection.id or 'missing'}, ErrorCode {rejection.code}, "
+            f"Message {rejection.message} (kept in the store's rejected list)",
+        )
 
     def _start_telemetry(self, aws, context, exporter) -> None:
         from xrayd import telemetry
@@ -206,6 +248,8 @@ class Daemon:
             self.http.stop()
         if self.receiver is not None:
             self.receiver.stop()
+        if self.offline is not None:
+            self.offline.stop()
         if self.queue is not None and self.uploader is not None:
             self.queue.close()
             if not self.queue.wait_drained(drain_seconds):

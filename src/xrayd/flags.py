@@ -58,6 +58,21 @@ FLAGS: tuple[Flag, ...] = (
     Flag("log-rotation", "", bool, "log_rotation",
          "Rotate the log file at 50 MiB, keeping one old file (config key Logging.LogRotation; "
          "default true, use --log-rotation=false to append only)."),
+    Flag("offline", "", bool, "offline",
+         "Offline mode: keep traces in a local store, serve the X-Ray API and a trace viewer on "
+         "the TCP address; no AWS account needed (config key Offline)."),
+    Flag("store", "", str, "store_path",
+         "Offline trace store file (config key Store.Path; default "
+         "$XDG_DATA_HOME/xrayd/traces.db or ~/.local/share/xrayd/traces.db)."),
+    Flag("retention-hours", "", int, "store_retention_hours",
+         "Offline store: remove traces older than this (config key Store.RetentionHours, "
+         "default 72)."),
+    Flag("store-max-mb", "", int, "store_max_size_mb",
+         "Offline store: remove the oldest traces above this size (config key "
+         "Store.MaxSizeMB, default 1024)."),
+    Flag("sampling-rules", "", str, "sampling_rules_file",
+         "Offline mode: JSON file of sampling rules in the X-Ray SamplingRule shape (config key "
+         "SamplingRulesFile)."),
 )
 
 _BY_NAME: dict[str, Flag] = {}

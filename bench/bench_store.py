@@ -1,0 +1,219 @@
+"""Offline store benchmark: how fast SDK-like 1 KB segment documents are stored, and how fast
+GetTraceSummaries answers over the last hour with one annotation filter on a full store.
+
+    .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 8] [--udp-rate 20000]
+
+Storing goes through the offline exporter (the upload workers' path: parse and queue, then one
+writer thread committing what is queued in transactions), from --threads workers at once; the
+time runs until the last document is committed. Then the whole daemon (``xrayd --offline`` as
+a subprocess) gets documents over UDP at --udp-rate a second for 5 seconds. Queries go
+through the daemon's own X-Ray API over HTTP on loopback, as boto3 would send them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+
+import orjson
+
+from xrayd.exporters.local import LocalExporter
+from xrayd.sampling.engine import SamplingEngine
+from xrayd.server.http import HttpServer
+from xrayd.server.xray_api import StoreReader, XRayApi, make_app
+from xrayd.store.writer import StoreWriter
+
+
+def sdk_like_document(i: int, now: float, rng: random.Random) -> bytes:
+    """About 1 KB, shaped like the Python SDK's output for a web request with two calls."""
+    start = now - rng.random() * 3500
+    trace_id = f"1-{int(start):08x}-{rng.getrandbits(96):024x}"
+    status = rng.choice([200] * 18 + [404, 500])
+    doc = {
+        "id": f"{rng.getrandbits(64):016x}", "name": rng.choice(["checkout", "cart", "search"]),
+        "start_time": start, "end_time": start + rng.random() * 0.5, "trace_id": trace_id,
+        "in_progress": False,
+        "http": {"request": {"method": "GET", "url": f"http://shop.local/items/{i}",
+                             "user_agent": "Mozilla/5.0", "client_ip": "10.0.0.1"},
+                 "response": {"status": status, "content_length": 512}},
+        "annotations": {"customer": f"c{i % 1000}", "tier": i % 3},
+        "metadata": {"default": {"cart_items": i % 7}},
+        "aws": {"xray": {"sdk": "X-Ray for Python", "sdk_version": "2.15.0"}},
+        "service": {"runtime": "CPython", "runtime_version": "3.11.2"},
+        "subsegments": [
+            {"id": f"{rng.getrandbits(64):016x}", "name": "postgres@db.local",
+             "start_time": start + 0.01, "end_time": start + 0.02, "namespace": "remote",
+             "sql": {"url": "postgresql://db.local/shop", "database_type": "PostgreSQL",
+                     "sanitized_query": "SELECT * FROM items WHERE id = %s"},
+             "type": "subsegment", "trace_id": trace_id, "in_progress": False},
+            {"id": f"{rng.getrandbits(64):016x}", "name": "DynamoDB",
+             "start_time": start + 0.03, "end_time": start + 0.05, "namespace": "aws",
+             "aws": {"operation": "GetItem", "region": "us-east-1", "table_name": "carts",
+                     "request_id": "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"},
+             "http": {"response": {"status": 200}}, "type": "subsegment",
+             "trace_id": trace_id, "in_progress": False},
+        ],
+    }
+    if status == 500:
+        doc["fault"] = True
+    return orjson.dumps(doc)
+
+
+def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> float:
+    batches = [docs[i:i + 50] for i in range(0, len(docs), 50)]
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not batches:
+                    return
+                batch = batches.pop()
+            rejected = exporter.put(batch)
+            assert not rejected, rejected[:1]
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert exporter.writer.flush(300), "the store did not commit everything"
+    return len(docs) / (time.perf_counter() - started)
+
+
+def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int]:
+    """The whole daemon: ``xrayd --offline`` as a subprocess, documents sent over UDP at
+    ``rate`` a second; (segments stored a second until the last is committed, segments stored)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    log = open(os.path.join(tmp, "xrayd.log"), "wb")  # noqa: SIM115
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "xrayd", "--offline", "--store", os.path.join(tmp, "udp.db"),
+         "-b", f"127.0.0.1:{port}", "-t", f"127.0.0.1:{port}", "-m", "256", "-l", "info"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    stats_url = f"http://127.0.0.1:{port}/api/stats"
+
+    def stored() -> int:
+        try:
+            with urllib.request.urlopen(stats_url, timeout=5) as response:
+                return json.loads(response.read())["segments"]
+        except OSError:
+            return -1
+
+    try:
+        deadline = time.monotonic() + 30
+        while stored() < 0:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError("xrayd did not start")
+            time.sleep(0.1)
+        header = b'{"format":"json","version":1}\n'
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            started = time.perf_counter()
+            for i, doc in enumerate(docs):
+                sock.sendto(header + doc, ("127.0.0.1", port))
+                if i % 1000 == 999:
+                    ahead = (i + 1) / rate - (time.perf_counter() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        last, count, same = -1, 0, 0
+        while same < 20:  # until nothing more arrives for 2 s
+            count = stored()
+            same = same + 1 if count == last else 0
+            if count != last:
+                finished = time.perf_counter()
+            last = count
+            if count >= len(docs):
+                break
+            time.sleep(0.1)
+        return count / (finished - started), count
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        log.close()
+
+
+def query_times(url: str, body: dict, runs: int) -> list[float]:
+    data = json.dumps(body).encode()
+    times = []
+    for _ in range(runs):
+        request = urllib.request.Request(url, data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        times.append((time.perf_counter() - started) * 1000)
+    body["_found"] = len(answer["TraceSummaries"])
+    body["_processed"] = answer["TracesProcessedCount"]
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--segments", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--udp-rate", type=int, default=20_000,
+                        help="documents a second sent over UDP to a whole daemon (0: skip)")
+    args = parser.parse_args()
+    rng = random.Random(7)
+    now = time.time()
+    docs = [sdk_like_document(i, now, rng) for i in range(args.segments)]
+    size = sum(map(len, docs)) / len(docs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "traces.db")
+        writer = StoreWriter(path)
+        exporter = LocalExporter(writer)
+        rate = store_rate(exporter, docs, args.threads)
+        print(f"store: {args.segments} documents of {size:.0f} bytes on average, "
+              f"{args.threads} workers: {rate:,.0f} segments/s")
+        print(f"database size: {os.path.getsize(path) / 1e6:.1f} MB "
+              f"(+ WAL {os.path.getsize(path + '-wal') / 1e6:.1f} MB)")
+
+        reader = StoreReader(path)
+        api = XRayApi(writer, reader, SamplingEngine())
+        server = HttpServer("127.0.0.1:0", lambda: make_app(api))
+        server.start()
+        host, port = server.bound
+        url = f"http://{host}:{port}/TraceSummaries"
+        end = time.time()
+        for label, expression in [
+            ("annotation, 0.1 % match", 'annotation.customer = "c42"'),
+            ("annotation, 33 % match", "annotation.tier = 1"),
+            ("service + annotation", 'service("DynamoDB") AND annotation.customer = "c7"'),
+            ("no filter", None),
+        ]:
+            body = {"StartTime": end - 3600, "EndTime": end}
+            if expression:
+                body["FilterExpression"] = expression
+            times = sorted(query_times(url, body, args.runs))
+            p95 = times[max(0, int(len(times) * 0.95) - 1)]
+            print(f"GetTraceSummaries last hour, {label}: median {statistics.median(times):.1f} "
+                  f"ms, p95 {p95:.1f} ms, max {times[-1]:.1f} ms "
+                  f"({body['_found']} on the first page of {body['_processed']} traces)")
+        server.stop()
+        reader.close()
+        exporter.close()
+        if args.udp_rate:
+            count = min(len(docs), args.udp_rate * 5)
+            stored_rate, stored = pipeline_rate(docs[:count], tmp, args.udp_rate)
+            print(f"whole daemon, UDP at {args.udp_rate:,}/s: {stored} of {count} documents "
+                  f"stored, {stored_rate:,.0f} segments/s until the last was committed")
+
+
+if __name__ == "__main__":
+    main()

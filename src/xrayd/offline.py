@@ -1,0 +1,92 @@
+"""Offline mode's parts: the trace store (its writer and readers), the sampling engine and the
+TCP server answering the X-Ray API and the viewer. Nothing here needs AWS (no botocore)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from xrayd.config import Config
+from xrayd.exporters.local import LocalExporter
+from xrayd.sampling.engine import SamplingEngine
+from xrayd.sampling.rules import RuleError, parse_rules_file
+from xrayd.server.http import HttpServer
+from xrayd.server.viewer_routes import routes as viewer_routes
+from xrayd.server.xray_api import StoreReader, XRayApi, make_app
+from xrayd.store.schema import default_path
+from xrayd.store.writer import Rejection, Retention, StoreWriter
+
+DEFAULT_RETENTION_HOURS = 72
+DEFAULT_MAX_SIZE_MB = 1024
+
+
+class OfflineError(Exception):
+    pass
+
+
+@dataclass
+class Offline:
+    writer: StoreWriter
+    reader: StoreReader
+    sampling: SamplingEngine
+    server: HttpServer
+    store_path: str
+
+    @property
+    def exporter(self) -> LocalExporter:
+        return LocalExporter(self.writer)
+
+    def url(self) -> str:
+        host, port = self.server.bound or ("127.0.0.1", 2000)
+        shown = f"[{host}]" if ":" in host else host
+        if shown in ("0.0.0.0", "[::]"):
+            shown = "127.0.0.1"
+        return f"http://{shown}:{port}/"
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.reader.close()
+
+
+def load_rules(path: str) -> list[dict]:
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_rules_file(handle.read())
+    except OSError as exc:
+        raise OfflineError(f"Unable to read sampling rules file {path}: {exc.strerror}") from None
+    except RuleError as exc:
+        raise OfflineError(f"Invalid sampling rules file {path}: {exc}") from None
+
+
+def start(cfg: Config, log: logging.Logger,
+          on_reject: Callable[[Rejection], None] | None = None) -> Offline:
+    """Open the store, load the rules and start the TCP server; OfflineError on failure."""
+    rules = load_rules(cfg.sampling_rules_file)
+    path = cfg.store_path or default_path()
+    retention = Retention(
+        hours=float(cfg.store_retention_hours or DEFAULT_RETENTION_HOURS),
+        max_bytes=(cfg.store_max_size_mb or DEFAULT_MAX_SIZE_MB) * 1024 * 1024,
+    )
+    try:
+        writer = StoreWriter(path, retention, log=log, on_reject=on_reject)
+    except Exception as exc:
+        raise OfflineError(f"Unable to open trace store {path}: {exc}") from None
+    writer.enforce_retention_now()
+    reader = StoreReader(path)
+    sampling = SamplingEngine(rules)
+    info = {"store": path, "retention_hours": retention.hours,
+            "max_size_mb": retention.max_bytes // (1024 * 1024)}
+    api = XRayApi(writer, reader, sampling)
+    server = HttpServer(cfg.tcp_address, lambda: make_app(api, viewer_routes(reader, info)))
+    try:
+        server.start()
+    except OSError as exc:
+        writer.close()
+        reader.close()
+        raise OfflineError(f"listen tcp {cfg.tcp_address}: {exc.strerror or exc}") from None
+    log.info("Offline mode: %d sampling rules loaded, trace store %s (retention %g hours, "
+             "%d MB)", len(rules), path, retention.hours, retention.max_bytes // (1024 * 1024))
+    return Offline(writer, reader, sampling, server, path)

@@ -1,0 +1,1 @@
+"""Centralized sampling served by the daemon itself in offline mode."""

@@ -1,0 +1,112 @@
+"""The store's SQLite schema and connection settings."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+SCHEMA_VERSION = 3
+
+# Every index grows at its end: rows and trace keys (pk, tpk) go in arrival order and trace ids
+# start with their time, so a commit dirties few pages (random keys made inserts several times
+# slower). Each trace's annotations and services are also kept as JSON on its row, so a page of
+# summaries and retention need no extra index.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    pk          INTEGER PRIMARY KEY,
+    trace_id    TEXT NOT NULL UNIQUE,
+    start       REAL NOT NULL,
+    end         REAL,
+    root_start  REAL,
+    root_end    REAL,
+    error       INTEGER NOT NULL DEFAULT 0,
+    fault       INTEGER NOT NULL DEFAULT 0,
+    throttle    INTEGER NOT NULL DEFAULT 0,
+    http_method TEXT,
+    http_status INTEGER,
+    http_url    TEXT,
+    user        TEXT,
+    root_name   TEXT,
+    documents   INTEGER NOT NULL DEFAULT 0,
+    updated     REAL NOT NULL,
+    annotations TEXT NOT NULL DEFAULT '{}',
+    services    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
+
+CREATE TABLE IF NOT EXISTS segments (
+    pk          INTEGER PRIMARY KEY,
+    tpk         INTEGER NOT NULL,
+    id          TEXT NOT NULL,
+    parent_id   TEXT,
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    origin      TEXT,
+    start       REAL NOT NULL,
+    end         REAL,
+    in_progress INTEGER NOT NULL,
+    error       INTEGER NOT NULL,
+    fault       INTEGER NOT NULL,
+    throttle    INTEGER NOT NULL,
+    received    REAL NOT NULL,
+    calls       TEXT,
+    doc         BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS segments_id ON segments(tpk, id);
+
+CREATE TABLE IF NOT EXISTS annotations (
+    key  TEXT NOT NULL,
+    typ  TEXT NOT NULL,
+    val  NOT NULL,
+    tpk  INTEGER NOT NULL,
+    PRIMARY KEY (key, typ, val, tpk)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT NOT NULL,
+    tpk  INTEGER NOT NULL,
+    PRIMARY KEY (name, tpk)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS rejected (
+    pk       INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    code     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    doc      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_received ON rejected(received);
+"""
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the store's settings; the writer's creates the schema."""
+    if not readonly and path != ":memory:":
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+    conn.execute("PRAGMA busy_timeout=10000")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new database
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version and version != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"trace store schema version {version}, this xrayd uses {SCHEMA_VERSION}: "
+            "move the old file away or use another --store path")
+    conn.executescript(SCHEMA)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+def default_path(environ: dict[str, str] | None = None) -> str:
+    """$XDG_DATA_HOME/xrayd/traces.db, else ~/.local/share/xrayd/traces.db."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "xrayd", "traces.db")

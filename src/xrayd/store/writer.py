@@ -1,0 +1,450 @@
+"""The store's one writer: a thread that commits batches of documents in transactions and
+enforces retention. Callers (the upload workers) parse documents in their own thread, hand the
+records over and wait for the commit, so a document counts as sent only once it is stored."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from xrayd.store import schema
+from xrayd.store.extract import BadDocument, Record, parse
+
+# Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
+MAX_RECORDS_PER_COMMIT = 5000
+MAX_PENDING = 20000  # records queued for the writer before callers are held back
+PK_CACHE_SIZE = 200_000
+REJECTED_DOC_BYTES = 65536
+RETENTION_CHECK_SECONDS = 30.0
+DELETE_CHUNK = 2000
+CHECKPOINT_SECONDS = 0.5
+WAL_LIMIT_BYTES = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Retention:
+    hours: float = 72.0
+    max_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Rejection:
+    id: str
+    code: str
+    message: str
+
+
+class _Prepared:
+    """A record's rows, built by the caller's thread; the writer only adds the trace key."""
+
+    __slots__ = ("annotations", "segment", "services", "trace", "trace_id")
+
+    def __init__(self, r: Record, now: float) -> None:
+        dumps = orjson.dumps
+        calls = None
+        if r.calls:
+            calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
+                            int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
+        self.trace_id = r.trace_id
+        self.segment = (r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
+                        int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now,
+                        calls, r.doc)
+        names = {c.name: 1 for c in r.calls}
+        if r.kind == "segment":
+            names[r.name] = 1
+        self.services = list(names)
+        notes = {}
+        self.annotations = []
+        for key, value in r.annotations:
+            stored, tag = annotation_value(value)
+            self.annotations.append((key, tag, stored))
+            notes[key] = value
+        root = r.kind == "segment" and r.parent_id is None
+        self.trace = (r.trace_id, r.start, r.end, r.start if root else None,
+                      r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
+                      r.http_method, r.http_status, r.http_url, r.user,
+                      r.name if root else None, now, dumps(notes).decode(),
+                      dumps(names).decode())
+
+
+class _Job:
+    __slots__ = ("docs", "done", "error", "received", "records", "rejects")
+
+    def __init__(self, docs: Sequence[bytes], received: float) -> None:
+        self.docs = docs
+        self.received = received
+        self.records: list[_Prepared] = []
+        self.rejects: list[tuple[BadDocument, bytes]] = []
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+    def prepare(self) -> None:
+        for doc in self.docs:
+            try:
+                self.records.append(_Prepared(parse(doc), self.received))
+            except BadDocument as bad:
+                self.rejects.append((bad, doc))
+
+
+class StoreClosed(Exception):
+    pass
+
+
+_SEGMENT_UPSERT = """
+INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
+                      error, fault, throttle, received, calls, doc)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tpk, id) DO UPDATE SET
+    parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
+    origin = excluded.origin, start = excluded.start, end = excluded.end,
+    in_progress = excluded.in_progress, error = excluded.error, fault = excluded.fault,
+    throttle = excluded.throttle, received = excluded.received, calls = excluded.calls,
+    doc = excluded.doc
+WHERE segments.in_progress = 1 OR excluded.in_progress = 0
+"""
+
+# Root segments (no parent) own the trace's HTTP, user and response time; other documents only
+# fill what is still unknown.
+_TRACE_UPSERT = """
+INSERT INTO traces (pk, trace_id, start, end, root_start, root_end, error, fault, throttle,
+                    http_method, http_status, http_url, user, root_name, documents, updated,
+                    annotations, services)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+ON CONFLICT (trace_id) DO UPDATE SET
+    start = min(start, excluded.start),
+    end = max(coalesce(end, excluded.end), coalesce(excluded.end, end)),
+    root_start = coalesce(excluded.root_start, root_start),
+    root_end = coalesce(excluded.root_end, root_end),
+    error = error | excluded.error,
+    fault = fault | excluded.fault,
+    throttle = throttle | excluded.throttle,
+    http_method = CASE WHEN excluded.root_start IS NOT NULL
+        THEN coalesce(excluded.http_method, http_method)
+        ELSE coalesce(http_method, excluded.http_method) END,
+    http_status = CASE WHEN excluded.root_start IS NOT NULL
+        THEN coalesce(excluded.http_status, http_status)
+        ELSE coalesce(http_status, excluded.http_status) END,
+    http_url = CASE WHEN excluded.root_start IS NOT NULL
+        THEN coalesce(excluded.http_url, http_url)
+        ELSE coalesce(http_url, excluded.http_url) END,
+    user = coalesce(excluded.user, user),
+    root_name = coalesce(excluded.root_name, root_name),
+    documents = documents + 1,
+    updated = excluded.updated,
+    annotations = CASE WHEN excluded.annotations = '{}' THEN annotations
+        ELSE json_patch(annotations, excluded.annotations) END,
+    services = CASE WHEN excluded.services = '{}' THEN services
+        ELSE json_patch(services, excluded.services) END
+"""
+
+
+def annotation_value(value: object) -> tuple[object, str]:
+    """(stored value, type tag): booleans, numbers and strings compare only with their kind."""
+    if isinstance(value, bool):
+        return int(value), "b"
+    if isinstance(value, int | float):
+        return float(value), "n"
+    return str(value), "s"
+
+
+class StoreWriter:
+    def __init__(
+        self,
+        path: str,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+        on_reject: Callable[[Rejection], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.on_reject = on_reject
+        self.retention = retention or Retention()
+        self.clock = clock
+        self.log = log or logging.getLogger("xrayd")
+        self.conn = schema.connect(path)
+        # Checkpoints (copying the WAL into the database, with an fsync) run in a thread of
+        # their own, so commits never wait for one.
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="store-checkpoint", daemon=True)
+        self._jobs: deque[_Job] = deque()
+        self._pending = 0
+        self.failed_commits = 0
+        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
+                                              ).fetchone()[0]
+        self._pk_cache: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._last_retention = 0.0
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+        self._checkpointer.start()
+
+    # --- callers' side -------------------------------------------------------------------
+    def write(self, docs: Sequence[bytes], wait: bool = True, timeout: float = 60.0
+              ) -> list[Rejection]:
+        """Store ``docs``; the rejected ones, with the service's error codes. Without ``wait``
+        the call returns once the documents are queued for the next commit (at most
+        MAX_PENDING records wait; beyond that the caller is held back) and rejections go to
+        ``on_reject`` only.
+
+        The writer thread parses the documents too: parsing in the callers' threads made the
+        writer wait for the GIL after every row SQLite stepped through."""
+        job = _Job(docs, self.clock())
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending >= MAX_PENDING and not self._closed:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("the trace store is not keeping up")
+            if self._closed:
+                raise StoreClosed("the trace store is closed")
+            self._jobs.append(job)
+            self._pending += len(docs)
+            self._cond.notify_all()
+        if not wait:
+            return []
+        if not job.done.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError("the trace store did not commit in time")
+        if job.error is not None:
+            raise job.error
+        return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in job.rejects]
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until everything queued is committed (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    return not self._pending
+            return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self._checkpointer.join(timeout)
+
+    def _checkpoint_loop(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                               timeout=10.0)
+        try:
+            while not self._thread_done():
+                time.sleep(CHECKPOINT_SECONDS)
+                try:
+                    busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if busy:
+                        self.log.debug("Trace store checkpoint was busy")
+                except Exception as exc:  # busy or I/O error: the next round tries again
+                    self.log.debug("Trace store checkpoint: %s", exc)
+        finally:
+            conn.close()
+
+    def _thread_done(self) -> bool:
+        return self._closed and not self._thread.is_alive()
+
+    def enforce_retention_now(self) -> None:
+        """Run retention at the writer's next turn (used by tests and at start-up)."""
+        with self._cond:
+            self._last_retention = float("-inf")
+            self._cond.notify()
+
+    # --- the writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed and not self._retention_due():
+                    self._cond.wait(RETENTION_CHECK_SECONDS)
+                jobs: list[_Job] = []
+                count = 0
+                while self._jobs and count < MAX_RECORDS_PER_COMMIT:
+                    job = self._jobs.popleft()
+                    jobs.append(job)
+                    count += len(job.docs)
+                closing = self._closed and not self._jobs
+            if jobs:
+                self._commit(jobs)
+                with self._cond:
+                    self._pending -= count
+                    self._cond.notify_all()
+                self._bound_wal()
+            if self._retention_due():
+                self._run_retention()
+            if closing:
+                with contextlib.suppress(Exception):
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.close()
+                return
+
+    def _bound_wal(self) -> None:
+        """Under a steady stream the background checkpoints never find the WAL idle enough to
+        start it over; past WAL_LIMIT_BYTES the writer checkpoints and truncates it itself."""
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > WAL_LIMIT_BYTES:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except Exception as exc:
+                self.log.debug("Trace store checkpoint: %s", exc)
+
+    def _retention_due(self) -> bool:
+        return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        now = self.clock()
+        for job in jobs:
+            job.prepare()
+            if self.on_reject is not None:
+                for bad, _doc in job.rejects:
+                    self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._insert([r for job in jobs for r in job.records], now)
+            self._insert_rejects([r for job in jobs for r in job.rejects], now)
+            self.conn.execute("COMMIT")
+        except Exception as exc:  # a disk or database problem: the batch is not stored
+            with contextlib.suppress(Exception):
+                self.conn.execute("ROLLBACK")
+            self._reset_keys()
+            self.failed_commits += 1
+            self.log.error("Trace store: %d documents not stored: %s",
+                           sum(len(job.records) for job in jobs), exc)
+            for job in jobs:
+                job.error = exc
+        for job in jobs:
+            job.done.set()
+
+    def _reset_keys(self) -> None:
+        self._pk_cache.clear()
+        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
+                                              ).fetchone()[0]
+
+    def _trace_keys(self, records: list[_Prepared]) -> dict[str, int]:
+        """Each trace's row number: known ones from a cache or the database, new ones in
+        arrival order (sequential keys keep every index of the child tables append-only)."""
+        cache = self._pk_cache
+        unknown = list({r.trace_id for r in records if r.trace_id not in cache})
+        if unknown:
+            for trace_id, pk in self.conn.execute(
+                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
+                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)
+            ):
+                cache[trace_id] = pk
+            for trace_id in unknown:
+                if trace_id not in cache:
+                    cache[trace_id] = self._next_pk
+                    self._next_pk += 1
+        if len(cache) > PK_CACHE_SIZE:
+            keep = {r.trace_id: cache[r.trace_id] for r in records}
+            cache.clear()
+            cache.update(keep)
+        return cache
+
+    def _insert(self, records: list[_Prepared], now: float) -> None:
+        keys = self._trace_keys(records)
+        segments, traces, annotations, services = [], [], [], []
+        for r in records:
+            tpk = keys[r.trace_id]
+            segments.append((tpk, *r.segment))
+            traces.append((tpk, *r.trace))
+            if r.annotations:
+                annotations.extend((*row, tpk) for row in r.annotations)
+            services.extend((name, tpk) for name in r.services)
+        execute = self.conn.executemany
+        execute(_SEGMENT_UPSERT, segments)
+        execute(_TRACE_UPSERT, traces)
+        if annotations:
+            execute("INSERT OR IGNORE INTO annotations (key, typ, val, tpk) VALUES (?, ?, ?, ?)",
+                    annotations)
+        if services:
+            execute("INSERT OR IGNORE INTO services (name, tpk) VALUES (?, ?)", services)
+
+    def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
+        if rejects:
+            self.conn.executemany(
+                "INSERT INTO rejected (received, code, reason, doc) VALUES (?, ?, ?, ?)",
+                [(now, bad.code, str(bad), doc[:REJECTED_DOC_BYTES]) for bad, doc in rejects],
+            )
+
+    # --- retention -----------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size
+
+    def _delete_traces(self, rows: list[tuple[int, str, str]]) -> None:
+        """Delete traces given as (pk, annotations JSON, services JSON) rows."""
+        annotations, services = [], []
+        for tpk, notes, names in rows:
+            for key, value in orjson.loads(notes).items():
+                stored, tag = annotation_value(value)
+                annotations.append((key, tag, stored, tpk))
+            services.extend((name, tpk) for name in orjson.loads(names))
+        keys = [(row[0],) for row in rows]
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany("DELETE FROM annotations WHERE key = ? AND typ = ? AND val = ? "
+                              "AND tpk = ?", annotations)
+        self.conn.executemany("DELETE FROM services WHERE name = ? AND tpk = ?", services)
+        self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
+        self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
+        self.conn.execute("COMMIT")
+        self._pk_cache.clear()
+
+    def _run_retention(self) -> None:
+        self._last_retention = time.monotonic()
+        try:
+            removed = self.apply_retention()
+        except Exception as exc:
+            self.log.error("Trace store retention failed: %s", exc)
+            return
+        if removed:
+            self.log.info("Trace store retention removed %d traces", removed)
+
+    def apply_retention(self) -> int:
+        """Remove traces that started before the age limit, then the oldest until under the
+        size limit; the number of traces removed."""
+        removed = 0
+        cutoff = self.clock() - self.retention.hours * 3600.0
+        while True:
+            rows = self.conn.execute(
+                "SELECT pk, annotations, services FROM traces WHERE start < ? LIMIT ?",
+                (cutoff, DELETE_CHUNK)).fetchall()
+            if not rows:
+                break
+            self._delete_traces(rows)
+            removed += len(rows)
+        self.conn.execute("DELETE FROM rejected WHERE received < ?", (cutoff,))
+        # Size: drop the oldest traces (and rejected documents) until 90 % of the limit.
+        target = self.retention.max_bytes * 0.9
+        if self.used_bytes() > self.retention.max_bytes:
+            while self.used_bytes() > target:
+                total = self.conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+                if total == 0:
+                    self.conn.execute("DELETE FROM rejected")
+                    break
+                chunk = max(1, min(DELETE_CHUNK, total // 10))
+                rows = self.conn.execute(
+                    "SELECT pk, annotations, services FROM traces ORDER BY start LIMIT ?",
+                    (chunk,)).fetchall()
+                self._delete_traces(rows)
+                self.conn.execute(
+                    "DELETE FROM rejected WHERE pk IN "
+                    "(SELECT pk FROM rejected ORDER BY received LIMIT ?)", (chunk,))
+                removed += len(rows)
+        if removed:
+            self.conn.execute("PRAGMA incremental_vacuum")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed

@@ -1,0 +1,134 @@
+"""The trace store's writer: what it keeps, merges, rejects and removes."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+import pytest
+
+from xrayd.store import queries, schema
+from xrayd.store.extract import parse
+from xrayd.store.merge import merge
+from xrayd.store.writer import Retention, StoreWriter
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def doc(i: int, start: float, **extra) -> bytes:
+    return orjson.dumps({"name": "svc", "id": f"{i:016x}",
+                         "trace_id": f"1-{int(start):08x}-{i:024x}", "start_time": start,
+                         "end_time": start + 0.1, **extra})
+
+
+def test_default_path_follows_xdg():
+    assert schema.default_path({"XDG_DATA_HOME": "/x"}) == "/x/xrayd/traces.db"
+    assert schema.default_path({"HOME": "/home/u"}) == "/home/u/.local/share/xrayd/traces.db"
+
+
+def test_database_is_wal(tmp_path):
+    writer = StoreWriter(str(tmp_path / "a" / "t.db"))
+    assert writer.write([doc(1, 1000.0)]) == []
+    conn = schema.connect(writer.path, readonly=True)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    writer.close()
+    assert oct(os.stat(tmp_path / "a").st_mode & 0o777) == "0o700"
+
+
+def test_rejections_carry_the_service_codes(tmp_path):
+    writer = StoreWriter(str(tmp_path / "t.db"))
+    bad = [b"[1, 2]", b'{"name": "x"}', b'{"id": "a", "trace_id": "nope", "name": "n"}',
+           b'{"id": "a", "trace_id": "1-5f000000-000000000000000000000001", "name": "n", '
+           b'"start_time": 1}',
+           b'{"id": "a", "trace_id": "1-5f000000-000000000000000000000001", "name": "n", '
+           b'"start_time": 1, "in_progress": true, "type": "subsegment"}']
+    codes = [(r.id, r.code) for r in writer.write(bad)]
+    assert codes == [("", "InvalidSegment"), ("", "MissingId"), ("a", "InvalidTraceId"),
+                     ("a", "InvalidSegment"), ("a", "InvalidSegment")]
+    conn = schema.connect(writer.path, readonly=True)
+    assert len(queries.rejected(conn)) == 5
+    assert queries.stats(conn)["traces"] == 0
+    writer.close()
+
+
+def test_out_of_order_in_progress_document_does_not_replace_the_final_one(tmp_path):
+    writer = StoreWriter(str(tmp_path / "t.db"))
+    final = doc(1, 1000.0)
+    started = orjson.dumps({**orjson.loads(final), "in_progress": True, "end_time": None})
+    started = orjson.dumps({k: v for k, v in orjson.loads(started).items() if v is not None})
+    writer.write([final])
+    writer.write([started])
+    conn = schema.connect(writer.path, readonly=True)
+    [summary] = queries.trace_summaries(conn, 0, 2000)["TraceSummaries"]
+    assert summary["IsPartial"] is False and summary["Duration"] == pytest.approx(0.1)
+    writer.close()
+
+
+def test_retention_by_age(tmp_path):
+    clock = Clock(100_000.0)
+    writer = StoreWriter(str(tmp_path / "t.db"), Retention(hours=1), clock=clock)
+    writer.write([doc(1, 90_000.0)])
+    clock.now = 100_000.0 + 1800
+    writer.write([doc(2, 101_000.0), b"junk"])
+    clock.now = 100_000.0 + 3601  # the first trace was stored more than an hour ago
+    assert writer.apply_retention() == 1
+    conn = schema.connect(writer.path, readonly=True)
+    ids = [s["Id"] for s in queries.trace_summaries(conn, 0, 200_000)["TraceSummaries"]]
+    assert ids == [f"1-{101000:08x}-{2:024x}"]
+    assert len(queries.rejected(conn)) == 1
+    writer.close()
+
+
+def test_retention_by_size_removes_the_oldest(tmp_path):
+    clock = Clock(1000.0)
+    writer = StoreWriter(str(tmp_path / "t.db"), Retention(hours=1000, max_bytes=2_000_000),
+                         clock=clock)
+    padding = "x" * 2000
+    for batch in range(20):
+        clock.now = 1000.0 + batch
+        writer.write([doc(batch * 50 + i, 1000.0 + batch, metadata={"default": {"p": padding}})
+                      for i in range(50)])
+    assert writer.used_bytes() > 2_000_000
+    removed = writer.apply_retention()
+    assert removed > 0
+    assert writer.used_bytes() <= 2_000_000
+    conn = schema.connect(writer.path, readonly=True)
+    kept = queries.trace_summaries(conn, 0, 5000, page_size=1000)["TraceSummaries"]
+    assert len(kept) == 1000 - removed
+    newest_removed = max(int(s["Id"][-24:], 16) for s in kept)
+    assert newest_removed == 999  # the newest are kept
+    writer.close()
+
+
+def test_extract_indexes_nested_subsegments():
+    record = parse(orjson.dumps({
+        "name": "web", "id": "a" * 16, "trace_id": "1-5f000000-000000000000000000000001",
+        "start_time": 1, "end_time": 2, "annotations": {"a": 1},
+        "subsegments": [{"name": "DynamoDB", "id": "b" * 16, "namespace": "aws",
+                         "start_time": 1.1, "end_time": 1.2, "throttle": True, "error": True,
+                         "annotations": {"table": "t"},
+                         "subsegments": [{"name": "inner", "id": "c" * 16, "start_time": 1.1,
+                                          "end_time": 1.15, "fault": True}]}],
+    }))
+    assert record.annotations == [("a", 1), ("table", "t")]
+    assert (record.error, record.fault, record.throttle) == (True, True, True)
+    assert [(c.name, c.namespace) for c in record.calls] == [("DynamoDB", "aws")]
+
+
+def test_merge_attaches_in_any_order():
+    segment = {"id": "s", "name": "root", "start_time": 0, "subsegments": [
+        {"id": "p", "name": "placeholder", "start_time": 1, "in_progress": True}]}
+    child = {"id": "c", "parent_id": "p", "name": "child", "start_time": 2}
+    done = {"id": "p", "parent_id": "s", "name": "placeholder", "start_time": 1, "end_time": 3}
+    orphan = {"id": "o", "parent_id": "nowhere", "name": "orphan", "start_time": 1}
+    merged, left = merge([segment], [child, done, orphan])
+    assert left == [orphan]
+    [placeholder] = merged[0]["subsegments"]
+    assert placeholder["end_time"] == 3
+    assert [s["name"] for s in placeholder["subsegments"]] == ["child"]

@@ -1,0 +1,100 @@
+"""Filter expressions: parsing (pure) and their meaning, checked against a real store."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from xrayd.store import queries, schema
+from xrayd.store.filters import FilterError, compile_filter, tokenize
+from xrayd.store.writer import StoreWriter
+
+
+def test_tokens():
+    kinds = [(t.kind, t.value) for t in tokenize('annotation.k >= -1.5 AND service("a \\"b\\"")')]
+    assert kinds == [("ident", "annotation.k"), ("op", ">="), ("num", -1.5), ("ident", "AND"),
+                     ("ident", "service"), ("op", "("), ("str", 'a "b"'), ("op", ")"),
+                     ("end", None)]
+
+
+@pytest.mark.parametrize("text", [
+    "", "bogus", "annotation.k ==", "service()", "service(name)", "responsetime > \"x\"",
+    "error AND", "(fault", "annotation.bad-key = 1", "http.url CONTAINS 5",
+    "annotation.k > true", "fault = maybe", "x" * 3000, "annotation.k = 1 ) ",
+])
+def test_bad_expressions(text):
+    with pytest.raises(FilterError):
+        compile_filter(text)
+
+
+def test_parameters_are_bound_not_inlined():
+    sql, params = compile_filter("annotation.k = \"'; DROP TABLE traces; --\"")
+    assert "DROP" not in sql and params == ["k", "s", "'; DROP TABLE traces; --"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    writer = StoreWriter(str(tmp_path / "t.db"))
+    now = time.time()
+    docs = []
+    specs = [
+        # name, annotations, http status, url, method, duration, flags, user
+        ("web", {"user": "bob", "tier": 1, "vip": True}, 200, "http://a/cart", "GET", 0.1, {},
+         "bob"),
+        ("web", {"user": "alice", "tier": 2}, 500, "http://a/pay", "POST", 2.5,
+         {"fault": True}, None),
+        ("api", {"user": "bob", "tier": 3, "vip": False}, 429, "http://b/x", "GET", 0.7,
+         {"error": True, "throttle": True}, "carol"),
+        ("worker", {}, None, None, None, 1.2, {"error": True}, None),
+    ]
+    for i, (name, notes, status, url, method, duration, flags, user) in enumerate(specs):
+        doc = {"name": name, "id": f"{i:016x}", "trace_id": f"1-{int(now):08x}-{i:024x}",
+               "start_time": now - i, "end_time": now - i + duration, "annotations": notes,
+               **flags}
+        if status:
+            doc["http"] = {"request": {"method": method, "url": url},
+                           "response": {"status": status}}
+        if user:
+            doc["user"] = user
+        docs.append(orjson.dumps(doc))
+    assert writer.write(docs) == []
+    conn = schema.connect(writer.path, readonly=True)
+    yield conn, now
+    conn.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("expression, expected", [
+    ('annotation.user = "bob"', {0, 2}),
+    ('annotation.user != "bob"', {1}),
+    ("annotation.tier > 1", {1, 2}),
+    ("annotation.tier <= 1 OR annotation.tier >= 3", {0, 2}),
+    ("annotation.vip", {0}),
+    ("annotation.vip = false", {2}),
+    ("annotation[tier] = 2", {1}),
+    ('annotation.user CONTAINS "li"', {1}),
+    ('annotation.user BEGINSWITH "b"', {0, 2}),
+    ('service("web")', {0, 1}),
+    ('!service("web")', {2, 3}),
+    ('service("web") && responsetime > 1', {1}),
+    ("duration >= 1 AND duration < 2", {3}),
+    ("error", {2, 3}),
+    ("fault", {1}),
+    ("throttle", {2}),
+    ("ok", {0}),
+    ("fault = false AND NOT error", {0}),
+    ("http.status = 500", {1}),
+    ("http.status >= 400", {1, 2}),
+    ('http.url CONTAINS "/pa"', {1}),
+    ('http.url ENDSWITH "cart" OR http.method = "POST"', {0, 1}),
+    ('user = "carol"', {2}),
+    ('(error OR fault) AND annotation.user = "bob"', {2}),
+    ('name = "worker"', {3}),
+    ("partial", set()),
+])
+def test_filters_select_the_right_traces(store, expression, expected):
+    conn, now = store
+    found = queries.trace_summaries(conn, now - 60, now + 60, expression)["TraceSummaries"]
+    assert {int(s["Id"][-24:], 16) for s in found} == expected
