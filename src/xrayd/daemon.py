@@ -145,6 +145,7 @@ class Daemon:
     def _start_offline(self, sock, megabytes: int) -> None:
         """Offline mode: the same pipeline into the local store; no region, no credentials."""
         from xrayd import offline
+        from xrayd.batcher import Batcher
         from xrayd.receivers.udp import UdpReceiver
         from xrayd.segment_queue import SegmentQueue
         from xrayd.uploader import Uploader
@@ -159,7 +160,8 @@ class Daemon:
         self.uploader = Uploader(self.queue, self.offline.exporter, self.stats, self.logs,
                                  self.config.concurrency)
         self.receiver = UdpReceiver(
-            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
+            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
+            put_many=self.queue.put_many,
         )
         self.log.debug("Batch size: %d", batcher.max_batch)
         self.uploader.start()
