@@ -497,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         results["bare_loop"] = bare_loop_rate(min(args.duration, 5.0), args.senders, binary)
         progress(f"bare Python recv_into loop: {results['bare_loop']['rate']:,} datagrams/s")
     sink = SinkProcess()
+    results["sink"] = sink.kind
+    progress(f"sink: {sink.kind} ({sink.url})")
     try:
         for name, command in daemons:
             bench = Bench(name, command, args, sink, binary)
@@ -508,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(f"\nload average before {load}, after {results['machine']['load_after']}; "
-          f"{'C' if binary else 'Python'} sender x{args.senders}; trials of "
+          f"{'C' if binary else 'Python'} sender x{args.senders}, {results['sink']} sink; "
+          f"trials of "
           f"{args.duration:g} s; JSON: {path}")
     return 0
 
