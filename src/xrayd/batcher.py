@@ -46,7 +46,7 @@ class Batcher:
     budget: int
     max_batch: int = MAX_BATCH
     max_age: float = MAX_AGE
-    low_water: int = 0  # seal the open batch when less than this is free; default budget / 10
+    low_water: int = 0  # below this much free, seal early if nothing waits; default budget / 10
     held: int = 0  # bytes of every document held: open, waiting and in flight
     in_flight: int = 0  # batches handed out and not yet released
     closed: bool = False
@@ -87,9 +87,25 @@ class Batcher:
         self._open.append(doc)
         self._open_bytes += cost
         self.held += cost
-        if len(self._open) >= self.max_batch or self.budget - self.held < self.low_water:
+        if len(self._open) >= self.max_batch or (
+            self.budget - self.held < self.low_water and not self._waiting
+        ):
+            # Low on budget, the open batch is sealed early so an idle worker can take it; but
+            # not while batches wait anyway: one-document batches under a flood cost a call
+            # each and slow delivery down just when it is needed most.
             self._seal()
         return spill
+
+    def add_many(self, docs: list[bytes], now: float) -> Spill | None:
+        """``add`` for each document in turn; the Spills summed (None when nothing spilled)."""
+        evicted = dropped = 0
+        add = self.add
+        for doc in docs:
+            spill = add(doc, now)
+            if spill is not None:
+                evicted += spill.evicted
+                dropped += spill.dropped
+        return Spill(evicted, dropped) if evicted or dropped else None
 
     def _make_room(self, cost: int) -> Spill:
         """Spill the oldest buffered documents until ``cost`` fits. Batches in flight are being

@@ -14,6 +14,7 @@ class SegmentQueue:
         self.batcher = batcher
         self.clock = clock
         self._cond = threading.Condition(threading.Lock())
+        self._timers = 0  # workers waiting with a timeout for the open batch's age
 
     def put(self, doc: bytes) -> Spill | None:
         batcher = self.batcher
@@ -21,10 +22,22 @@ class SegmentQueue:
             was_open = batcher.open_count
             waiting = batcher.waiting_count
             spill = batcher.add(doc, self.clock())
-            # Wake a worker when a batch became ready, or when a new open batch starts its
-            # age timer (idle workers sleep without a timeout).
-            if batcher.waiting_count > waiting or not was_open:
+            # Wake a worker when a batch became ready, or when a new open batch needs someone
+            # to time its age (idle workers sleep without a timeout; a worker already timing
+            # an earlier open batch wakes no later than this one is due).
+            if batcher.waiting_count > waiting or (not was_open and not self._timers):
                 self._cond.notify()
+            return spill
+
+    def put_many(self, docs: list[bytes]) -> Spill | None:
+        """``put`` for several documents under one lock acquisition."""
+        batcher = self.batcher
+        with self._cond:
+            was_open = batcher.open_count
+            waiting = batcher.waiting_count
+            spill = batcher.add_many(docs, self.clock())
+            if batcher.waiting_count > waiting or (not was_open and not self._timers):
+                self._cond.notify(max(1, batcher.waiting_count - waiting))
             return spill
 
     def get(self, timeout: float | None = None) -> Batch | None:
@@ -38,18 +51,28 @@ class SegmentQueue:
                     return batch
                 if self.batcher.closed and not self.batcher.waiting_count:
                     return None
-                wait = self.batcher.due_in(now)
+                wait = due = self.batcher.due_in(now)
                 if deadline is not None:
                     left = deadline - now
                     if left <= 0:
                         return None
                     wait = left if wait is None else min(wait, left)
-                self._cond.wait(wait)
+                if due is None:
+                    self._cond.wait(wait)
+                    continue
+                self._timers += 1
+                try:
+                    self._cond.wait(wait)
+                finally:
+                    self._timers -= 1
 
     def done(self, batch: Batch) -> None:
         with self._cond:
             self.batcher.release(batch)
-            self._cond.notify_all()
+            # Only a drain waits for releases; waking every idle worker after each batch
+            # costs more CPU than the upload at everyday rates.
+            if self.batcher.closed:
+                self._cond.notify_all()
 
     def requeue(self, batch: Batch) -> None:
         with self._cond:

@@ -1,0 +1,1 @@
+"""xrayd's throughput suite: load generator, sink, orchestrator (``python -m bench.run``)."""
