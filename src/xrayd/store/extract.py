@@ -28,7 +28,7 @@ class BadDocument(Exception):
         self.trace_id = trace_id
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """A subsegment that calls a downstream service (namespace aws or remote)."""
 
@@ -43,7 +43,7 @@ class Call:
     owner_id: str | None = None  # None: the document that carries it
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     trace_id: str
     id: str
@@ -66,57 +66,70 @@ class Record:
     doc: bytes = b""
 
 
+# orjson makes exactly these types; checking ``type(x) in`` a set is much cheaper than
+# isinstance with a union, and the writer's hot path runs it for every field it reads.
+_SCALARS = frozenset((str, int, float, bool))
+_NUMBERS = frozenset((int, float))
+
+
 def _number(value: Any, name: str, seg_id: str, trace_id: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) not in _NUMBERS:
         raise BadDocument("InvalidSegment", f"{name} is not a number", seg_id, trace_id)
     return float(value)
 
 
 def _walk(entity: dict, record: Record, depth: int) -> None:
     """Collect annotations, calls and error flags of ``entity`` and its nested subsegments."""
-    if depth > MAX_DEPTH:
-        return
-    annotations = entity.get("annotations")
-    if isinstance(annotations, dict):
+    get = entity.get
+    annotations = get("annotations")
+    if annotations and type(annotations) is dict:
+        found = record.annotations
         for key, value in annotations.items():
-            if isinstance(value, str | int | float | bool):
-                record.annotations.append((str(key), value))
-    record.error |= entity.get("error") is True
-    record.fault |= entity.get("fault") is True
-    record.throttle |= entity.get("throttle") is True
-    subsegments = entity.get("subsegments")
-    if not isinstance(subsegments, list):
+            if type(value) in _SCALARS:
+                found.append((key, value))
+    if get("error") is True:
+        record.error = True
+    if get("fault") is True:
+        record.fault = True
+    if get("throttle") is True:
+        record.throttle = True
+    subsegments = get("subsegments")
+    if not subsegments or type(subsegments) is not list:
         return
+    deeper = depth < MAX_DEPTH
     for sub in subsegments:
-        if not isinstance(sub, dict):
+        if type(sub) is not dict:
             continue
         namespace = sub.get("namespace")
-        if namespace in REMOTE_NAMESPACES and isinstance(sub.get("id"), str):
+        if namespace in REMOTE_NAMESPACES and type(sub.get("id")) is str:
             start = sub.get("start_time")
             end = sub.get("end_time")
             record.calls.append(Call(
                 sub["id"], str(sub.get("name") or ""), namespace,
-                float(start) if isinstance(start, int | float) else record.start,
-                float(end) if isinstance(end, int | float) else None,
+                float(start) if type(start) in _NUMBERS else record.start,
+                float(end) if type(end) in _NUMBERS else None,
                 sub.get("error") is True, sub.get("fault") is True, sub.get("throttle") is True,
             ))
-        _walk(sub, record, depth + 1)
+        if deeper:
+            _walk(sub, record, depth + 1)
 
 
 def _http(entity: dict, record: Record) -> None:
     http = entity.get("http")
-    if not isinstance(http, dict):
+    if type(http) is not dict:
         return
     request = http.get("request")
-    if isinstance(request, dict):
-        if isinstance(request.get("method"), str):
-            record.http_method = request["method"]
-        if isinstance(request.get("url"), str):
-            record.http_url = request["url"]
+    if type(request) is dict:
+        method = request.get("method")
+        if type(method) is str:
+            record.http_method = method
+        url = request.get("url")
+        if type(url) is str:
+            record.http_url = url
     response = http.get("response")
-    if isinstance(response, dict):
+    if type(response) is dict:
         status = response.get("status")
-        if isinstance(status, int) and not isinstance(status, bool):
+        if type(status) is int:
             record.http_status = status
 
 
@@ -126,52 +139,50 @@ def parse(doc: bytes) -> Record:
         data = orjson.loads(doc)
     except orjson.JSONDecodeError as exc:
         raise BadDocument("InvalidSegment", f"Invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise BadDocument("InvalidSegment", "A segment document must be a JSON object")
-    seg_id = data.get("id")
-    if not isinstance(seg_id, str) or not seg_id:
+    get = data.get
+    seg_id = get("id")
+    if not seg_id or type(seg_id) is not str:
         raise BadDocument("MissingId", "Missing segment ID")
-    trace_id = data.get("trace_id")
-    if not isinstance(trace_id, str) or not trace_id:
+    trace_id = get("trace_id")
+    if not trace_id or type(trace_id) is not str:
         raise BadDocument("InvalidTraceId", "Missing trace ID", seg_id)
     if not TRACE_ID.match(trace_id):
         raise BadDocument("InvalidTraceId", f"Invalid trace ID {trace_id[:64]!r}", seg_id,
                           trace_id)
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
+    name = get("name")
+    if not name or type(name) is not str:
         raise BadDocument("InvalidName", "Missing segment name", seg_id, trace_id)
     if "start_time" not in data:
         raise BadDocument("InvalidSegment", "Missing start_time", seg_id, trace_id)
     start = _number(data["start_time"], "start_time", seg_id, trace_id)
-    in_progress = data.get("in_progress") is True
+    in_progress = get("in_progress") is True
     end: float | None = None
     if "end_time" in data and not in_progress:
         end = _number(data["end_time"], "end_time", seg_id, trace_id)
     elif not in_progress:
         raise BadDocument("InvalidSegment", "Missing end_time or in_progress", seg_id, trace_id)
-    kind = "subsegment" if data.get("type") == "subsegment" else "segment"
-    parent_id = data.get("parent_id")
-    if parent_id is not None and not isinstance(parent_id, str):
+    kind = "subsegment" if get("type") == "subsegment" else "segment"
+    parent_id = get("parent_id")
+    if parent_id is not None and type(parent_id) is not str:
         raise BadDocument("InvalidSegment", "parent_id is not a string", seg_id, trace_id)
     if kind == "subsegment" and not parent_id:
         raise BadDocument("InvalidSegment", "Missing parent_id of a subsegment", seg_id,
                           trace_id)
-    origin = data.get("origin")
-    record = Record(
-        trace_id=trace_id, id=seg_id, parent_id=parent_id or None, kind=kind, name=name,
-        origin=origin if isinstance(origin, str) else None, start=start, end=end,
-        in_progress=in_progress, error=False, fault=False, throttle=False, doc=doc,
-    )
+    origin = get("origin")
+    record = Record(trace_id, seg_id, parent_id or None, kind, name,
+                    origin if type(origin) is str else None, start, end, in_progress,
+                    False, False, False, doc=doc)
     if kind == "segment":
         _http(data, record)
-        user = data.get("user")
-        if isinstance(user, str):
+        user = get("user")
+        if type(user) is str:
             record.user = user
-    namespace = data.get("namespace")
-    if kind == "subsegment" and namespace in REMOTE_NAMESPACES:
-        record.calls.append(Call(seg_id, name, namespace, start, end, data.get("error") is True,
-                                 data.get("fault") is True, data.get("throttle") is True,
-                                 owner_id=parent_id))
+    elif get("namespace") in REMOTE_NAMESPACES:
+        record.calls.append(Call(seg_id, name, get("namespace"), start, end,
+                                 get("error") is True, get("fault") is True,
+                                 get("throttle") is True, owner_id=parent_id))
     _walk(data, record, 0)
     return record
 

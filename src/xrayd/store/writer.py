@@ -51,28 +51,42 @@ class _Prepared:
     def __init__(self, r: Record, now: float) -> None:
         dumps = orjson.dumps
         calls = None
+        names = {}
         if r.calls:
             calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
                             int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
+            names = {c.name: 1 for c in r.calls}
         self.trace_id = r.trace_id
+        error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
         self.segment = (r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                        int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now,
-                        calls, r.doc)
-        names = {c.name: 1 for c in r.calls}
+                        int(r.in_progress), error, fault, throttle, now, calls, r.doc)
+        root = False
         if r.kind == "segment":
             names[r.name] = 1
+            root = r.parent_id is None
         self.services = list(names)
         notes = {}
         self.annotations = []
-        for key, value in r.annotations:
-            stored, tag = annotation_value(value)
-            self.annotations.append((key, tag, stored))
-            notes[key] = value
-        root = r.kind == "segment" and r.parent_id is None
+        if r.annotations:
+            append = self.annotations.append
+            for key, value in r.annotations:
+                kind = type(value)
+                if kind is str:
+                    append((key, "s", value))
+                elif kind is bool:
+                    append((key, "b", int(value)))
+                elif kind is float or kind is int:
+                    append((key, "n", float(value)))
+                else:
+                    append((key, *reversed(annotation_value(value))))
+                notes[key] = value
+            notes_json = dumps(notes).decode()
+        else:
+            notes_json = "{}"
         self.trace = (r.trace_id, r.start, r.end, r.start if root else None,
-                      r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
+                      r.end if root else None, error, fault, throttle,
                       r.http_method, r.http_status, r.http_url, r.user,
-                      r.name if root else None, now, dumps(notes).decode(),
+                      r.name if root else None, now, notes_json,
                       dumps(names).decode())
 
 
