@@ -132,3 +132,24 @@ def test_merge_attaches_in_any_order():
     [placeholder] = merged[0]["subsegments"]
     assert placeholder["end_time"] == 3
     assert [s["name"] for s in placeholder["subsegments"]] == ["child"]
+
+
+def test_extract_reads_odd_documents_as_orjson_does():
+    # Integers past 64 bits are floats to orjson; a subsegment that is not an object is skipped
+    # (the typed decoder refuses such a document, and the store reads it with orjson).
+    plain = parse(
+        b'{"name":"web","id":"aaaaaaaaaaaaaaaa","trace_id":"1-5f000000-000000000000000000000001",'
+        b'"start_time":1,"end_time":2,"http":{"response":{"status":1180591620717411303424}},'
+        b'"annotations":{"big":1180591620717411303424,"small":-9223372036854775808}}')
+    assert plain.annotations == [("big", float(2**70)), ("small", -(2**63))]
+    assert plain.http_status is None
+    record = parse(
+        b'{"name":"web","id":"aaaaaaaaaaaaaaaa","trace_id":"1-5f000000-000000000000000000000001",'
+        b'"start_time":1,"end_time":2,"http":{"response":{"status":1180591620717411303424}},'
+        b'"annotations":{"big":1180591620717411303424,"small":-9223372036854775808},'
+        b'"subsegments":[1,"x",{"name":"S3","id":"bbbbbbbbbbbbbbbb","namespace":"aws",'
+        b'"start_time":1.5,"fault":true}]}')
+    assert record.annotations == [("big", float(2**70)), ("small", -(2**63))]
+    assert record.http_status is None
+    assert record.fault is True
+    assert [(c.name, c.start, c.end, c.fault) for c in record.calls] == [("S3", 1.5, None, True)]
