@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import orjson
@@ -113,6 +114,17 @@ class StoreClosed(Exception):
     pass
 
 
+class _Commit:
+    """A batch written in a transaction whose COMMIT runs in the committer thread."""
+
+    __slots__ = ("count", "future", "jobs")
+
+    def __init__(self, jobs: list[_Job], count: int) -> None:
+        self.jobs = jobs
+        self.count = count
+        self.future: Future[object] | None = None
+
+
 _SEGMENT_UPSERT = """
 INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
                       error, fault, throttle, received, calls, doc)
@@ -199,6 +211,7 @@ class StoreWriter:
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="store-commit")
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
         self._checkpointer.start()
@@ -275,9 +288,11 @@ class StoreWriter:
 
     # --- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
+        committing: _Commit | None = None
         while True:
             with self._cond:
-                while not self._jobs and not self._closed and not self._retention_due():
+                while (not self._jobs and not self._closed and not self._retention_due()
+                       and committing is None):
                     self._cond.wait(RETENTION_CHECK_SECONDS)
                 jobs: list[_Job] = []
                 count = 0
@@ -286,18 +301,24 @@ class StoreWriter:
                     jobs.append(job)
                     count += len(job.docs)
                 closing = self._closed and not self._jobs
+            # Parsing the next batch overlaps the previous batch's COMMIT, which writes the WAL
+            # in another thread without the GIL.
+            self._prepare(jobs)
+            if committing is not None:
+                self._finish(committing)
+                committing = None
             if jobs:
-                self._commit(jobs)
-                with self._cond:
-                    self._pending -= count
-                    self._cond.notify_all()
-                self._bound_wal()
+                committing = self._start(jobs, count)
+            if committing is not None and (closing or self._retention_due()):
+                self._finish(committing)
+                committing = None
             if self._retention_due():
                 self._run_retention()
             if closing:
                 with contextlib.suppress(Exception):
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
+                self._committer.shutdown()
                 return
 
     def _bound_wal(self) -> None:
@@ -316,29 +337,54 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _commit(self, jobs: list[_Job]) -> None:
-        now = self.clock()
+    def _prepare(self, jobs: list[_Job]) -> None:
         for job in jobs:
             job.prepare()
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
+
+    def _start(self, jobs: list[_Job], count: int) -> _Commit | None:
+        """Write the batch and start its COMMIT in the committer thread; None if it failed."""
+        now = self.clock()
+        commit = _Commit(jobs, count)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self._insert([r for job in jobs for r in job.records], now)
             self._insert_rejects([r for job in jobs for r in job.rejects], now)
-            self.conn.execute("COMMIT")
+            commit.future = self._committer.submit(self.conn.execute, "COMMIT")
         except Exception as exc:  # a disk or database problem: the batch is not stored
-            with contextlib.suppress(Exception):
-                self.conn.execute("ROLLBACK")
-            self._reset_keys()
-            self.failed_commits += 1
-            self.log.error("Trace store: %d documents not stored: %s",
-                           sum(len(job.records) for job in jobs), exc)
-            for job in jobs:
-                job.error = exc
-        for job in jobs:
+            self._failed(commit, exc)
+            return None
+        return commit
+
+    def _finish(self, commit: _Commit) -> None:
+        assert commit.future is not None
+        try:
+            commit.future.result()
+        except Exception as exc:
+            self._failed(commit, exc)
+            return
+        self._done(commit)
+        self._bound_wal()
+
+    def _failed(self, commit: _Commit, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.execute("ROLLBACK")
+        self._reset_keys()
+        self.failed_commits += 1
+        self.log.error("Trace store: %d documents not stored: %s",
+                       sum(len(job.records) for job in commit.jobs), exc)
+        for job in commit.jobs:
+            job.error = exc
+        self._done(commit)
+
+    def _done(self, commit: _Commit) -> None:
+        for job in commit.jobs:
             job.done.set()
+        with self._cond:
+            self._pending -= commit.count
+            self._cond.notify_all()
 
     def _reset_keys(self) -> None:
         self._pk_cache.clear()
