@@ -59,8 +59,9 @@ class _Prepared:
             names = {c.name: 1 for c in r.calls}
         self.trace_id = r.trace_id
         error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
-        self.segment = (r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                        int(r.in_progress), error, fault, throttle, now, calls, r.doc)
+        # Lists whose first item the writer sets to the trace's key: no copy per row.
+        self.segment = [0, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
+                        int(r.in_progress), error, fault, throttle, now, calls, r.doc]
         root = False
         if r.kind == "segment":
             names[r.name] = 1
@@ -71,24 +72,23 @@ class _Prepared:
         if r.annotations:
             append = self.annotations.append
             for key, value in r.annotations:
+                # As annotation_value() does, for the str, bool, int and float parse() keeps.
                 kind = type(value)
                 if kind is str:
                     append((key, "s", value))
                 elif kind is bool:
                     append((key, "b", int(value)))
-                elif kind is float or kind is int:
-                    append((key, "n", float(value)))
                 else:
-                    append((key, *reversed(annotation_value(value))))
+                    append((key, "n", float(value)))
                 notes[key] = value
             notes_json = dumps(notes).decode()
         else:
             notes_json = "{}"
-        self.trace = (r.trace_id, r.start, r.end, r.start if root else None,
+        self.trace = [0, r.trace_id, r.start, r.end, r.start if root else None,
                       r.end if root else None, error, fault, throttle,
                       r.http_method, r.http_status, r.http_url, r.user,
                       r.name if root else None, now, notes_json,
-                      dumps(names).decode())
+                      dumps(names).decode()]
 
 
 class _Job:
@@ -416,12 +416,13 @@ class StoreWriter:
         keys = self._trace_keys(records)
         segments, traces, annotations, services = [], [], [], []
         for r in records:
-            tpk = keys[r.trace_id]
-            segments.append((tpk, *r.segment))
-            traces.append((tpk, *r.trace))
-            if r.annotations:
-                annotations.extend((*row, tpk) for row in r.annotations)
-            services.extend((name, tpk) for name in r.services)
+            tpk = r.segment[0] = r.trace[0] = keys[r.trace_id]
+            segments.append(r.segment)
+            traces.append(r.trace)
+            for key, typ, value in r.annotations:
+                annotations.append((key, typ, value, tpk))
+            for name in r.services:
+                services.append((name, tpk))
         execute = self.conn.executemany
         execute(_SEGMENT_UPSERT, segments)
         execute(_TRACE_UPSERT, traces)
