@@ -173,6 +173,13 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 
+# One statement for all the batch's (name, trace key) rows, so that it runs in the committer
+# thread without taking the GIL back for every row (which would wait for the parsing writer).
+_SERVICES_INSERT = """
+INSERT OR IGNORE INTO services (name, tpk) SELECT value ->> 0, value ->> 1 FROM json_each(?)
+"""
+
+
 def annotation_value(value: object) -> tuple[object, str]:
     """(stored value, type tag): booleans, numbers and strings compare only with their kind."""
     if isinstance(value, bool):
@@ -350,13 +357,19 @@ class StoreWriter:
         commit = _Commit(jobs, count)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            self._insert([r for job in jobs for r in job.records], now)
+            services = self._insert([r for job in jobs for r in job.records], now)
             self._insert_rejects([r for job in jobs for r in job.rejects], now)
-            commit.future = self._committer.submit(self.conn.execute, "COMMIT")
+            commit.future = self._committer.submit(self._complete, services)
         except Exception as exc:  # a disk or database problem: the batch is not stored
             self._failed(commit, exc)
             return None
         return commit
+
+    def _complete(self, services: str | None) -> None:
+        """In the committer thread: each statement is one step of SQLite without the GIL."""
+        if services is not None:
+            self.conn.execute(_SERVICES_INSERT, (services,))
+        self.conn.execute("COMMIT")
 
     def _finish(self, commit: _Commit) -> None:
         assert commit.future is not None
@@ -412,7 +425,8 @@ class StoreWriter:
             cache.update(keep)
         return cache
 
-    def _insert(self, records: list[_Prepared], now: float) -> None:
+    def _insert(self, records: list[_Prepared], now: float) -> str | None:
+        """Write all rows but the services'; those as the JSON for _SERVICES_INSERT."""
         keys = self._trace_keys(records)
         segments, traces, annotations, services = [], [], [], []
         for r in records:
@@ -429,8 +443,13 @@ class StoreWriter:
         if annotations:
             execute("INSERT OR IGNORE INTO annotations (key, typ, val, tpk) VALUES (?, ?, ?, ?)",
                     annotations)
-        if services:
+        if not services:
+            return None
+        rows = orjson.dumps(services).decode()
+        if "\\u0000" in rows:  # SQLite's JSON functions cut text at a NUL character
             execute("INSERT OR IGNORE INTO services (name, tpk) VALUES (?, ?)", services)
+            return None
+        return rows
 
     def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
         if rejects:
