@@ -155,15 +155,20 @@ def test_extract_reads_odd_documents_as_orjson_does():
     assert [(c.name, c.start, c.end, c.fault) for c in record.calls] == [("S3", 1.5, None, True)]
 
 
-def test_service_names_are_stored_exactly(tmp_path):
+def test_service_names_and_annotations_are_stored_exactly(tmp_path):
     writer = StoreWriter(str(tmp_path / "t.db"))
     names = ["web", "caf\u00e9 \U0001f600", "a\x00b", 'q"\\\n']
     docs = [orjson.dumps({"name": name, "id": f"{i:016x}",
-                          "trace_id": f"1-5f000000-{i:024x}", "start_time": 1, "end_time": 2})
+                          "trace_id": f"1-5f000000-{i:024x}", "start_time": 1, "end_time": 2,
+                          "annotations": {"k": name, "ok": True, "n": 0.1 + i}})
             for i, name in enumerate(names)]
     assert writer.write(docs[:1]) == []  # a batch without a NUL, then one with
     assert writer.write(docs[1:]) == []
     conn = schema.connect(writer.path, readonly=True)
     stored = [name for (name,) in conn.execute("SELECT name FROM services")]
     assert sorted(stored) == sorted(names)
+    notes = conn.execute("SELECT key, typ, val FROM annotations").fetchall()
+    assert sorted(notes) == sorted([("k", "s", name) for name in names]
+                                   + [("ok", "b", 1)] * 4
+                                   + [("n", "n", 0.1 + i) for i in range(4)])
     writer.close()
