@@ -85,7 +85,8 @@ def test_unprocessed_entries_logged_with_trace_id_and_counted(log_stream):
 def test_transient_error_is_retried_with_backoff():
     exporter = ScriptedExporter(UploadError("boom", "http_5xx", True, 503), [])
     stats, sleeps = Stats(), []
-    make_uploader(exporter, stats, sleeps=sleeps).deliver(Batch([b"{}"], 10))
+    make_uploader(exporter, stats, policy=RetryPolicy(base_delay=0.1),
+                  sleeps=sleeps).deliver(Batch([b"{}"], 10))
     assert len(exporter.calls) == 2
     assert len(sleeps) == 1 and 0 <= sleeps[0] <= 0.1
     assert stats.get(names.SEGMENTS_SENT) == 1

@@ -42,6 +42,12 @@ class Config:
     no_verify_ssl: bool = False
     proxy_address: str = ""
     version: int = 2
+    # Reliability (xrayd only): the spool, the admin address and the shutdown drain.
+    spool_dir: str = ""
+    spool_max_mb: int = 1024
+    spool_fsync_interval_ms: int = 1000  # < 0: fsync every spool file as it is written
+    admin_address: str = ""
+    drain_seconds: int = 20
     # Offline mode (docs/offline.md): the local trace store, X-Ray API and viewer.
     offline: bool = False
     store_path: str = ""
@@ -82,6 +88,11 @@ KEYS: tuple[Key, ...] = (
     Key("NoVerifySSL", "no_verify_ssl", bool),
     Key("ProxyAddress", "proxy_address", str),
     Key("Version", "version", int),
+    Key("Spool.Directory", "spool_dir", str),
+    Key("Spool.MaxSizeMB", "spool_max_mb", int),
+    Key("Spool.FsyncIntervalMs", "spool_fsync_interval_ms", int),
+    Key("AdminAddress", "admin_address", str),
+    Key("DrainSeconds", "drain_seconds", int),
     Key("Offline", "offline", bool),
     Key("Store.Path", "store_path", str),
     Key("Store.RetentionHours", "store_retention_hours", int),
@@ -208,6 +219,12 @@ def parse_yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Error occur when using config flag: yaml: {exc}") from None
+    except Exception as exc:
+        # PyYAML's constructors raise ValueError, IndexError, AttributeError, ... on values
+        # such as "2001-13-45" or a bare "!!int" (found by tests/test_fuzz.py).
+        raise ConfigError(
+            f"Error occur when using config flag: yaml: cannot read a value: {exc!r}"
+        ) from None
 
 
 def read_file(path: str) -> str:

@@ -9,17 +9,27 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xrayd import __version__, budget
 from xrayd.batcher import Batcher, Spill
 from xrayd.config import Config
 from xrayd.logs import RateLimitedLog, RotatingFile, get_logger
 from xrayd.receivers.udp import AddressError, bind_udp
-from xrayd.stats import SEGMENTS_DROPPED, SEGMENTS_SENT, SEGMENTS_SPILLED, Stats
+from xrayd.stats import (
+    SEGMENTS_DROPPED,
+    SEGMENTS_SENT,
+    SEGMENTS_SPILLED,
+    SPOOL_RECOVERED,
+    Stats,
+)
 
-# How long a shutdown may spend uploading what is buffered: long enough for a few rounds of
-# 2-second attempts, well under the 30 s a container platform waits before SIGKILL.
-DRAIN_SECONDS = 20.0
+if TYPE_CHECKING:
+    from xrayd.spool import Spool
+
+# The shutdown drain time is Config.drain_seconds (default 20 s: a few rounds of 2-second
+# attempts, well under the 30 s a container platform waits before SIGKILL).
+REPLAY_THREADS = 4
 
 
 class StartupError(Exception):
@@ -58,6 +68,9 @@ class Daemon:
         self.receiver = None
         self.uploader = None
         self.queue = None
+        self.spool = None
+        self.admin = None
+        self.intake_open = False
         self.offline = None
 
     def start(self) -> None:
@@ -116,17 +129,67 @@ class Daemon:
 
         batcher = Batcher(budget=megabytes * budget.MIB)
         self.queue = SegmentQueue(batcher, time.monotonic)
-        exporter = XRayExporter(context, pool_size=cfg.concurrency)
-        self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency)
+        self.spool = self._open_spool()
+        # The spool's replay threads upload next to the workers: room for their connections.
+        pool = cfg.concurrency + (REPLAY_THREADS if self.spool is not None else 0)
+        exporter = XRayExporter(context, pool_size=pool)
+        self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency,
+                                 spool=self.spool, replay_threads=REPLAY_THREADS)
         self.receiver = UdpReceiver(
             sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
         )
         log.debug("Batch size: %d", batcher.max_batch)
+        self._start_admin()
         self.uploader.start()
         self.receiver.start()
+        self.intake_open = True
         self._start_telemetry(aws, context, exporter)
         self._start_proxy(context, upstream)
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
+
+    def _open_spool(self) -> Spool | None:
+        cfg = self.config
+        if not cfg.spool_dir:
+            return None
+        from xrayd.spool import Spool
+
+        interval = cfg.spool_fsync_interval_ms / 1000 if cfg.spool_fsync_interval_ms > 0 else 0
+        spool = Spool(cfg.spool_dir, cfg.spool_max_mb * budget.MIB, interval, log=self.log)
+        try:
+            found = spool.open()
+        except OSError as exc:
+            raise StartupError(f"Cannot use spool directory {cfg.spool_dir}: {exc}") from None
+        self.stats.add(SPOOL_RECOVERED, found)
+        self.log.info("Using spool directory %s (limit %d MB): %d segments to upload from an "
+                      "earlier run", cfg.spool_dir, cfg.spool_max_mb, found)
+        return spool
+
+    def _start_admin(self) -> None:
+        address = self.config.admin_address
+        if not address:
+            return
+        from xrayd.admin import Sources, make_app
+        from xrayd.server.http import HttpServer
+
+        uploader, spool, queue = self.uploader, self.spool, self.queue
+        assert uploader is not None and queue is not None
+        breaker = uploader.breaker
+
+        def backend_ready() -> tuple[bool, str]:
+            if not breaker.is_open:
+                return True, ""
+            return False, "the X-Ray API has not answered the last calls (backend unavailable)"
+
+        sources = Sources(
+            self.stats, lambda: self.intake_open, backend_ready, queue.snapshot,
+            spool.depth if spool is not None else None, lambda: uploader.limiter.rate,
+        )
+        self.admin = HttpServer(address, lambda: make_app(sources))
+        try:
+            self.admin.start()
+        except OSError as exc:
+            raise StartupError(f"admin http server failed to listen on {address}: {exc}") from None
+        self.log.info("Starting admin http server (/healthz, /readyz, /metrics) on %s", address)
 
     def _start_offline(self, sock, megabytes: int) -> None:
         """Offline mode: the same pipeline into the local store; no region, no credentials."""
@@ -148,8 +211,10 @@ class Daemon:
             sock, self.queue.put, self.stats.intake(), self._spilled, self.logs
         )
         self.log.debug("Batch size: %d", batcher.max_batch)
+        self._start_admin()
         self.uploader.start()
         self.receiver.start()
+        self.intake_open = True
         self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
         self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
 
@@ -187,7 +252,7 @@ class Daemon:
 
         cfg, log = self.config, self.log
         proxy = SigningProxy(context, upstream, self.logs,
-                             idle_timeout=cfg.proxy_idle_conn_timeout)
+                             idle_timeout=cfg.proxy_idle_conn_timeout, stats=self.stats)
         log.info("HTTP Proxy server using X-Ray Endpoint : %s", upstream)
         try:
             host, _port = split_address(cfg.tcp_address)
@@ -226,10 +291,14 @@ class Daemon:
             pass
         self.log.info("Got shutdown signal: %s", self.shutdown.signal_name)
 
-    def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
-        """Stop intake, upload what is buffered within ``drain_seconds``, then return."""
+    def stop(self, drain_seconds: float | None = None) -> None:
+        """Stop intake, upload what is buffered within ``drain_seconds``, spool what is left
+        when a spool is configured, then return."""
         log = self.log
+        if drain_seconds is None:
+            drain_seconds = float(self.config.drain_seconds)
         log.debug("Shutdown Initiated. Current epoch in nanoseconds: %d", time.time_ns())
+        self.intake_open = False
         if self.http is not None:
             self.http.stop()
         if self.receiver is not None:
@@ -238,7 +307,16 @@ class Daemon:
             self.offline.stop()
         if self.queue is not None and self.uploader is not None:
             self.queue.close()
-            if not self.queue.wait_drained(drain_seconds):
+            # Near the end of the drain time, whatever is still buffered goes to the spool.
+            reserve = min(3.0, drain_seconds / 4) if self.spool is not None else 0.0
+            if self.spool is not None:
+                self.uploader.stop_replay()
+            drained = self.queue.wait_drained(drain_seconds - reserve)
+            if not drained and self.spool is not None:
+                log.info("Shutdown drain: spooling what is still buffered")
+                self.uploader.divert()
+                drained = self.queue.wait_drained(reserve)
+            if not drained:
                 queued = self.queue.abandon()
                 in_flight = self.queue.snapshot()[2]
                 self.stats.add(SEGMENTS_DROPPED, queued, label="shutdown")
@@ -248,9 +326,13 @@ class Daemon:
                 )
             else:
                 self.uploader.join(1.0)
+            if self.spool is not None:
+                self.spool.sync()
             if self.telemetry is not None:
                 self.telemetry.stop()
             self.uploader.exporter.close()
+        if self.admin is not None:
+            self.admin.stop()
         log.debug(
             "Trace segment: received: %d, truncated: %d, processed: %d",
             self.stats.accepted, self.stats.get(SEGMENTS_SPILLED),

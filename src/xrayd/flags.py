@@ -58,6 +58,21 @@ FLAGS: tuple[Flag, ...] = (
     Flag("log-rotation", "", bool, "log_rotation",
          "Rotate the log file at 50 MiB, keeping one old file (config key Logging.LogRotation; "
          "default true, use --log-rotation=false to append only)."),
+    Flag("spool-dir", "", str, "spool_dir",
+         "Keep batches that cannot be uploaded now in this directory and upload them later, "
+         "also after a restart (config key Spool.Directory; off by default)."),
+    Flag("spool-max-mb", "", int, "spool_max_mb",
+         "Size bound of the spool in MB; the oldest batches go first (config key "
+         "Spool.MaxSizeMB, default 1024)."),
+    Flag("spool-fsync-ms", "", int, "spool_fsync_interval_ms",
+         "fsync spool files every this many ms; negative: as each is written (config key "
+         "Spool.FsyncIntervalMs, default 1000)."),
+    Flag("admin-address", "", str, "admin_address",
+         "Serve /healthz, /readyz and /metrics on this TCP address, e.g. 127.0.0.1:2100 "
+         "(config key AdminAddress; off by default)."),
+    Flag("drain-seconds", "", int, "drain_seconds",
+         "Seconds a shutdown may spend uploading buffered segments; what is left goes to the "
+         "spool or is dropped (config key DrainSeconds, default 20)."),
     Flag("offline", "", bool, "offline",
          "Offline mode: keep traces in a local store, serve the X-Ray API and a trace viewer on "
          "the TCP address; no AWS account needed (config key Offline)."),

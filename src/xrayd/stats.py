@@ -33,6 +33,40 @@ SEGMENTS_DROPPED = "segments_dropped"  # label: reason (e.g. shutdown)
 BATCHES_SENT = "batches_sent"
 BATCHES_RETRIED = "batches_retried"
 UPLOAD_ERRORS = "upload_errors"  # label: error class, one per failed attempt
+SEGMENTS_RETRIED = "segments_retried"  # documents sent again (after an error or unprocessed)
+SEGMENTS_SPOOLED = "segments_spooled"  # written to the spool (pending until replayed)
+SEGMENTS_REPLAYED = "segments_replayed"  # taken back out of the spool for upload
+SPOOL_RECOVERED = "spool_recovered"  # found in the spool at start (written by an earlier run)
+PROXY_REQUESTS = "proxy_requests"  # label: HTTP status the proxy answered, e.g. "200", "502"
+
+# Upper bounds (seconds) of the upload latency histogram's buckets.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Counts of observations per bucket (not cumulative), their sum and count."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self._lock = threading.Lock()
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        index = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            index += 1
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += value
+
+    def snapshot(self) -> tuple[list[int], float]:
+        with self._lock:
+            return list(self._counts), self._sum
+
+
 TELEMETRY_ERRORS = "telemetry_errors"  # label: error class, one per failed PutTelemetryRecords
 
 
@@ -41,6 +75,7 @@ class Stats:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
         self._intakes: list[IntakeCounters] = []
+        self.upload_latency = Histogram()
 
     def intake(self) -> IntakeCounters:
         counters = IntakeCounters()

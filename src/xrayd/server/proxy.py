@@ -19,6 +19,7 @@ from aiohttp import web
 
 from xrayd.aws import AwsContext, CredentialsError
 from xrayd.logs import RateLimitedLog
+from xrayd.stats import PROXY_REQUESTS, Stats
 
 # Sampling API paths: rules and targets (every SDK), and the read-only statistics summaries.
 ALLOWED_PATHS = frozenset({"/GetSamplingRules", "/SamplingTargets",
@@ -95,8 +96,9 @@ class SigningProxy:
 
     def __init__(self, aws: AwsContext, upstream: str, logs: RateLimitedLog,
                  timeout: float = UPSTREAM_TIMEOUT, max_body: int = MAX_BODY_BYTES,
-                 idle_timeout: float = 30.0) -> None:
+                 idle_timeout: float = 30.0, stats: Stats | None = None) -> None:
         self.aws = aws
+        self.stats = stats
         self.upstream = upstream.rstrip("/")
         self.logs = logs
         self.log: logging.Logger = logs.logger
@@ -107,11 +109,24 @@ class SigningProxy:
         self._client: aiohttp.ClientSession | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body)
+        middlewares = [self._count] if self.stats is not None else []
+        app = web.Application(client_max_size=self.max_body, middlewares=middlewares)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Requests answered, by status (the admin endpoint's xrayd_proxy_requests_total)."""
+        assert self.stats is not None
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self.stats.add(PROXY_REQUESTS, label=str(exc.status))
+            raise
+        self.stats.add(PROXY_REQUESTS, label=str(response.status))
+        return response
 
     async def _open(self, _app: web.Application) -> None:
         connector = aiohttp.TCPConnector(

@@ -1,0 +1,84 @@
+"""Shared set-up of the reliability benchmarks: a fault-injecting upstream (tests/fakes) and
+xrayd as a subprocess on loopback with dummy credentials and instance metadata disabled."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+SAFE_ENV = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ACCESS_KEY_ID": "AKIDTESTTESTTEST",
+    "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+    "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+}
+os.environ.update(SAFE_ENV)
+for _name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "AWS_PROFILE"):
+    os.environ.pop(_name, None)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_udp_tcp_port() -> int:
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+class Daemon:
+    def __init__(self, endpoint: str, workdir: Path, extra: list[str]) -> None:
+        self.port = free_udp_tcp_port()
+        admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{admin_port}"
+        self.log_path = workdir / f"xrayd-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xrayd", "-o", "-n", "us-east-1", "--endpoint", endpoint,
+             "-b", f"127.0.0.1:{self.port}", "-t", f"127.0.0.1:{self.port}",
+             "--admin-address", f"127.0.0.1:{admin_port}", "-l", "info", *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=os.environ.copy())
+        deadline = time.monotonic() + 30
+        while b"Ready: receiving segments" not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(self.log_path.read_text())
+            time.sleep(0.05)
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())

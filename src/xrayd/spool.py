@@ -1,0 +1,269 @@
+"""The durable spool: batches that cannot be delivered now, kept on disk and replayed in order.
+
+One file per batch, named ``<sequence>-<documents>.spool`` so the order and the depth are known
+from a directory listing. A file is ``MAGIC`` then one record per document: a 4-byte big-endian
+length, the 4-byte zlib.crc32 of the payload, the payload. Files are written to a temporary
+name, flushed and renamed, so a reader never sees a half-written file under its final name; data
+is fsynced at once or every ``fsync_interval`` seconds (a power loss may then tear the newest
+files: the checksums find it and the torn part is skipped with a log line, never a crash).
+
+``encode``/``decode`` are pure; ``Spool`` is the small I/O class around them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+MAGIC = b"XRAYDSP1"
+_RECORD = struct.Struct(">II")
+SUFFIX = ".spool"
+TMP_PREFIX = ".tmp-"
+MAX_RECORD = 16 * 1024 * 1024  # far above a UDP datagram; a larger length means corruption
+
+
+def _private(path: str, flags: int) -> int:
+    """Spool files hold segment documents: readable by the daemon's user only."""
+    return os.open(path, flags, 0o600)
+
+
+def encode(docs: Sequence[bytes]) -> bytes:
+    parts = [MAGIC]
+    for doc in docs:
+        parts.append(_RECORD.pack(len(doc), zlib.crc32(doc)))
+        parts.append(doc)
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    docs: list[bytes]
+    error: str  # "" when the whole file was read cleanly
+
+
+def decode(data: bytes) -> Decoded:
+    """The documents of a spool file, up to the first damaged record."""
+    if not data.startswith(MAGIC):
+        return Decoded([], "not a spool file (bad magic)")
+    docs: list[bytes] = []
+    offset = len(MAGIC)
+    end = len(data)
+    while offset < end:
+        if end - offset < _RECORD.size:
+            return Decoded(docs, f"truncated record header at byte {offset}")
+        length, crc = _RECORD.unpack_from(data, offset)
+        offset += _RECORD.size
+        if length > MAX_RECORD or offset + length > end:
+            return Decoded(docs, f"truncated or oversized record at byte {offset - _RECORD.size}")
+        payload = data[offset:offset + length]
+        if zlib.crc32(payload) != crc:
+            return Decoded(docs, f"checksum mismatch at byte {offset - _RECORD.size}")
+        docs.append(payload)
+        offset += length
+    return Decoded(docs, "")
+
+
+def file_name(sequence: int, count: int) -> str:
+    return f"{sequence:016d}-{count}{SUFFIX}"
+
+
+def parse_name(name: str) -> tuple[int, int] | None:
+    """(sequence, documents) of a spool file name, None for anything else."""
+    if not name.endswith(SUFFIX):
+        return None
+    seq, sep, count = name[: -len(SUFFIX)].partition("-")
+    if not sep or not seq.isdigit() or not count.isdigit():
+        return None
+    return int(seq), int(count)
+
+
+@dataclass
+class Entry:
+    sequence: int
+    count: int
+    size: int
+    claimed: bool = False
+
+    @property
+    def name(self) -> str:
+        return file_name(self.sequence, self.count)
+
+
+@dataclass(frozen=True)
+class Stored:
+    stored: bool  # False when the batch alone is larger than the spool
+    evicted: int  # documents of older files removed to make room
+
+
+class Spool:
+    def __init__(self, directory: str, max_bytes: int, fsync_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 log: logging.Logger | None = None) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.fsync_interval = fsync_interval
+        self.clock = clock
+        self.log = log or logging.getLogger("xrayd")
+        self._lock = threading.Lock()
+        self._entries: deque[Entry] = deque()
+        self._next = 1
+        self._bytes = 0
+        self._docs = 0
+        self._unsynced: list[str] = []
+        self._last_sync = clock()
+
+    def open(self) -> int:
+        """Create the directory, clear leftovers of interrupted writes, index what is there;
+        the number of documents found."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        probe = os.path.join(self.directory, TMP_PREFIX + "probe")
+        with open(probe, "wb", opener=_private):
+            pass  # fail at start, not at the first outage, when the directory is not writable
+        os.remove(probe)
+        found = []
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.startswith(TMP_PREFIX):
+                self._remove(path)
+                continue
+            parsed = parse_name(name)
+            if parsed is None:
+                continue
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            found.append(Entry(parsed[0], parsed[1], size))
+        found.sort(key=lambda e: e.sequence)
+        with self._lock:
+            self._entries = deque(found)
+            self._bytes = sum(e.size for e in found)
+            self._docs = sum(e.count for e in found)
+            self._next = (found[-1].sequence + 1) if found else 1
+            return self._docs
+
+    def depth(self) -> tuple[int, int, int]:
+        """(documents, bytes, files) held."""
+        with self._lock:
+            return self._docs, self._bytes, len(self._entries)
+
+    def put(self, docs: Sequence[bytes]) -> Stored:
+        data = encode(docs)
+        if len(data) > self.max_bytes:
+            return Stored(False, 0)
+        with self._lock:
+            evicted = 0
+            while self._bytes + len(data) > self.max_bytes:
+                victim = next((e for e in self._entries if not e.claimed), None)
+                if victim is None:
+                    return Stored(False, evicted)
+                self._entries.remove(victim)
+                self._forget(victim)
+                self._remove(os.path.join(self.directory, victim.name))
+                evicted += victim.count
+            entry = Entry(self._next, len(docs), len(data))
+            self._next += 1
+            self._write(entry.name, data)
+            self._entries.append(entry)
+            self._bytes += entry.size
+            self._docs += entry.count
+            return Stored(True, evicted)
+
+    def _write(self, name: str, data: bytes) -> None:
+        final = os.path.join(self.directory, name)
+        tmp = os.path.join(self.directory, TMP_PREFIX + name)
+        durable_now = self.fsync_interval <= 0
+        with open(tmp, "wb", opener=_private) as handle:
+            handle.write(data)
+            handle.flush()
+            if durable_now:
+                os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        if durable_now:
+            self._sync_dir()
+        else:
+            self._unsynced.append(final)
+            self._maybe_sync()
+
+    def _maybe_sync(self) -> None:
+        if not self._unsynced:
+            return
+        now = self.clock()
+        if now - self._last_sync < self.fsync_interval:
+            return
+        self._last_sync = now
+        for path in self._unsynced:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # already replayed or evicted
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._unsynced.clear()
+        self._sync_dir()
+
+    def sync(self, force: bool = True) -> None:
+        """fsync what is waiting for the fsync interval: now, or when the interval is up
+        (called periodically by the replay thread and at exit)."""
+        with self._lock:
+            if force:
+                self._last_sync = float("-inf")
+            self._maybe_sync()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def claim(self) -> Entry | None:
+        """The oldest file not being replayed, marked as being replayed."""
+        with self._lock:
+            for entry in self._entries:
+                if not entry.claimed:
+                    entry.claimed = True
+                    return entry
+            return None
+
+    def read(self, entry: Entry) -> Decoded:
+        try:
+            with open(os.path.join(self.directory, entry.name), "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            return Decoded([], f"unreadable: {exc.strerror or exc}")
+        return decode(data)
+
+    def release(self, entry: Entry) -> None:
+        """Give a claimed file back (its upload failed); it stays first in line."""
+        with self._lock:
+            entry.claimed = False
+
+    def remove(self, entry: Entry) -> None:
+        """A claimed file is done with (uploaded, or unreadable)."""
+        with self._lock:
+            try:
+                self._entries.remove(entry)
+            except ValueError:
+                return
+            self._forget(entry)
+        self._remove(os.path.join(self.directory, entry.name))
+
+    def _forget(self, entry: Entry) -> None:
+        self._bytes -= entry.size
+        self._docs -= entry.count
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
