@@ -132,3 +132,43 @@ def test_merge_attaches_in_any_order():
     [placeholder] = merged[0]["subsegments"]
     assert placeholder["end_time"] == 3
     assert [s["name"] for s in placeholder["subsegments"]] == ["child"]
+
+
+def test_extract_reads_odd_documents_as_orjson_does():
+    # Integers past 64 bits are floats to orjson; a subsegment that is not an object is skipped
+    # (the typed decoder refuses such a document, and the store reads it with orjson).
+    plain = parse(
+        b'{"name":"web","id":"aaaaaaaaaaaaaaaa","trace_id":"1-5f000000-000000000000000000000001",'
+        b'"start_time":1,"end_time":2,"http":{"response":{"status":1180591620717411303424}},'
+        b'"annotations":{"big":1180591620717411303424,"small":-9223372036854775808}}')
+    assert plain.annotations == [("big", float(2**70)), ("small", -(2**63))]
+    assert plain.http_status is None
+    record = parse(
+        b'{"name":"web","id":"aaaaaaaaaaaaaaaa","trace_id":"1-5f000000-000000000000000000000001",'
+        b'"start_time":1,"end_time":2,"http":{"response":{"status":1180591620717411303424}},'
+        b'"annotations":{"big":1180591620717411303424,"small":-9223372036854775808},'
+        b'"subsegments":[1,"x",{"name":"S3","id":"bbbbbbbbbbbbbbbb","namespace":"aws",'
+        b'"start_time":1.5,"fault":true}]}')
+    assert record.annotations == [("big", float(2**70)), ("small", -(2**63))]
+    assert record.http_status is None
+    assert record.fault is True
+    assert [(c.name, c.start, c.end, c.fault) for c in record.calls] == [("S3", 1.5, None, True)]
+
+
+def test_service_names_and_annotations_are_stored_exactly(tmp_path):
+    writer = StoreWriter(str(tmp_path / "t.db"))
+    names = ["web", "caf\u00e9 \U0001f600", "a\x00b", 'q"\\\n']
+    docs = [orjson.dumps({"name": name, "id": f"{i:016x}",
+                          "trace_id": f"1-5f000000-{i:024x}", "start_time": 1, "end_time": 2,
+                          "annotations": {"k": name, "ok": True, "n": 0.1 + i}})
+            for i, name in enumerate(names)]
+    assert writer.write(docs[:1]) == []  # a batch without a NUL, then one with
+    assert writer.write(docs[1:]) == []
+    conn = schema.connect(writer.path, readonly=True)
+    stored = [name for (name,) in conn.execute("SELECT name FROM services")]
+    assert sorted(stored) == sorted(names)
+    notes = conn.execute("SELECT key, typ, val FROM annotations").fetchall()
+    assert sorted(notes) == sorted([("k", "s", name) for name in names]
+                                   + [("ok", "b", 1)] * 4
+                                   + [("n", "n", 0.1 + i) for i in range(4)])
+    writer.close()

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import orjson
@@ -51,29 +52,43 @@ class _Prepared:
     def __init__(self, r: Record, now: float) -> None:
         dumps = orjson.dumps
         calls = None
+        names = {}
         if r.calls:
             calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
                             int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
+            names = {c.name: 1 for c in r.calls}
         self.trace_id = r.trace_id
-        self.segment = (r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                        int(r.in_progress), int(r.error), int(r.fault), int(r.throttle), now,
-                        calls, r.doc)
-        names = {c.name: 1 for c in r.calls}
+        error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
+        # Lists whose first item the writer sets to the trace's key: no copy per row.
+        self.segment = [0, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
+                        int(r.in_progress), error, fault, throttle, now, calls, r.doc]
+        root = False
         if r.kind == "segment":
             names[r.name] = 1
+            root = r.parent_id is None
         self.services = list(names)
         notes = {}
         self.annotations = []
-        for key, value in r.annotations:
-            stored, tag = annotation_value(value)
-            self.annotations.append((key, tag, stored))
-            notes[key] = value
-        root = r.kind == "segment" and r.parent_id is None
-        self.trace = (r.trace_id, r.start, r.end, r.start if root else None,
-                      r.end if root else None, int(r.error), int(r.fault), int(r.throttle),
+        if r.annotations:
+            append = self.annotations.append
+            for key, value in r.annotations:
+                # As annotation_value() does, for the str, bool, int and float parse() keeps.
+                kind = type(value)
+                if kind is str:
+                    append((key, "s", value))
+                elif kind is bool:
+                    append((key, "b", int(value)))
+                else:
+                    append((key, "n", float(value)))
+                notes[key] = value
+            notes_json = dumps(notes).decode()
+        else:
+            notes_json = "{}"
+        self.trace = [0, r.trace_id, r.start, r.end, r.start if root else None,
+                      r.end if root else None, error, fault, throttle,
                       r.http_method, r.http_status, r.http_url, r.user,
-                      r.name if root else None, now, dumps(notes).decode(),
-                      dumps(names).decode())
+                      r.name if root else None, now, notes_json,
+                      dumps(names).decode()]
 
 
 class _Job:
@@ -97,6 +112,17 @@ class _Job:
 
 class StoreClosed(Exception):
     pass
+
+
+class _Commit:
+    """A batch written in a transaction whose COMMIT runs in the committer thread."""
+
+    __slots__ = ("count", "future", "jobs")
+
+    def __init__(self, jobs: list[_Job], count: int) -> None:
+        self.jobs = jobs
+        self.count = count
+        self.future: Future[object] | None = None
 
 
 _SEGMENT_UPSERT = """
@@ -147,6 +173,13 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 
+# One statement for all the batch's (name, trace key) rows, so that it runs in the committer
+# thread without taking the GIL back for every row (which would wait for the parsing writer).
+_SERVICES_INSERT = """
+INSERT OR IGNORE INTO services (name, tpk) SELECT value ->> 0, value ->> 1 FROM json_each(?)
+"""
+
+
 def annotation_value(value: object) -> tuple[object, str]:
     """(stored value, type tag): booleans, numbers and strings compare only with their kind."""
     if isinstance(value, bool):
@@ -185,6 +218,7 @@ class StoreWriter:
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="store-commit")
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
         self._checkpointer.start()
@@ -261,9 +295,11 @@ class StoreWriter:
 
     # --- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
+        committing: _Commit | None = None
         while True:
             with self._cond:
-                while not self._jobs and not self._closed and not self._retention_due():
+                while (not self._jobs and not self._closed and not self._retention_due()
+                       and committing is None):
                     self._cond.wait(RETENTION_CHECK_SECONDS)
                 jobs: list[_Job] = []
                 count = 0
@@ -272,18 +308,24 @@ class StoreWriter:
                     jobs.append(job)
                     count += len(job.docs)
                 closing = self._closed and not self._jobs
+            # Parsing the next batch overlaps the previous batch's COMMIT, which writes the WAL
+            # in another thread without the GIL.
+            self._prepare(jobs)
+            if committing is not None:
+                self._finish(committing)
+                committing = None
             if jobs:
-                self._commit(jobs)
-                with self._cond:
-                    self._pending -= count
-                    self._cond.notify_all()
-                self._bound_wal()
+                committing = self._start(jobs, count)
+            if committing is not None and (closing or self._retention_due()):
+                self._finish(committing)
+                committing = None
             if self._retention_due():
                 self._run_retention()
             if closing:
                 with contextlib.suppress(Exception):
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
+                self._committer.shutdown()
                 return
 
     def _bound_wal(self) -> None:
@@ -302,29 +344,60 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _commit(self, jobs: list[_Job]) -> None:
-        now = self.clock()
+    def _prepare(self, jobs: list[_Job]) -> None:
         for job in jobs:
             job.prepare()
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
+
+    def _start(self, jobs: list[_Job], count: int) -> _Commit | None:
+        """Write the batch and start its COMMIT in the committer thread; None if it failed."""
+        now = self.clock()
+        commit = _Commit(jobs, count)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            self._insert([r for job in jobs for r in job.records], now)
+            services = self._insert([r for job in jobs for r in job.records], now)
             self._insert_rejects([r for job in jobs for r in job.rejects], now)
-            self.conn.execute("COMMIT")
+            commit.future = self._committer.submit(self._complete, services)
         except Exception as exc:  # a disk or database problem: the batch is not stored
-            with contextlib.suppress(Exception):
-                self.conn.execute("ROLLBACK")
-            self._reset_keys()
-            self.failed_commits += 1
-            self.log.error("Trace store: %d documents not stored: %s",
-                           sum(len(job.records) for job in jobs), exc)
-            for job in jobs:
-                job.error = exc
-        for job in jobs:
+            self._failed(commit, exc)
+            return None
+        return commit
+
+    def _complete(self, services: str | None) -> None:
+        """In the committer thread: each statement is one step of SQLite without the GIL."""
+        if services is not None:
+            self.conn.execute(_SERVICES_INSERT, (services,))
+        self.conn.execute("COMMIT")
+
+    def _finish(self, commit: _Commit) -> None:
+        assert commit.future is not None
+        try:
+            commit.future.result()
+        except Exception as exc:
+            self._failed(commit, exc)
+            return
+        self._done(commit)
+        self._bound_wal()
+
+    def _failed(self, commit: _Commit, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.execute("ROLLBACK")
+        self._reset_keys()
+        self.failed_commits += 1
+        self.log.error("Trace store: %d documents not stored: %s",
+                       sum(len(job.records) for job in commit.jobs), exc)
+        for job in commit.jobs:
+            job.error = exc
+        self._done(commit)
+
+    def _done(self, commit: _Commit) -> None:
+        for job in commit.jobs:
             job.done.set()
+        with self._cond:
+            self._pending -= commit.count
+            self._cond.notify_all()
 
     def _reset_keys(self) -> None:
         self._pk_cache.clear()
@@ -352,24 +425,31 @@ class StoreWriter:
             cache.update(keep)
         return cache
 
-    def _insert(self, records: list[_Prepared], now: float) -> None:
+    def _insert(self, records: list[_Prepared], now: float) -> str | None:
+        """Write all rows but the services'; those as the JSON for _SERVICES_INSERT."""
         keys = self._trace_keys(records)
         segments, traces, annotations, services = [], [], [], []
         for r in records:
-            tpk = keys[r.trace_id]
-            segments.append((tpk, *r.segment))
-            traces.append((tpk, *r.trace))
-            if r.annotations:
-                annotations.extend((*row, tpk) for row in r.annotations)
-            services.extend((name, tpk) for name in r.services)
+            tpk = r.segment[0] = r.trace[0] = keys[r.trace_id]
+            segments.append(r.segment)
+            traces.append(r.trace)
+            for key, typ, value in r.annotations:
+                annotations.append((key, typ, value, tpk))
+            for name in r.services:
+                services.append((name, tpk))
         execute = self.conn.executemany
         execute(_SEGMENT_UPSERT, segments)
         execute(_TRACE_UPSERT, traces)
         if annotations:
             execute("INSERT OR IGNORE INTO annotations (key, typ, val, tpk) VALUES (?, ?, ?, ?)",
                     annotations)
-        if services:
+        if not services:
+            return None
+        rows = orjson.dumps(services).decode()
+        if "\\u0000" in rows:  # SQLite's JSON functions cut text at a NUL character
             execute("INSERT OR IGNORE INTO services (name, tpk) VALUES (?, ?)", services)
+            return None
+        return rows
 
     def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
         if rejects:
