@@ -4,7 +4,6 @@ xrayd as a subprocess on loopback with dummy credentials and instance metadata d
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,35 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-SAFE_ENV = {
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_ACCESS_KEY_ID": "AKIDTESTTESTTEST",
-    "AWS_SECRET_ACCESS_KEY": "test-secret-key",
-    "AWS_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-}
-os.environ.update(SAFE_ENV)
-for _name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "AWS_PROFILE"):
-    os.environ.pop(_name, None)
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_udp_tcp_port() -> int:
-    for _ in range(50):
-        port = free_port(socket.SOCK_DGRAM)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                tcp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
+# Importing the tests' conftest puts their safe environment in os.environ (dummy credentials,
+# no instance metadata, no proxies); its loopback port helpers are the ones used here too.
+from conftest import free_port, free_udp_tcp_port  # noqa: E402
 
 
 class Daemon:
