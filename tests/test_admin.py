@@ -7,9 +7,8 @@ import pytest
 from conftest import free_port
 from fakes.harness import scrape, status
 from xrayd import stats as names
-from xrayd.admin import Sources, make_app
+from xrayd.admin import Sources, make_server
 from xrayd.protocol import Reason
-from xrayd.server.http import HttpServer
 from xrayd.stats import Stats
 
 
@@ -18,7 +17,7 @@ def admin():
     servers = []
 
     def start(sources: Sources) -> str:
-        server = HttpServer(f"127.0.0.1:{free_port()}", lambda: make_app(sources))
+        server = make_server(f"127.0.0.1:{free_port()}", sources)
         server.start()
         servers.append(server)
         return f"http://127.0.0.1:{server.bound[1]}"

@@ -212,18 +212,18 @@ def test_upstream_timeout_answers_504(upstream):
 
     from xrayd import aws
     from xrayd.logs import RateLimitedLog
-    from xrayd.server.http import HttpServer
 
     upstream.fault = Fault(hang=5)
     context = aws.create_context("us-east-1", upstream.url, False, "")
     signing = proxy.SigningProxy(context, upstream.url,
                                  RateLimitedLog(logging.getLogger("xrayd-test-proxy")),
                                  timeout=0.5)
-    server = HttpServer(f"127.0.0.1:{free_port()}", signing.make_app)
+    server = signing.server(f"127.0.0.1:{free_port()}")
     server.start()
     try:
         status, answer = post(server.bound[1], "/GetSamplingRules", b"{}")
     finally:
         server.stop()
+        signing.close()
     assert status == 504 and json.loads(answer)["__type"] == "GatewayTimeout"
     assert upstream.requests("/GetSamplingRules")[0].verdict.ok

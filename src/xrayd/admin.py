@@ -1,7 +1,8 @@
 """The admin endpoint (opt-in, ``--admin-address``): liveness, readiness and Prometheus metrics.
 
-Served by a second HttpServer. The metrics come from a custom collector that reads the daemon's
-Stats on every scrape, registered in a registry of its own (no global prometheus state).
+Served by a ThreadedHttpServer of its own (server/threaded.py). The metrics come from a custom
+collector that reads the daemon's Stats on every scrape, registered in a registry of its own (no
+global prometheus state).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from xrayd import stats as names
+from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer, plain
 from xrayd.stats import Stats
 
 Depth = tuple[int, int, int]
@@ -139,27 +140,37 @@ class StatsCollector:
                     int(src.intake_open()))
 
 
-def make_app(sources: Sources) -> web.Application:
+def make_handler(sources: Sources) -> Handler:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(sources))  # type: ignore[arg-type]
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    def healthz() -> Response:
+        return plain(200, "ok\n")
 
-    async def readyz(_request: web.Request) -> web.Response:
+    def readyz() -> Response:
         if not sources.intake_open():
-            return web.Response(status=503, text="not ready: intake closed (shutting down)\n")
+            return plain(503, "not ready: intake closed (shutting down)\n")
         ready, why = sources.backend_ready()
         if not ready:
-            return web.Response(status=503, text=f"not ready: {why}\n")
-        return web.Response(text="ready\n")
+            return plain(503, f"not ready: {why}\n")
+        return plain(200, "ready\n")
 
-    async def metrics(_request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def metrics() -> Response:
+        return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
-    app = web.Application(client_max_size=1024)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app
+    routes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+    def handle(request: Request) -> Response:
+        route = routes.get(request.path)
+        if route is None:
+            return plain(404, "404: Not Found")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"405: Method Not Allowed", [("Allow", "GET,HEAD")],
+                            content_type="text/plain; charset=utf-8")
+        return route()
+
+    return handle
+
+
+def make_server(address: str, sources: Sources) -> ThreadedHttpServer:
+    return ThreadedHttpServer(address, make_handler(sources), max_body=1024, name="admin-http")

@@ -63,6 +63,7 @@ class Daemon:
         self.telemetry_interval = telemetry_interval  # None: the original's 60 s
         self.telemetry = None
         self.http = None
+        self.signing_proxy = None
         self.log = get_logger()
         self.stats = Stats()
         self.logs = RateLimitedLog(self.log)
@@ -179,8 +180,7 @@ class Daemon:
         address = self.config.admin_address
         if not address:
             return
-        from xrayd.admin import Sources, make_app
-        from xrayd.server.http import HttpServer
+        from xrayd.admin import Sources, make_server
 
         uploader, spool, queue = self.uploader, self.spool, self.queue
         assert uploader is not None and queue is not None
@@ -195,7 +195,7 @@ class Daemon:
             self.stats, lambda: self.intake_open, backend_ready, queue.snapshot,
             spool.depth if spool is not None else None, lambda: uploader.limiter.rate,
         )
-        self.admin = HttpServer(address, lambda: make_app(sources))
+        self.admin = make_server(address, sources)
         try:
             self.admin.start()
         except OSError as exc:
@@ -260,7 +260,6 @@ class Daemon:
 
     def _start_proxy(self, context, upstream: str) -> None:
         from xrayd.receivers.udp import split_address
-        from xrayd.server.http import HttpServer
         from xrayd.server.proxy import SigningProxy, is_loopback
 
         cfg, log = self.config, self.log
@@ -278,7 +277,8 @@ class Daemon:
                 "gets sampling API calls signed with the daemon's credentials",
                 cfg.tcp_address)
         log.info("Starting proxy http server on %s", cfg.tcp_address)
-        self.http = HttpServer(cfg.tcp_address, proxy.make_app)
+        self.signing_proxy = proxy
+        self.http = proxy.server(cfg.tcp_address)
         try:
             self.http.start()
         except Exception as exc:  # as the original: the daemon runs on without the proxy
@@ -314,6 +314,8 @@ class Daemon:
         self.intake_open = False
         if self.http is not None:
             self.http.stop()
+        if self.signing_proxy is not None:
+            self.signing_proxy.close()
         if self.receiver is not None:
             self.receiver.stop()
         if self.offline is not None:

@@ -7,18 +7,17 @@ unsigned, limits request bodies and times out upstream calls (docs/compatibility
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import web
 
 from xrayd.aws import AwsContext, CredentialsError
 from xrayd.logs import RateLimitedLog
+from xrayd.server.threaded import Request, Response, ThreadedHttpServer
 from xrayd.stats import PROXY_REQUESTS, Stats
 
 # Sampling API paths: rules and targets (every SDK), and the read-only statistics summaries.
@@ -32,7 +31,9 @@ HOP_BY_HOP = frozenset({"connection", "proxy-connection", "keep-alive", "proxy-a
 # Replaced by the signature or recomputed for the upstream request.
 REPLACED = frozenset({"host", "content-length", "authorization", "x-amz-date",
                       "x-amz-security-token", "x-amz-content-sha256", "expect"})
-SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+# Upstream calls run on a few threads of their own, each with a kept-alive connection.
+UPSTREAM_THREADS = 4
 
 
 def is_loopback(host: str) -> bool:
@@ -44,7 +45,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def hop_by_hop(headers: Mapping[str, str]) -> set[str]:
+def hop_by_hop(headers: Headers) -> set[str]:
     """Hop-by-hop header names (lower case), including those the Connection header names."""
     named = {token.strip().lower() for value in _values(headers, "connection")
              for token in value.split(",") if token.strip()}
@@ -52,25 +53,24 @@ def hop_by_hop(headers: Mapping[str, str]) -> set[str]:
 
 
 def _values(headers: Any, name: str) -> list[str]:
-    getall = getattr(headers, "getall", None)
-    if getall is not None:
-        return list(getall(name, []))
-    return [v for k, v in headers.items() if k.lower() == name and v]
+    return [v for k, v in _items(headers) if k.lower() == name and v]
 
 
-def request_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def request_headers(headers: Headers) -> dict[str, str]:
     """The caller's headers to forward: hop-by-hop ones and those signing replaces dropped."""
     drop = hop_by_hop(headers) | REPLACED
     return {k: v for k, v in _items(headers) if k.lower() not in drop}
 
 
-def response_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+def response_headers(headers: Headers) -> list[tuple[str, str]]:
     drop = hop_by_hop(headers) | {"content-length"}
     return [(k, v) for k, v in _items(headers) if k.lower() not in drop]
 
 
 def _items(headers: Any) -> Iterable[tuple[str, str]]:
-    return headers.items()
+    """The (name, value) pairs of a mapping (or an http.client message), or of a list of
+    pairs."""
+    return headers.items() if hasattr(headers, "items") else headers
 
 
 def sign(credentials: Any, region: str, method: str, url: str, headers: dict[str, str],
@@ -85,14 +85,17 @@ def sign(credentials: Any, region: str, method: str, url: str, headers: dict[str
     return dict(request.headers.items())
 
 
-def error_response(status: int, error_type: str, message: str) -> web.Response:
+def error_response(status: int, error_type: str, message: str) -> Response:
     body = orjson.dumps({"__type": error_type, "message": message})
-    return web.Response(status=status, body=body, content_type="application/json",
-                        headers={"x-amzn-ErrorType": error_type})
+    return Response(status, body, [("x-amzn-ErrorType", error_type)],
+                    content_type="application/json")
 
 
 class SigningProxy:
-    """The aiohttp application of the proxy. ``upstream`` is scheme://host[:port]."""
+    """The proxy's request handler. ``upstream`` is scheme://host[:port]. Upstream calls are
+    signed with botocore's SigV4Auth and sent on kept-alive connections
+    (exporters/transport.py), or through botocore's HTTP session when an outbound proxy is set,
+    as the uploads are."""
 
     def __init__(self, aws: AwsContext, upstream: str, logs: RateLimitedLog,
                  timeout: float = UPSTREAM_TIMEOUT, max_body: int = MAX_BODY_BYTES,
@@ -106,84 +109,86 @@ class SigningProxy:
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.proxy = aws.proxy_for(self.upstream) or None
-        self._client: aiohttp.ClientSession | None = None
+        self._direct = None
+        self._http = None
+        if self.proxy:
+            self._http = aws.http_session(UPSTREAM_THREADS, timeout)
+        else:
+            from xrayd.exporters.transport import DirectTransport
 
-    def make_app(self) -> web.Application:
-        middlewares = [self._count] if self.stats is not None else []
-        app = web.Application(client_max_size=self.max_body, middlewares=middlewares)
-        app.on_startup.append(self._open)
-        app.on_cleanup.append(self._close)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+            self._direct = DirectTransport(self.upstream, aws.verify, timeout)
+        self._pool = ThreadPoolExecutor(UPSTREAM_THREADS, thread_name_prefix="proxy-upstream")
 
-    @web.middleware
-    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Requests answered, by status (the admin endpoint's xrayd_proxy_requests_total)."""
-        assert self.stats is not None
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            self.stats.add(PROXY_REQUESTS, label=str(exc.status))
-            raise
-        self.stats.add(PROXY_REQUESTS, label=str(response.status))
+    def server(self, address: str) -> ThreadedHttpServer:
+        return ThreadedHttpServer(address, self.handle, max_body=self.max_body,
+                                  too_large=self._too_large, name="proxy-http")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._direct is not None:
+            self._direct.close()
+        if self._http is not None:
+            self._http.close()
+
+    def handle(self, request: Request) -> Response:
+        response = self._answer(request)
+        self._count(response.status)
         return response
 
-    async def _open(self, _app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(
-            ssl=None if self.aws.verify else False,
-            keepalive_timeout=self.idle_timeout, limit_per_host=0,
-        )
-        self._client = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-        )
+    def _count(self, status: int) -> None:
+        """Requests answered, by status (the admin endpoint's xrayd_proxy_requests_total)."""
+        if self.stats is not None:
+            self.stats.add(PROXY_REQUESTS, label=str(status))
 
-    async def _close(self, _app: web.Application) -> None:
-        if self._client is not None:
-            await self._client.close()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.log.debug("Received request on HTTP Proxy server : %s", request.path_qs)
-        if request.path not in ALLOWED_PATHS:
-            self.logs.warn("proxy-path", f"Proxy request refused: {request.method} "
-                           f"{request.path[:200]} is not a sampling API path")
-            return error_response(404, "NotFound", f"{request.path} is not forwarded by xrayd")
+    def _answer(self, request: Request) -> Response:
+        self.log.debug("Received request on HTTP Proxy server : %s", request.target)
+        path = request.path
+        if path not in ALLOWED_PATHS:
+            self.logs.warn("proxy-path", f"Proxy request refused: {request.method[:20]} "
+                           f"{path[:200]} is not a sampling API path")
+            return error_response(404, "NotFound", f"{path[:200]} is not forwarded by xrayd")
         if request.method != "POST":
             return error_response(405, "MethodNotAllowed", "the X-Ray API takes POST")
-        if (request.content_length or 0) > self.max_body:
-            return self._too_large()
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._too_large()
-
-        loop = asyncio.get_running_loop()
-        try:
-            credentials = await loop.run_in_executor(None, self.aws.credentials)
+            credentials = self.aws.credentials()
         except CredentialsError as exc:
             self.logs.error("proxy-credentials", f"{exc} (sampling request not forwarded)")
             return error_response(503, "NoCredentials", str(exc))
 
-        url = self.upstream + request.path_qs
+        url = self.upstream + request.target
         headers = sign(credentials, self.aws.region, "POST", url,
-                       request_headers(request.headers), body)
-        assert self._client is not None
+                       request_headers(request.headers), request.body)
         try:
-            async with self._client.post(url, data=body, headers=headers, proxy=self.proxy,
-                                         skip_auto_headers=SKIP_AUTO_HEADERS) as answer:
-                content = await answer.read()
-                return web.Response(status=answer.status, body=content,
-                                    headers=response_headers(answer.headers))
+            status, content, answer_headers = self._pool.submit(
+                self._send, url, request.body, headers).result()
         except TimeoutError:
             self.logs.error("proxy-upstream",
                             f"http: proxy error: no answer from {self.upstream} within "
                             f"{self.timeout:g} s")
             return error_response(504, "GatewayTimeout", "the X-Ray endpoint did not answer")
-        except aiohttp.ClientError as exc:
+        except Exception as exc:
             self.logs.error("proxy-upstream", f"http: proxy error: {exc}")
             return error_response(502, "BadGateway", f"the X-Ray endpoint failed: {exc}")
+        return Response(status, content, response_headers(answer_headers))
 
-    def _too_large(self) -> web.Response:
+    def _send(self, url: str, body: bytes, headers: dict[str, str]
+              ) -> tuple[int, bytes, Any]:
+        if self._direct is not None:
+            answer = self._direct.post(url, body, headers)
+            return answer.status_code, answer.content, answer.headers
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+        assert self._http is not None
+        prepared = AWSRequest(method="POST", url=url, data=body, headers=headers).prepare()
+        try:
+            answer = self._http.send(prepared)
+        except (ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise TimeoutError(str(exc)) from exc
+        return answer.status_code, answer.content, answer.headers
+
+    def _too_large(self) -> Response:
+        self._count(413)
         self.logs.warn("proxy-size", "Proxy request refused: body larger than "
                        f"{self.max_body} bytes")
         return error_response(413, "RequestEntityTooLarge",
