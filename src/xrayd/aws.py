@@ -412,12 +412,42 @@ class AwsContext:
         )
 
 
+def xray_api_endpoint(session: Session, region: str) -> str:
+    """The X-Ray endpoint a botocore client for ``region`` would use: a configured endpoint URL
+    (AWS_ENDPOINT_URL_XRAY, AWS_ENDPOINT_URL, endpoint_url in the config file) unless those are
+    ignored, else botocore's endpoint rules for X-Ray with the FIPS and dual-stack settings.
+
+    Resolved from the X-Ray rule set and the partitions table only: creating a client would load
+    the endpoint table of every AWS service and X-Ray's API model, about 9 MB of resident memory
+    kept for the session's life. Should that botocore API change, a client is created."""
+    try:
+        from botocore.configprovider import ConfiguredEndpointProvider
+        from botocore.endpoint_provider import EndpointProvider
+
+        if not session.get_config_variable("ignore_configured_endpoint_urls"):
+            configured = ConfiguredEndpointProvider(
+                full_config=session.full_config, scoped_config=session.get_scoped_config(),
+                client_name="xray").provide()
+            if configured:
+                return configured
+        loader = session.get_component("data_loader")
+        provider = EndpointProvider(loader.load_service_model("xray", "endpoint-rule-set-1"),
+                                    loader.load_data("partitions"))
+        resolved = provider.resolve_endpoint(
+            Region=region,
+            UseFIPS=bool(session.get_config_variable("use_fips_endpoint")),
+            UseDualStack=bool(session.get_config_variable("use_dualstack_endpoint")),
+        )
+        return resolved.url
+    except (ImportError, AttributeError, TypeError):
+        return session.create_client("xray", region_name=region).meta.endpoint_url
+
+
 def create_context(region: str, endpoint: str, no_verify_ssl: bool, proxy: str,
                    role_arn: str = "", log: logging.Logger | None = None) -> AwsContext:
     session = new_session()
     if not endpoint:
-        client = session.create_client("xray", region_name=region)
-        endpoint = client.meta.endpoint_url
+        endpoint = xray_api_endpoint(session, region)
     role = AssumedRole(session, role_arn, region, log or logging.getLogger("xrayd")) \
         if role_arn else None
     return AwsContext(session, region, endpoint.rstrip("/"), not no_verify_ssl, proxy,

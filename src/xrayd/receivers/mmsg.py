@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import sys
 
 MSG_DONTWAIT = 0x40
@@ -47,7 +48,9 @@ class MultiReader:
         self.slots = slots
         self.size = size
         self._recvmmsg = recvmmsg
-        self._buffer = bytearray(slots * size)
+        # Anonymous memory: a page becomes resident only once a datagram is written to it
+        # (a bytearray is zero-filled at once: 2 MB resident for 32 slots of 64 KB).
+        self._buffer = mmap.mmap(-1, slots * size)
         self._view = memoryview(self._buffer)
         base = ctypes.addressof((ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
         self._iovecs = (_Iovec * slots)()
