@@ -64,6 +64,7 @@ class Daemon:
         self.telemetry = None
         self.http = None
         self.signing_proxy = None
+        self.trimmer = None
         self.log = get_logger()
         self.stats = Stats()
         self.logs = RateLimitedLog(self.log)
@@ -154,10 +155,19 @@ class Daemon:
         sys.setswitchinterval(0.0005)
         self.uploader.start()
         self.receiver.start()
+        self._start_trimmer()
         self.intake_open = True
         self._start_telemetry(aws, context, exporter)
         self._start_proxy(context, upstream)
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
+
+    def _start_trimmer(self) -> None:
+        from xrayd.memory import DrainTrimmer
+
+        queue = self.queue
+        assert queue is not None
+        self.trimmer = DrainTrimmer(lambda: queue.snapshot()[0])
+        self.trimmer.start()
 
     def _open_spool(self) -> Spool | None:
         cfg = self.config
@@ -227,6 +237,7 @@ class Daemon:
         self._start_admin()
         self.uploader.start()
         self.receiver.start()
+        self._start_trimmer()
         self.intake_open = True
         self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
         self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
@@ -348,6 +359,8 @@ class Daemon:
             self.uploader.exporter.close()
         if self.admin is not None:
             self.admin.stop()
+        if self.trimmer is not None:
+            self.trimmer.stop()
         log.debug(
             "Trace segment: received: %d, truncated: %d, processed: %d",
             self.stats.accepted, self.stats.get(SEGMENTS_SPILLED),
