@@ -111,3 +111,20 @@ def test_proxy_requests_are_counted_by_status(start_xrayd):
         assert samples['xrayd_proxy_requests_total{status="404"}'] == 1
     finally:
         upstream.stop()
+
+
+def test_methods_head_and_405(admin):
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = admin(Sources(Stats(), lambda: True, lambda: (True, "")))
+    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(url).port, timeout=5)
+    conn.request("HEAD", "/healthz")
+    answer = conn.getresponse()
+    assert answer.status == 200 and answer.read() == b""
+    conn.request("POST", "/metrics", body=b"x")
+    answer = conn.getresponse()
+    assert answer.status == 405 and answer.getheader("Allow") == "GET,HEAD"
+    answer.read()
+    conn.request("POST", "/metrics", body=b"x" * 2000)  # the admin endpoint takes no bodies
+    assert conn.getresponse().status == 413

@@ -164,10 +164,15 @@ class ThreadedHttpServer:
     def _refuse(self, conn: socket.socket) -> None:
         """Too many connections: a 503 and close, without a thread."""
         with contextlib.suppress(OSError):
-            conn.settimeout(1.0)
+            # Read what the client sent first: closing with unread data would reset the
+            # connection before the client reads the answer.
+            conn.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                conn.recv(MAX_HEAD_BYTES)
             h = h11.Connection(h11.SERVER)
             response = plain(503, "too many connections\n")
             conn.sendall(self._head(h, response, close=True) + response.body)
+            conn.shutdown(socket.SHUT_WR)
         conn.close()
 
     # -- one connection ----------------------------------------------------------------------
