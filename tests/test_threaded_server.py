@@ -112,6 +112,8 @@ def test_chunked_body_and_expect_100_continue(serve):
 def test_bad_requests_head_and_handler_errors(serve):
     server, _handler = serve()
     assert raw(server.bound[1], b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    huge = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
+    assert raw(server.bound[1], huge).startswith(b"HTTP/1.1 431 ")
     head = raw(server.bound[1], b"HEAD /h HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert b"content-length: 5\r\n" in head.lower() and head.endswith(b"\r\n\r\n")
     conn = http.client.HTTPConnection("127.0.0.1", server.bound[1], timeout=5)

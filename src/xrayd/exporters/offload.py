@@ -84,6 +84,10 @@ class Helper:
             code = 1
             try:
                 gc.freeze()
+                # The daemon's free heap pages came along with the fork: give them back.
+                from xrayd.memory import trim
+
+                trim()
                 # Its threads are I/O-bound around a few hundred µs of signing each: hand the
                 # GIL over sooner than every 5 ms, or each call waits for the others in turn.
                 sys.setswitchinterval(0.0002)

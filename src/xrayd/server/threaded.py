@@ -164,15 +164,13 @@ class ThreadedHttpServer:
     def _refuse(self, conn: socket.socket) -> None:
         """Too many connections: a 503 and close, without a thread."""
         with contextlib.suppress(OSError):
-            # Read what the client sent first: closing with unread data would reset the
-            # connection before the client reads the answer.
             conn.settimeout(0.2)
             with contextlib.suppress(TimeoutError):
                 conn.recv(MAX_HEAD_BYTES)
             h = h11.Connection(h11.SERVER)
             response = plain(503, "too many connections\n")
             conn.sendall(self._head(h, response, close=True) + response.body)
-            conn.shutdown(socket.SHUT_WR)
+            _linger(conn, 0.2)
         conn.close()
 
     # -- one connection ----------------------------------------------------------------------
@@ -212,6 +210,7 @@ class ThreadedHttpServer:
             request.body = self._read_body(conn, h, event)
         except BodyTooLarge:
             self._respond(conn, h, request, self.too_large(), close=True)
+            _linger(conn)
             return False
         except h11.RemoteProtocolError as exc:
             self._send_error(conn, h, exc.error_status_hint, str(exc))
@@ -229,7 +228,7 @@ class ThreadedHttpServer:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = conn.recv(65536)
+                data = conn.recv(MAX_HEAD_BYTES)  # a head over twice this gets 431
             except TimeoutError:
                 if first and h.their_state is h11.IDLE:
                     return h11.ConnectionClosed()
@@ -288,6 +287,21 @@ class ThreadedHttpServer:
         response = plain(status, f"bad request: {message}\n")
         with contextlib.suppress(OSError, h11.LocalProtocolError):
             conn.sendall(self._head(h, response, close=True) + response.body)
+            _linger(conn)
+
+
+def _linger(conn: socket.socket, seconds: float = 1.0, limit: int = 4 * 1024 * 1024) -> None:
+    """Before closing after an error answer: stop sending and read (and drop) what the client
+    still sends, for a moment. Closing with unread data would reset the connection, and the
+    client could lose the answer."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(seconds)
+        while limit > 0:
+            data = conn.recv(65536)
+            if not data:
+                return
+            limit -= len(data)
 
 
 def _content_length(headers) -> int | None:
