@@ -41,6 +41,32 @@ def snapshot(pid: int) -> dict:
             "pss_mb": round(procstat.pss_bytes(pid) / 2**20, 1), "processes": processes}
 
 
+class PeakSampler:
+    """Per-process peaks (RSS, PSS, private) every 0.1 s, the daemon and its helper apart."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peaks: dict[int, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for each in procstat.tree(self.pid):
+                now = own(each)
+                peak = self.peaks.setdefault(each, dict(now))
+                for key in ("rss_mb", "pss_mb", "private_mb"):
+                    peak[key] = max(peak[key], now[key])
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join()
+        return list(self.peaks.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(["--quick", "--no-search", *(argv or [])])
     command = args.daemon[0].split("=", 1)[1] if args.daemon else XRAYD
@@ -54,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         assert bench.proc is not None
         out["idle"] = snapshot(bench.proc.pid)
         progress(f"idle: {out['idle']}")
+        sampler = PeakSampler(bench.proc.pid)
         trial = bench.trial(0, args.duration, SIZES["1k"])
         out["overload"] = trial.summary()
+        out["overload_peaks_by_process"] = sampler.stop()
         for wait, delay in ((0, 0), (5, 5), (15, 10)):
             time.sleep(delay)
             out[f"after_drain_{wait}s"] = snapshot(bench.proc.pid)
@@ -69,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overload peak: RSS {overload['rss_peak_mb']} MB (summed over "
           f"{overload['processes']} processes), PSS {overload['pss_peak_mb']} MB; delivered "
           f"{overload['delivered']:,} of {overload['sent']:,}")
+    peaks = out["overload_peaks_by_process"]
+    print("  peaks by process (RSS, PSS, private MB): "
+          f"{[(p['rss_mb'], p['pss_mb'], p['private_mb']) for p in peaks]}")
     for wait in (0, 5, 15):
         shot = out[f"after_drain_{wait}s"]
         print(f"{wait:>2} s after the drain: RSS {shot['rss_mb']} MB, PSS {shot['pss_mb']} MB "
