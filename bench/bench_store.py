@@ -26,8 +26,7 @@ import orjson
 
 from xrayd.exporters.local import LocalExporter
 from xrayd.sampling.engine import SamplingEngine
-from xrayd.server.http import HttpServer
-from xrayd.server.xray_api import StoreReader, XRayApi, make_app
+from xrayd.server.xray_api import StoreReader, XRayApi, make_server
 from xrayd.store.writer import StoreWriter
 
 
@@ -186,7 +185,7 @@ def main() -> None:
 
         reader = StoreReader(path)
         api = XRayApi(writer, reader, SamplingEngine())
-        server = HttpServer("127.0.0.1:0", lambda: make_app(api))
+        server = make_server("127.0.0.1:0", api)
         server.start()
         host, port = server.bound
         url = f"http://{host}:{port}/TraceSummaries"

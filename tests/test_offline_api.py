@@ -309,3 +309,35 @@ print('botocore loaded' if loaded else 'no botocore')
                             timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no botocore"
+
+
+def test_viewer_files_unknown_paths_and_body_limit(start_xrayd, tmp_path):
+    import http.client
+
+    from xrayd.server.xray_api import MAX_BODY
+
+    _daemon, port, _store = start_offline(start_xrayd, tmp_path)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(path: str, method: str = "GET", body: bytes | None = None):
+        conn.request(method, path, body=body)
+        answer = conn.getresponse()
+        return answer, answer.read()
+
+    answer, page = get("/")
+    assert answer.status == 200 and b"/viewer/viewer.js" in page
+    assert answer.getheader("Content-Type").startswith("text/html")
+    assert answer.getheader("Cache-Control") == "no-cache"
+    answer, script = get("/viewer/viewer.js")
+    assert answer.status == 200 and "javascript" in answer.getheader("Content-Type")
+    for path in ("/viewer/../offline.py", "/viewer/%2e%2e/offline.py", "/viewer/nope.js",
+                 "/viewer/", "/nothing"):
+        answer, body = get(path)
+        assert answer.status == 404, path
+        assert json.loads(body)["__type"] == "UnknownOperationException"
+    answer, body = get("/TraceSummaries")  # an operation's path, not POST
+    assert answer.status == 404
+    answer, body = get("/api/stats")
+    assert answer.status == 200 and "store" in json.loads(body)
+    answer, body = get("/TraceSegments", "POST", b"x" * (MAX_BODY + 1))
+    assert answer.status == 413 and json.loads(body)["__type"] == "InvalidRequestException"

@@ -11,9 +11,9 @@ from xrayd.config import Config
 from xrayd.exporters.local import LocalExporter
 from xrayd.sampling.engine import SamplingEngine
 from xrayd.sampling.rules import RuleError, parse_rules_file
-from xrayd.server.http import HttpServer
+from xrayd.server.threaded import ThreadedHttpServer
 from xrayd.server.viewer_routes import routes as viewer_routes
-from xrayd.server.xray_api import StoreReader, XRayApi, make_app
+from xrayd.server.xray_api import StoreReader, XRayApi, make_server
 from xrayd.store.schema import default_path
 from xrayd.store.writer import Rejection, Retention, StoreWriter
 
@@ -30,7 +30,7 @@ class Offline:
     writer: StoreWriter
     reader: StoreReader
     sampling: SamplingEngine
-    server: HttpServer
+    server: ThreadedHttpServer
     store_path: str
 
     @property
@@ -80,7 +80,7 @@ def start(cfg: Config, log: logging.Logger,
     info = {"store": path, "retention_hours": retention.hours,
             "max_size_mb": retention.max_bytes // (1024 * 1024)}
     api = XRayApi(writer, reader, sampling)
-    server = HttpServer(cfg.tcp_address, lambda: make_app(api, viewer_routes(reader, info)))
+    server = make_server(cfg.tcp_address, api, viewer_routes(reader, info))
     try:
         server.start()
     except OSError as exc:

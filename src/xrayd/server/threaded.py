@@ -1,10 +1,9 @@
-"""A small threaded HTTP/1.1 server on h11 (protocol) and blocking sockets (I/O): the TCP
-signing proxy and the admin endpoint.
+"""The daemon's HTTP server, on h11 (protocol) and blocking sockets (I/O): the TCP signing
+proxy, the admin endpoint, and in offline mode the X-Ray API and the viewer.
 
-Why not aiohttp here: importing aiohttp.web and asyncio costs about 13 MB of resident memory,
-a quarter of the idle daemon, for a server that answers a few sampling calls a minute
-(docs/benchmarks.md, "Memory"). h11 is pure Python and about 0.1 MB. Offline mode, whose API and
-viewer handlers are written for aiohttp, keeps server/http.py.
+Why not aiohttp (used before): importing aiohttp.web and asyncio costs about 13 MB of resident
+memory, a quarter of the idle daemon, for servers that answer a few sampling calls a minute
+(docs/benchmarks.md, "Memory"). h11 is pure Python and about 0.1 MB.
 
 One thread accepts; each connection is served by a thread of its own (bounded by
 ``max_connections``), requests one after the other on a kept-alive connection. Handlers are
@@ -212,7 +211,7 @@ class ThreadedHttpServer:
             request.body = self._read_body(conn, h, event)
         except BodyTooLarge:
             self._respond(conn, h, request, self.too_large(), close=True)
-            _linger(conn)
+            _linger(conn, limit=max(4 * 1024 * 1024, 2 * self.max_body))
             return False
         except h11.RemoteProtocolError as exc:
             self._send_error(conn, h, exc.error_status_hint, str(exc))

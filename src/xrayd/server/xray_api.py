@@ -1,21 +1,21 @@
 """The X-Ray API served by the daemon in offline mode: the service's REST-JSON paths and shapes,
 so boto3, the AWS CLI and the SDKs work with an endpoint URL pointing at xrayd. Requests are not
 signed-checked (everything stays on this machine); bad requests get the service's error shape.
-Store reads run in a small thread pool, each thread with its own read-only connection."""
+Store reads run in a small thread pool, each thread with its own read-only connection. Served by
+the daemon's threaded HTTP server (server/threaded.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from xrayd.sampling.engine import SamplingEngine, SamplingError
+from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, queries, schema
 from xrayd.store.filters import FilterError
 from xrayd.store.queries import QueryError
@@ -34,15 +34,13 @@ class ApiError(Exception):
         self.status = status
 
 
-def error_response(code: str, message: str, status: int = 400) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"__type": code, "message": message}),
-        content_type="application/json", headers={"x-amzn-ErrorType": code},
-    )
+def error_response(code: str, message: str, status: int = 400) -> Response:
+    return Response(status, orjson.dumps({"__type": code, "message": message}),
+                    [("x-amzn-ErrorType", code)], content_type="application/json")
 
 
-def json_response(data: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(data), content_type="application/json")
+def json_response(data: Any) -> Response:
+    return Response(200, orjson.dumps(data), content_type="application/json")
 
 
 class StoreReader:
@@ -59,9 +57,9 @@ class StoreReader:
             conn = self._local.conn = schema.connect(self.path, readonly=True)
         return conn
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(self._conn(), *args))
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(connection, *args)`` on a pool thread (at most ``workers`` readers at once)."""
+        return self.pool.submit(lambda: fn(self._conn(), *args)).result()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -117,8 +115,9 @@ class XRayApi:
         self.reader = reader
         self.sampling = sampling
 
-    def routes(self) -> list[web.RouteDef]:
-        ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+    def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """The operations by path (all POST)."""
+        return {
             "/TraceSegments": self.put_trace_segments,
             "/TelemetryRecords": self.put_telemetry_records,
             "/TraceSummaries": self.get_trace_summaries,
@@ -132,33 +131,26 @@ class XRayApi:
             "/DeleteSamplingRule": self.delete_sampling_rule,
             "/SamplingStatisticSummaries": self.get_sampling_statistic_summaries,
         }
-        return [web.post(path, self._wrap(op)) for path, op in ops.items()]
 
     @staticmethod
-    def _wrap(op: Callable[[dict[str, Any]], Awaitable[Any]]):
-        async def handler(request: web.Request) -> web.StreamResponse:
-            try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return error_response("InvalidRequestException", "Request body too large", 413)
-            try:
-                body = orjson.loads(raw) if raw.strip() else {}
-            except orjson.JSONDecodeError as exc:
-                return error_response("SerializationException", f"Request body is not JSON: {exc}")
-            if not isinstance(body, dict):
-                return error_response("SerializationException", "Request body must be an object")
-            try:
-                return json_response(await op(body))
-            except ApiError as exc:
-                return error_response(exc.code, str(exc), exc.status)
-            except (FilterError, QueryError) as exc:
-                return error_response("InvalidRequestException", str(exc))
-            except SamplingError as exc:
-                return error_response(exc.code, str(exc))
-        return handler
+    def call(op: Callable[[dict[str, Any]], Any], raw: bytes) -> Response:
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return error_response("SerializationException", f"Request body is not JSON: {exc}")
+        if not isinstance(body, dict):
+            return error_response("SerializationException", "Request body must be an object")
+        try:
+            return json_response(op(body))
+        except ApiError as exc:
+            return error_response(exc.code, str(exc), exc.status)
+        except (FilterError, QueryError) as exc:
+            return error_response("InvalidRequestException", str(exc))
+        except SamplingError as exc:
+            return error_response(exc.code, str(exc))
 
     # --- traces ----------------------------------------------------------------------
-    async def put_trace_segments(self, body: dict[str, Any]) -> dict[str, Any]:
+    def put_trace_segments(self, body: dict[str, Any]) -> dict[str, Any]:
         docs = body.get("TraceSegmentDocuments")
         if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs):
             raise ApiError("InvalidRequestException",
@@ -176,18 +168,17 @@ class XRayApi:
             else:
                 accepted.append(doc)
         if accepted:
-            loop = asyncio.get_running_loop()
-            rejected = await loop.run_in_executor(self.reader.pool, self.writer.write, accepted)
+            rejected = self.writer.write(accepted)
             unprocessed.extend({"Id": r.id, "ErrorCode": r.code, "Message": r.message}
                                for r in rejected)
         return {"UnprocessedTraceSegments": unprocessed}
 
-    async def put_telemetry_records(self, body: dict[str, Any]) -> dict[str, Any]:
+    def put_telemetry_records(self, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(body.get("TelemetryRecords"), list):
             raise ApiError("InvalidRequestException", "TelemetryRecords is required")
         return {}
 
-    async def get_trace_summaries(self, body: dict[str, Any]) -> dict[str, Any]:
+    def get_trace_summaries(self, body: dict[str, Any]) -> dict[str, Any]:
         start, end = time_range(body)
         expression = body.get("FilterExpression")
         if expression is not None and not isinstance(expression, str):
@@ -195,61 +186,77 @@ class XRayApi:
         token = body.get("NextToken")
         if token is not None and not isinstance(token, str):
             raise ApiError("InvalidRequestException", "NextToken must be a string")
-        return await self.reader.run(queries.trace_summaries, start, end, expression or None,
+        return self.reader.run(queries.trace_summaries, start, end, expression or None,
                                      token or None)
 
-    async def batch_get_traces(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.reader.run(queries.batch_get_traces, trace_ids(body, MAX_TRACE_IDS))
+    def batch_get_traces(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.reader.run(queries.batch_get_traces, trace_ids(body, MAX_TRACE_IDS))
 
-    async def get_service_graph(self, body: dict[str, Any]) -> dict[str, Any]:
+    def get_service_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         start, end = time_range(body)
 
         def build(conn):
             return graph.build(conn, queries.trace_keys_between(conn, start, end))
 
-        services = await self.reader.run(build)
+        services = self.reader.run(build)
         return {"StartTime": start, "EndTime": end, "Services": services,
                 "ContainsOldGroupVersions": False}
 
-    async def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
+    def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = trace_ids(body, None)
-        return {"Services": await self.reader.run(graph.build_for_ids, ids)}
+        return {"Services": self.reader.run(graph.build_for_ids, ids)}
 
     # --- sampling --------------------------------------------------------------------
-    async def get_sampling_rules(self, body: dict[str, Any]) -> dict[str, Any]:
+    def get_sampling_rules(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.sampling.get_rules()
 
-    async def get_sampling_targets(self, body: dict[str, Any]) -> dict[str, Any]:
+    def get_sampling_targets(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.sampling.targets(body.get("SamplingStatisticsDocuments"))
 
-    async def create_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         if "SamplingRule" not in body:
             raise ApiError("InvalidRequestException", "SamplingRule is required")
         return self.sampling.create_rule(body["SamplingRule"])
 
-    async def update_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
+    def update_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.sampling.update_rule(body.get("SamplingRuleUpdate"))
 
-    async def delete_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
+    def delete_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         name, arn = body.get("RuleName"), body.get("RuleARN")
         if not name and not arn:
             raise ApiError("InvalidRequestException", "RuleName or RuleARN is required")
         return self.sampling.delete_rule(name, arn)
 
-    async def get_sampling_statistic_summaries(self, body: dict[str, Any]) -> dict[str, Any]:
+    def get_sampling_statistic_summaries(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.sampling.statistic_summaries()
 
 
-async def _unknown(request: web.Request) -> web.Response:
+def unknown(request: Request) -> Response:
     return error_response("UnknownOperationException",
-                          f"No X-Ray operation at {request.method} {request.path}", 404)
+                          f"No X-Ray operation at {request.method[:20]} {request.path[:200]}", 404)
 
 
-def make_app(api: XRayApi, viewer_routes: list[web.RouteDef] | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
-    app.add_routes(api.routes())
-    if viewer_routes:
-        app.add_routes(viewer_routes)
-    app.router.add_route("*", "/{tail:.*}", _unknown)
-    return app
+def make_handler(api: XRayApi, viewer: Handler | None = None) -> Handler:
+    """POST to an operation's path calls it; anything else goes to ``viewer`` (which answers
+    None for what it does not serve), then gets UnknownOperationException."""
+    operations = api.operations()
 
+    def handle(request: Request) -> Response:
+        op = operations.get(request.path)
+        if op is not None and request.method == "POST":
+            return api.call(op, request.body)
+        if viewer is not None:
+            answer = viewer(request)
+            if answer is not None:
+                return answer
+        return unknown(request)
+
+    return handle
+
+
+def make_server(address: str, api: XRayApi, viewer: Handler | None = None
+                ) -> ThreadedHttpServer:
+    return ThreadedHttpServer(
+        address, make_handler(api, viewer), max_body=MAX_BODY, name="offline-http",
+        too_large=lambda: error_response("InvalidRequestException", "Request body too large",
+                                         413))
