@@ -328,7 +328,7 @@ def test_viewer_files_unknown_paths_and_body_limit(start_xrayd, tmp_path):
     assert answer.status == 200 and b"/viewer/viewer.js" in page
     assert answer.getheader("Content-Type").startswith("text/html")
     assert answer.getheader("Cache-Control") == "no-cache"
-    answer, script = get("/viewer/viewer.js")
+    answer, _script = get("/viewer/viewer.js")
     assert answer.status == 200 and "javascript" in answer.getheader("Content-Type")
     for path in ("/viewer/../offline.py", "/viewer/%2e%2e/offline.py", "/viewer/nope.js",
                  "/viewer/", "/nothing"):
