@@ -63,3 +63,45 @@ def test_default_mode_loads_no_aiohttp_asyncio_or_endpoint_tables(tmp_path):
     assert lines["endpoint"] == "https://xray.eu-west-1.amazonaws.com"
     assert lines["modules"] == "[]"
     assert lines["endpoints-table"] == "False"
+
+
+
+def test_an_idle_helper_ends_itself_and_a_new_one_comes_with_load(monkeypatch):
+    """After a burst the upload helper exits (the daemon is one process again); uploads go on
+    in-process, and a new helper is forked when calls come often again."""
+    import os
+    import time
+
+    from conftest import wait_until
+    from test_exporter_transport import SigningCheckedXRay, docs, exporter_for
+    from xrayd.exporters import offload, xray
+
+    monkeypatch.setattr(xray, "OFFLOAD_CALLS_PER_SECOND", 3)
+    monkeypatch.setattr(xray, "REFORK_SECONDS", 0.0)
+    monkeypatch.setattr(offload, "IDLE_EXIT_SECONDS", 0.5)
+    upstream = SigningCheckedXRay()
+    exporter = exporter_for(f"http://127.0.0.1:{upstream.server_address[1]}", offload=True)
+
+    def burst(tag: str) -> offload.Helper:
+        for i in range(20):
+            assert exporter.put(docs(1, f"{tag}{i}")) == []
+            helper = exporter._helper
+            if helper is not None and helper.ready.wait(10):
+                return helper
+        raise AssertionError("no helper")
+
+    try:
+        first = burst("a")
+        assert exporter.put(docs(1, "via-helper")) == []
+        wait_until(lambda: os.waitpid(first.pid, os.WNOHANG)[0] == first.pid, timeout=10,
+                   what="the idle helper's exit")
+        time.sleep(0.1)
+        assert exporter.put(docs(1, "in-process")) == []  # the ended helper is noticed
+        second = burst("b")
+        assert second is not first and second.usable
+    finally:
+        exporter.close()
+        upstream.shutdown()
+        upstream.server_close()
+    assert any('"via-helper-0"' in d for d in upstream.documents)
+    assert any('"in-process-0"' in d for d in upstream.documents)

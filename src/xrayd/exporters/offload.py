@@ -31,6 +31,9 @@ import orjson
 
 _HEAD = struct.Struct("!II")  # meta length, body length
 READY = b"R"
+# A helper with no call for this long ends itself: after a burst the daemon is one process (and
+# its memory) again; the exporter forks a new helper when calls come often again.
+IDLE_EXIT_SECONDS = 60.0
 
 
 class HelperUnavailable(Exception):
@@ -169,7 +172,14 @@ class Helper:
 # -- the child --------------------------------------------------------------------------------
 
 
-def _serve(channel: socket.socket, sender: _ChildSender) -> None:
+class _Activity:
+    """When the child last took or answered a call (its threads write, its main thread reads)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+
+def _serve(channel: socket.socket, sender: _ChildSender, activity: _Activity) -> None:
     try:
         channel.sendall(READY)
         while True:
@@ -177,7 +187,9 @@ def _serve(channel: socket.socket, sender: _ChildSender) -> None:
                 meta, body = _read(channel)
             except ConnectionError:
                 return
+            activity.last = time.monotonic()
             _write(channel, *sender.send(meta, body))
+            activity.last = time.monotonic()
     except OSError:
         return
     finally:
@@ -240,9 +252,13 @@ def _close_inherited_fds(keep: set[int]) -> None:
 
 
 def _child_main(channels: list[socket.socket], sender: _ChildSender) -> None:
-    threads = [threading.Thread(target=_serve, args=(channel, sender), daemon=True)
+    activity = _Activity()
+    threads = [threading.Thread(target=_serve, args=(channel, sender, activity), daemon=True)
                for channel in channels]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    # A call in flight has set ``last`` when it arrived, and calls time out long before this.
+    while any(thread.is_alive() for thread in threads):
+        threads[0].join(min(1.0, IDLE_EXIT_SECONDS))
+        if time.monotonic() - activity.last > IDLE_EXIT_SECONDS:
+            return

@@ -23,6 +23,8 @@ from xrayd.exporters.transport import DirectTransport
 # Above this many calls a second (50 documents each: 2,500 segments/s) signing and sending move
 # to a helper process (exporters/offload.py), off the GIL the UDP reader needs.
 OFFLOAD_CALLS_PER_SECOND = 50
+# After a helper ended (idle, or it died), wait this long before forking another.
+REFORK_SECONDS = 10.0
 UPLOAD_NICENESS = 5
 
 THROTTLING_CODES = frozenset(
@@ -136,6 +138,7 @@ class XRayExporter:
         self._offload = offload
         self._helper: Helper | None = None
         self._window = (0.0, 0)  # (start of the current second, calls in it)
+        self._helper_ended = -REFORK_SECONDS  # monotonic time the last helper was given up
         self._lock = threading.Lock()
         self._niced = threading.local()
 
@@ -187,7 +190,10 @@ class XRayExporter:
         then); None while it is starting, or when it failed."""
         helper = self._helper
         if helper is not None:
-            return helper if helper.usable else None
+            if helper.usable or not helper.broken:
+                return helper if helper.usable else None
+            self._retire(helper)
+            return None
         now = time.monotonic()
         with self._lock:
             start, calls = self._window
@@ -195,7 +201,8 @@ class XRayExporter:
                 self._window = (now, 1)
                 return None
             self._window = (start, calls + 1)
-            if calls + 1 < OFFLOAD_CALLS_PER_SECOND or self._helper is not None:
+            if calls + 1 < OFFLOAD_CALLS_PER_SECOND or self._helper is not None or \
+                    now - self._helper_ended < REFORK_SECONDS:
                 return None
             try:
                 self._helper = Helper(self.aws.endpoint, self.aws.verify, self._proxy,
@@ -203,6 +210,16 @@ class XRayExporter:
             except OSError:
                 self._offload = False
         return None
+
+    def _retire(self, helper: Helper) -> None:
+        """A helper that ended (idle for IDLE_EXIT_SECONDS, or died): reap it; a new one is
+        forked when calls come often again."""
+        with self._lock:
+            if self._helper is not helper:
+                return
+            self._helper = None
+            self._helper_ended = time.monotonic()
+        helper.close()
 
     def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
         content = self.send("/TraceSegments", request_body(docs))

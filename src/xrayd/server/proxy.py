@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -109,6 +110,7 @@ class SigningProxy:
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.proxy = aws.proxy_for(self.upstream) or None
+        self._host = urlsplit(self.upstream).netloc
         self._direct = None
         self._http = None
         if self.proxy:
@@ -156,11 +158,11 @@ class SigningProxy:
             return error_response(503, "NoCredentials", str(exc))
 
         url = self.upstream + request.target
-        headers = sign(credentials, self.aws.region, "POST", url,
-                       request_headers(request.headers), request.body)
+        forwarded = {**request_headers(request.headers), "Host": self._host}
+        headers = sign(credentials, self.aws.region, "POST", url, forwarded, request.body)
         try:
             status, content, answer_headers = self._pool.submit(
-                self._send, url, request.body, headers).result()
+                self._send, request.target, request.body, headers).result()
         except TimeoutError:
             self.logs.error("proxy-upstream",
                             f"http: proxy error: no answer from {self.upstream} within "
@@ -171,11 +173,12 @@ class SigningProxy:
             return error_response(502, "BadGateway", f"the X-Ray endpoint failed: {exc}")
         return Response(status, content, response_headers(answer_headers))
 
-    def _send(self, url: str, body: bytes, headers: dict[str, str]
+    def _send(self, target: str, body: bytes, headers: dict[str, str]
               ) -> tuple[int, bytes, Any]:
         if self._direct is not None:
-            answer = self._direct.post(url, body, headers)
+            answer = self._direct.post(target, body, headers)
             return answer.status_code, answer.content, answer.headers
+        url = self.upstream + target
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
