@@ -5,7 +5,8 @@ Idle is measured 5 s after start-up (after the start-up probe's documents were d
 overload is the suite's saturation trial (senders as fast as possible, 1 KB segments, far more
 than the daemon can upload to the sink, so the budget fills and spills). RSS is summed over the
 daemon's processes (a forked helper's pages shared with the daemon count twice); PSS counts
-shared pages once. Each figure is printed per process too.
+shared pages once. Each figure is printed per process too. The 70 s figure comes after the
+upload helper's idle exit (30 s without calls).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         trial = bench.trial(0, args.duration, SIZES["1k"])
         out["overload"] = trial.summary()
         out["overload_peaks_by_process"] = sampler.stop()
-        for wait, delay in ((0, 0), (5, 5), (15, 10)):
+        for wait, delay in ((0, 0), (5, 5), (15, 10), (70, 55)):
             time.sleep(delay)
             out[f"after_drain_{wait}s"] = snapshot(bench.proc.pid)
             progress(f"{wait} s after the drain: {out[f'after_drain_{wait}s']}")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = out["overload_peaks_by_process"]
     print("  peaks by process (RSS, PSS, private MB): "
           f"{[(p['rss_mb'], p['pss_mb'], p['private_mb']) for p in peaks]}")
-    for wait in (0, 5, 15):
+    for wait in (0, 5, 15, 70):
         shot = out[f"after_drain_{wait}s"]
         print(f"{wait:>2} s after the drain: RSS {shot['rss_mb']} MB, PSS {shot['pss_mb']} MB "
               f"{[(p['rss_mb'], p['pss_mb'], p['private_mb']) for p in shot['processes']]}")

@@ -33,7 +33,7 @@ _HEAD = struct.Struct("!II")  # meta length, body length
 READY = b"R"
 # A helper with no call for this long ends itself: after a burst the daemon is one process (and
 # its memory) again; the exporter forks a new helper when calls come often again.
-IDLE_EXIT_SECONDS = 60.0
+IDLE_EXIT_SECONDS = 30.0  # shorter than the telemetry interval (60 s), whose calls it serves too
 
 
 class HelperUnavailable(Exception):
