@@ -77,10 +77,24 @@ def measure(rate: float, duration: float, binary, args) -> dict:
         Load(port, rate, int(rate * 3), [1024], 1, seq0=10**8, binary=binary).wait(60)
         time.sleep(2)
         sink.reset(int(rate * duration), latency=True)
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+                 "--threads", "-r", "1000", "-f", "raw", "-o", args.py_spy, "-p",
+                 str(proc.pid), "-d", str(int(duration))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if args.perf:
+            spy = subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "4000", "-g", "-o", args.perf,
+                 "-p", str(proc.pid), "--", "sleep", str(int(duration))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before, cpu0 = tasks(proc.pid), procstat.cpu_seconds(proc.pid)
         started = time.monotonic()
         result = Load(port, rate, int(rate * duration), [1024], 1, binary=binary).wait(
             duration * 4 + 60)
+        if spy is not None:
+            spy.wait(60)
         # Up to the batch age after the last datagram, the daemon still works on this load.
         time.sleep(1.5)
         elapsed = time.monotonic() - started
@@ -116,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="also sample the daemon with py-spy (raw format) into FILE; "
+                             "py-spy must be installed in this environment")
+    parser.add_argument("--perf", metavar="FILE",
+                        help="also record the daemon with perf (cpu-clock, call graphs)")
     parser.add_argument("extra", nargs="*", help="extra xrayd arguments (after --)")
     args = parser.parse_args(argv)
     binary = compiled_sender()

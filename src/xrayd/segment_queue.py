@@ -1,5 +1,11 @@
 """The thread-safe shell around the Batcher: receivers put documents, upload workers take
-batches. One lock; workers sleep on a condition until a batch is due."""
+batches. One lock; workers sleep on a condition until a batch is due.
+
+A worker that finishes a batch takes the next waiting one without sleeping, so when several
+batches are sealed at once (the UDP reader takes everything that arrived while it slept), one
+worker is woken for every two of them: on this kind of machine a wake-up, and the cold caches
+after it, cost a worker more CPU than the upload call itself (docs/benchmarks.md). Workers that
+must wait (a retry, the rate limiter) hand waiting batches on with ``kick``."""
 
 from __future__ import annotations
 
@@ -36,8 +42,9 @@ class SegmentQueue:
             was_open = batcher.open_count
             waiting = batcher.waiting_count
             spill = batcher.add_many(docs, self.clock())
-            if batcher.waiting_count > waiting or (not was_open and not self._timers):
-                self._cond.notify(max(1, batcher.waiting_count - waiting))
+            ready = batcher.waiting_count
+            if ready > waiting or (not was_open and not self._timers):
+                self._cond.notify(max(1, (ready + 1) // 2))
             return spill
 
     def get(self, timeout: float | None = None) -> Batch | None:
@@ -73,6 +80,13 @@ class SegmentQueue:
             # costs more CPU than the upload at everyday rates.
             if self.batcher.closed:
                 self._cond.notify_all()
+
+    def kick(self) -> None:
+        """Wake an idle worker if a batch is waiting: the caller will not take one for a
+        while."""
+        with self._cond:
+            if self.batcher.waiting_count:
+                self._cond.notify()
 
     def requeue(self, batch: Batch) -> None:
         with self._cond:

@@ -179,6 +179,7 @@ class Uploader:
                 return pending, error
             wait = self.limiter.reserve()
             if wait > 0:
+                self.queue.kick()
                 self.sleep(wait)
             attempt += 1
             batch.attempts += 1
@@ -197,6 +198,7 @@ class Uploader:
                 self.stats.add(names.BATCHES_RETRIED)
                 self.log.debug("Retrying batch of %d segments in %.3f s after: %s",
                                len(pending), wait, exc)
+                self.queue.kick()
                 self.sleep(wait)
                 continue
             elapsed = self.clock() - attempt_start
@@ -211,6 +213,7 @@ class Uploader:
             wait = policy.next_delay(attempt, self.clock() - started, True, self._random.random())
             if wait is None:
                 return pending, error
+            self.queue.kick()
             self.sleep(wait)
         return [], error
 

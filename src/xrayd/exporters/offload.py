@@ -74,11 +74,11 @@ class Helper:
     ``gc.freeze`` keeps the collector from copying them) and needs no start-up imports. It only
     signs and sends: no logging, no locks of the daemon's, no credential look-ups."""
 
-    def __init__(self, endpoint: str, verify: bool, proxy: str, timeout: float,
+    def __init__(self, endpoint: str, region: str, verify: bool, proxy: str, timeout: float,
                  channels: int) -> None:
         self.timeout = timeout
         pairs = [socket.socketpair() for _ in range(channels)]
-        sender = _ChildSender(endpoint, verify, proxy, timeout)
+        sender = _ChildSender(endpoint, region, verify, proxy, timeout)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the daemon's code
             code = 1
@@ -181,14 +181,19 @@ def _serve(channel: socket.socket, sender: _ChildSender) -> None:
 
 
 class _ChildSender:
-    def __init__(self, endpoint: str, verify: bool, proxy: str, timeout: float) -> None:
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
+    def __init__(self, endpoint: str, region: str, verify: bool, proxy: str,
+                 timeout: float) -> None:
+        from urllib.parse import urlsplit
+
         from botocore.credentials import ReadOnlyCredentials
 
+        from xrayd.exporters.signing import Signer
         from xrayd.exporters.transport import DirectTransport
 
-        self._signer, self._request, self._credentials = SigV4Auth, AWSRequest, ReadOnlyCredentials
+        self._endpoint, self._region = endpoint, region
+        self._prefix = urlsplit(endpoint).path
+        self._credentials = ReadOnlyCredentials
+        self._signer = Signer(endpoint, region)
         self._direct = None if proxy else DirectTransport(endpoint, verify, timeout)
         self._http = None
         if proxy:
@@ -202,14 +207,20 @@ class _ChildSender:
     def send(self, meta: dict, body: bytes) -> tuple[dict, bytes]:
         from xrayd.exporters.xray import classify_send_error
 
-        request = self._request(method="POST", url=meta["url"], data=body,
-                                headers=meta["headers"])
+        path = meta["path"]
         credentials = self._credentials(*meta["credentials"])
-        self._signer(credentials, "xray", meta["region"]).add_auth(request)
         try:
             if self._direct is not None:
-                response = self._direct.post(request.url, body, request.headers)
+                signed = self._signer.sign(self._endpoint + path, meta["headers"], body,
+                                           credentials)
+                response = self._direct.post(self._prefix + path, body, signed)
             else:
+                from botocore.auth import SigV4Auth
+                from botocore.awsrequest import AWSRequest
+
+                request = AWSRequest(method="POST", url=self._endpoint + path, data=body,
+                                     headers=meta["headers"])
+                SigV4Auth(credentials, "xray", self._region).add_auth(request)
                 response = self._http.send(request.prepare())  # type: ignore[union-attr]
             content = response.content
         except Exception as exc:

@@ -1,7 +1,7 @@
-"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer, sent on kept-alive
-connections (exporters/transport.py; botocore's HTTP session when an outbound proxy is set).
-Building the request body directly (the documents are already JSON) skips the botocore client's
-per-call work, which costs more than the upload."""
+"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer (exporters/signing.py),
+sent on kept-alive connections (exporters/transport.py; botocore's HTTP session when an outbound
+proxy is set). Building the request body directly (the documents are already JSON) skips the
+botocore client's per-call work, which costs more than the upload."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 
 from xrayd.aws import REQUEST_TIMEOUT, AwsContext, CredentialsError, user_agent
 from xrayd.exporters.offload import Helper, HelperUnavailable
+from xrayd.exporters.signing import Signer
 from xrayd.exporters.transport import DirectTransport
 
 # Above this many calls a second (50 documents each: 2,500 segments/s) signing and sending move
@@ -129,7 +131,9 @@ class XRayExporter:
         self._direct = None if proxy else DirectTransport(aws.endpoint, aws.verify,
                                                                REQUEST_TIMEOUT)
         self._http = aws.http_session(pool_size) if proxy else None
-        self._signer = SigV4Auth
+        self._signer = Signer(aws.endpoint, aws.region)
+        self._prefix = urlsplit(aws.endpoint).path  # requests go to prefix + path
+        self._sigv4 = SigV4Auth
         self._request = AWSRequest
         self._user_agent = user_agent()
         self._channels = pool_size + 1  # the upload workers and telemetry
@@ -157,7 +161,7 @@ class XRayExporter:
         helper = self._helper_for_call() if self._offload else None
         if helper is not None:
             try:
-                reply = helper.call({"url": url, "headers": headers, "region": self.aws.region,
+                reply = helper.call({"path": path, "headers": headers,
                                      "credentials": list(credentials)}, body)
             except HelperUnavailable:
                 pass
@@ -168,12 +172,13 @@ class XRayExporter:
                 if reply.status != 200:
                     raise classify_http_error(reply.status, reply.content, reply.headers)
                 return reply.content
-        request = self._request(method="POST", url=url, data=body, headers=headers)
-        self._signer(credentials, "xray", self.aws.region).add_auth(request)
         try:
             if self._direct is not None:
-                response = self._direct.post(request.url, body, request.headers)
+                signed = self._signer.sign(url, headers, body, credentials)
+                response = self._direct.post(self._prefix + path, body, signed)
             else:
+                request = self._request(method="POST", url=url, data=body, headers=headers)
+                self._sigv4(credentials, "xray", self.aws.region).add_auth(request)
                 response = self._http.send(request.prepare())
         except Exception as exc:
             raise classify_send_error(exc) from exc
@@ -198,8 +203,8 @@ class XRayExporter:
             if calls + 1 < OFFLOAD_CALLS_PER_SECOND or self._helper is not None:
                 return None
             try:
-                self._helper = Helper(self.aws.endpoint, self.aws.verify, self._proxy,
-                                      REQUEST_TIMEOUT, self._channels)
+                self._helper = Helper(self.aws.endpoint, self.aws.region, self.aws.verify,
+                                      self._proxy, REQUEST_TIMEOUT, self._channels)
             except OSError:
                 self._offload = False
         return None
