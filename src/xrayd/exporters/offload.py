@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import orjson
 
 _HEAD = struct.Struct("!II")  # meta length, body length
+_READ = 1 << 17
 READY = b"R"
 
 
@@ -62,9 +63,22 @@ def _write(sock: socket.socket, meta: dict, body: bytes) -> None:
 
 
 def _read(sock: socket.socket) -> tuple[dict, bytes]:
-    meta_len, body_len = _HEAD.unpack(_recv_exact(sock, _HEAD.size))
-    meta = orjson.loads(_recv_exact(sock, meta_len))
-    return meta, _recv_exact(sock, body_len) if body_len else b""
+    """One message; the peer never sends the next before this one is answered, so a read may
+    take everything there is (one system call, one release of the GIL, for most messages)."""
+    data = sock.recv(_READ)
+    if len(data) < _HEAD.size:
+        if not data:
+            raise ConnectionError("peer closed")
+        data += _recv_exact(sock, _HEAD.size - len(data))
+    meta_len, body_len = _HEAD.unpack_from(data)
+    end = _HEAD.size + meta_len + body_len
+    if len(data) < end:
+        data += _recv_exact(sock, end - len(data))
+    elif len(data) > end:
+        raise ValueError("more than one message on a channel")
+    view = memoryview(data)
+    meta = orjson.loads(view[_HEAD.size:_HEAD.size + meta_len])
+    return meta, data[_HEAD.size + meta_len:end] if body_len else b""
 
 
 class Helper:
@@ -205,9 +219,16 @@ class _ChildSender:
             )
 
     def send(self, meta: dict, body: bytes) -> tuple[dict, bytes]:
-        from xrayd.exporters.xray import classify_send_error
+        from xrayd.exporters.xray import classify_send_error, request_body
 
         path = meta["path"]
+        lengths = meta.get("documents")
+        if lengths is not None:  # the documents of a PutTraceSegments call, joined
+            docs, start = [], 0
+            for length in lengths:
+                docs.append(body[start:start + length])
+                start += length
+            body = request_body(docs)
         credentials = self._credentials(*meta["credentials"])
         try:
             if self._direct is not None:

@@ -145,6 +145,12 @@ class XRayExporter:
 
     def send(self, path: str, body: bytes) -> bytes:
         """POST a signed request to the X-Ray API; the response body, or UploadError."""
+        return self._call(path, body, None)
+
+    def _call(self, path: str, body: bytes | None, docs: Sequence[bytes] | None) -> bytes:
+        """``send`` of ``body``, or of the PutTraceSegments body of ``docs``: built in the
+        helper process when it makes the call (the daemon only joins the documents), else
+        here."""
         if not getattr(self._niced, "done", False):
             lower_thread_priority()
             self._niced.done = True
@@ -160,9 +166,12 @@ class XRayExporter:
         }
         helper = self._helper_for_call() if self._offload else None
         if helper is not None:
+            meta = {"path": path, "headers": headers, "credentials": list(credentials)}
+            if body is None:
+                assert docs is not None
+                meta["documents"] = [len(doc) for doc in docs]
             try:
-                reply = helper.call({"path": path, "headers": headers,
-                                     "credentials": list(credentials)}, body)
+                reply = helper.call(meta, body if body is not None else b"".join(docs or ()))
             except HelperUnavailable:
                 pass
             else:
@@ -172,6 +181,8 @@ class XRayExporter:
                 if reply.status != 200:
                     raise classify_http_error(reply.status, reply.content, reply.headers)
                 return reply.content
+        if body is None:
+            body = request_body(docs or ())
         try:
             if self._direct is not None:
                 signed = self._signer.sign(url, headers, body, credentials)
@@ -210,7 +221,7 @@ class XRayExporter:
         return None
 
     def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
-        content = self.send("/TraceSegments", request_body(docs))
+        content = self._call("/TraceSegments", None, docs)
         try:
             parsed = orjson.loads(content) if content else {}
         except orjson.JSONDecodeError:
