@@ -22,9 +22,10 @@ from xrayd.exporters.offload import Helper, HelperUnavailable
 from xrayd.exporters.signing import Signer
 from xrayd.exporters.transport import DirectTransport
 
-# Above this many calls a second (50 documents each: 2,500 segments/s) signing and sending move
-# to a helper process (exporters/offload.py), off the GIL the UDP reader needs.
-OFFLOAD_CALLS_PER_SECOND = 50
+# Above this many calls a second (50 documents each: 10,000 segments/s) signing and sending move
+# to a helper process (exporters/offload.py), off the GIL the UDP reader needs. Below it a call
+# in-process costs less CPU than the round trip through the helper (docs/benchmarks.md).
+OFFLOAD_CALLS_PER_SECOND = 200
 UPLOAD_NICENESS = 5
 
 THROTTLING_CODES = frozenset(
