@@ -35,16 +35,16 @@ def simulate(pacer: ReadPacer, rate: float, seconds: float, slots: int = 32) -> 
 
 
 @pytest.mark.parametrize("rate", [200, 1000, 2000, 5000, 20_000])
-def test_the_reader_wakes_for_about_128_datagrams_and_at_least_every_100_ms(rate):
+def test_the_reader_wakes_for_about_256_datagrams_and_at_least_every_200_ms(rate):
     result = simulate(ReadPacer(), rate, 30)
-    assert result["wakes_per_s"] <= max(10, rate / 128) * 1.1 + 1
-    assert result["worst_wait"] <= 0.1 + 1e-9  # documents wait for a batch anyway
+    assert result["wakes_per_s"] <= max(5, rate / 256) * 1.1 + 1
+    assert result["worst_wait"] <= 0.2 + 1e-9  # documents wait for a batch anyway
 
 
 def test_at_high_rates_few_datagrams_wait_in_the_kernel():
     for rate in (10_000, 50_000, 200_000):
         result = simulate(ReadPacer(), rate, 5)
-        assert result["most_waiting"] <= 2 * 128 + 32, rate
+        assert result["most_waiting"] <= 2 * 256 + 32, rate
 
 
 def test_a_burst_from_idle_is_measured_within_the_guard():

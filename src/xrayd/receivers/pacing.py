@@ -7,8 +7,11 @@ for every datagram, the reader sleeps and then takes everything that arrived mea
 sleep is chosen so that about ``target`` datagrams wait for each wake-up at the rate seen so
 far, within two bounds:
 
-* ``max_sleep`` (100 ms): documents wait for a batch anyway (50 documents or 1 s); at 1,000
-  segments/s the reader wakes 10 times a second and seals two batches each time;
+* ``max_sleep`` (200 ms): documents wait for a batch anyway (50 documents or 1 s); at 1,000
+  segments/s the reader wakes 5 times a second and seals four batches each time, which one
+  worker uploads one after the other with warm caches. The price: from a steady low rate, a
+  jump to more than ~18,000 1 KB datagrams/s within one sleep can fill the kernel buffer before
+  the reader wakes;
 * after an idle spell (the reader blocked in ``poll`` until a datagram came), the first sleep is
   at most ``guard`` (20 ms), and each later one at most twice the one before: a burst that
   starts from idle fills at most ``guard`` times its rate of the kernel buffer (8 MiB, about
@@ -22,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TARGET = 128  # datagrams per wake-up aimed at (4 reads of 32)
-MAX_SLEEP = 0.1
+TARGET = 256  # datagrams per wake-up aimed at (8 reads of 32)
+MAX_SLEEP = 0.2
 GUARD = 0.02
 MIN_SLEEP = 0.0005  # below this, sleeping costs more than it saves: read again instead
 SMOOTHING = 0.5  # weight of the newest rate measurement
