@@ -125,3 +125,41 @@ def test_abandon_drops_buffered_but_not_in_flight():
 def test_invalid_budget():
     with pytest.raises(ValueError):
         Batcher(budget=0)
+
+
+def _state(b: Batcher) -> tuple:
+    return (b.held, b.open_count, b._open_bytes, b._opened_at,
+            [(batch.docs, batch.nbytes) for batch in b._waiting])
+
+
+def test_add_many_ends_in_the_same_state_as_add_one_at_a_time():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        budget_docs=st.integers(1, 40), max_batch=st.integers(1, 12),
+        low_water_docs=st.integers(0, 5),
+        rounds=st.lists(st.tuples(st.lists(st.integers(1, 300), max_size=40),
+                                  st.integers(0, 3)), max_size=8),
+    )
+    def check(budget_docs, max_batch, low_water_docs, rounds):
+        budget = budget_docs * (150 + DOC_OVERHEAD)
+        low = low_water_docs * (150 + DOC_OVERHEAD)
+        one = Batcher(budget=budget, max_batch=max_batch, low_water=low)
+        many = Batcher(budget=budget, max_batch=max_batch, low_water=low)
+        for now, (sizes, takes) in enumerate(rounds):
+            docs = [b"d" * size for size in sizes]
+            evicted = dropped = 0
+            for doc in docs:
+                spill = one.add(doc, float(now))
+                if spill is not None:
+                    evicted, dropped = evicted + spill.evicted, dropped + spill.dropped
+            expected = Spill(evicted, dropped) if evicted or dropped else None
+            assert many.add_many(docs, float(now)) == expected
+            assert _state(many) == _state(one)
+            for _ in range(takes):  # some batches go in flight, freeing nothing yet
+                a, b = one.take(float(now)), many.take(float(now))
+                assert (a is None) == (b is None)
+
+    check()

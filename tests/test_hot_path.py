@@ -115,19 +115,51 @@ def test_a_flood_near_the_budget_keeps_batches_full():
     assert [len(b) for b in batcher._waiting] == [31]
 
 
-def test_put_many_wakes_one_worker_per_ready_batch():
-    queue = SegmentQueue(Batcher(budget=10**7, max_batch=10), clock=lambda: 0.0)
-    got: list[int] = []
+def test_put_many_wakes_a_worker_for_every_two_ready_batches():
+    """Three batches sealed at once wake two of three idle workers; a woken worker takes the
+    next waiting batch after its own, so all three are taken at once."""
+    queue = SegmentQueue(Batcher(budget=10**7, max_batch=10), clock=time.monotonic)
+    taken: dict[int, int] = {}
+    lock = threading.Lock()
 
-    def worker():
-        batch = queue.get(timeout=5)
-        got.append(len(batch) if batch else 0)
+    def worker(index: int) -> None:
+        while (batch := queue.get(timeout=1.5)) is not None:
+            with lock:
+                taken[index] = taken.get(index, 0) + len(batch)
+            time.sleep(0.01)  # an upload call
+            queue.done(batch)
 
-    threads = [threading.Thread(target=worker) for _ in range(3)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
     time.sleep(0.05)
     queue.put_many([doc(i) for i in range(30)])
+    time.sleep(0.5)
+    with lock:
+        assert sum(taken.values()) == 30  # long before the idle worker's 1.5 s timeout
+        assert len(taken) == 2
     for thread in threads:
         thread.join(5)
-    assert got == [10, 10, 10]
+
+
+def test_kick_hands_a_waiting_batch_to_an_idle_worker():
+    queue = SegmentQueue(Batcher(budget=10**7, max_batch=10), clock=time.monotonic)
+    got: list[tuple[int, float]] = []
+
+    def worker() -> None:  # takes one batch and keeps it (an upload that is retrying)
+        batch = queue.get(timeout=5)
+        got.append((len(batch) if batch else 0, time.monotonic()))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    queue.put_many([doc(i) for i in range(20)])  # two batches: one of the two is woken
+    time.sleep(0.3)
+    assert [n for n, _ in got] == [10]
+    kicked = time.monotonic()
+    queue.kick()  # the first worker is about to sleep before a retry
+    for thread in threads:
+        thread.join(5)
+    assert [n for n, _ in got] == [10, 10]
+    assert got[1][1] - kicked < 2.0  # woken by the kick, not by its 5 s timeout

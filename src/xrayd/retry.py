@@ -5,6 +5,7 @@ unreachable. Pure: the callers pass ``now`` and random draws, and do the sleepin
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,7 +54,9 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._paused_until = 0.0
-        self._recent: list[float] = []  # start times of the calls of the last second
+        # Start times of the calls of the last second, oldest first (pruned from the left: a
+        # scan of the whole second at every call cost O(calls/s) per call under load).
+        self._recent: deque[float] = deque()
 
     def reserve(self) -> float:
         """Seconds the caller must wait before starting its call (0 when it may go now)."""
@@ -65,8 +68,8 @@ class RateLimiter:
                 self._next_slot = start + 1.0 / self.rate
             recent = self._recent
             recent.append(start)
-            if len(recent) > 64 and recent[0] < now - 1.0:
-                self._recent = [t for t in recent if t >= now - 1.0]
+            while recent[0] < now - 1.0:
+                recent.popleft()
             return start - now
 
     def throttled(self) -> None:

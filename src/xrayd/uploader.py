@@ -57,6 +57,7 @@ AUTH_FIXES = {
     "ExpiredToken": "the session token has expired: refresh the credentials",
 }
 AUTH_LOG_INTERVAL = 60.0
+EMPTY_SPOOL_WAIT = 5.0  # replay threads look at an empty spool this often (and when woken)
 
 
 def is_auth_error(error: UploadError) -> bool:
@@ -110,6 +111,7 @@ class Uploader:
         self.breaker = breaker or Breaker(clock)
         self._diverting = False
         self._stopping = threading.Event()
+        self._spooled = threading.Event()  # set when a batch goes to the spool
         self._random = random.Random()
         self._threads = [
             threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
@@ -142,6 +144,7 @@ class Uploader:
 
     def stop_replay(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self._spooled.set()
         deadline = time.monotonic() + timeout
         for thread in self._replayers:
             if thread.is_alive():
@@ -179,6 +182,7 @@ class Uploader:
                 return pending, error
             wait = self.limiter.reserve()
             if wait > 0:
+                self.queue.kick()
                 self.sleep(wait)
             attempt += 1
             batch.attempts += 1
@@ -197,6 +201,7 @@ class Uploader:
                 self.stats.add(names.BATCHES_RETRIED)
                 self.log.debug("Retrying batch of %d segments in %.3f s after: %s",
                                len(pending), wait, exc)
+                self.queue.kick()
                 self.sleep(wait)
                 continue
             elapsed = self.clock() - attempt_start
@@ -211,6 +216,7 @@ class Uploader:
             wait = policy.next_delay(attempt, self.clock() - started, True, self._random.random())
             if wait is None:
                 return pending, error
+            self.queue.kick()
             self.sleep(wait)
         return [], error
 
@@ -308,6 +314,7 @@ class Uploader:
         if not stored.stored:
             return False
         self.stats.add(names.SEGMENTS_SPOOLED, len(docs))
+        self._spooled.set()
         self.logs.warn("spooled", f"Backend unavailable: spooled a batch of {len(docs)} segments")
         return True
 
@@ -318,7 +325,10 @@ class Uploader:
         while not self._stopping.is_set():
             spool.sync(force=False)
             if spool.depth()[2] == 0:
-                self._stopping.wait(idle)
+                # Nothing to replay: sleep until a batch is spooled, not in short polls (every
+                # periodic wake-up costs CPU while the daemon is otherwise idle).
+                self._spooled.wait(EMPTY_SPOOL_WAIT)
+                self._spooled.clear()
                 continue
             wait = self.breaker.probe_due()
             if wait > 0:

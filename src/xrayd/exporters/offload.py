@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import orjson
 
 _HEAD = struct.Struct("!II")  # meta length, body length
+_READ = 1 << 17
 READY = b"R"
 # A helper with no call for this long ends itself: after a burst the daemon is one process (and
 # its memory) again; the exporter forks a new helper when calls come often again.
@@ -65,9 +66,22 @@ def _write(sock: socket.socket, meta: dict, body: bytes) -> None:
 
 
 def _read(sock: socket.socket) -> tuple[dict, bytes]:
-    meta_len, body_len = _HEAD.unpack(_recv_exact(sock, _HEAD.size))
-    meta = orjson.loads(_recv_exact(sock, meta_len))
-    return meta, _recv_exact(sock, body_len) if body_len else b""
+    """One message; the peer never sends the next before this one is answered, so a read may
+    take everything there is (one system call, one release of the GIL, for most messages)."""
+    data = sock.recv(_READ)
+    if len(data) < _HEAD.size:
+        if not data:
+            raise ConnectionError("peer closed")
+        data += _recv_exact(sock, _HEAD.size - len(data))
+    meta_len, body_len = _HEAD.unpack_from(data)
+    end = _HEAD.size + meta_len + body_len
+    if len(data) < end:
+        data += _recv_exact(sock, end - len(data))
+    elif len(data) > end:
+        raise ValueError("more than one message on a channel")
+    view = memoryview(data)
+    meta = orjson.loads(view[_HEAD.size:_HEAD.size + meta_len])
+    return meta, data[_HEAD.size + meta_len:end] if body_len else b""
 
 
 class Helper:
@@ -77,11 +91,11 @@ class Helper:
     ``gc.freeze`` keeps the collector from copying them) and needs no start-up imports. It only
     signs and sends: no logging, no locks of the daemon's, no credential look-ups."""
 
-    def __init__(self, endpoint: str, verify: bool, proxy: str, timeout: float,
+    def __init__(self, endpoint: str, region: str, verify: bool, proxy: str, timeout: float,
                  channels: int) -> None:
         self.timeout = timeout
         pairs = [socket.socketpair() for _ in range(channels)]
-        sender = _ChildSender(endpoint, verify, proxy, timeout)
+        sender = _ChildSender(endpoint, region, verify, proxy, timeout)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the daemon's code
             code = 1
@@ -197,14 +211,19 @@ def _serve(channel: socket.socket, sender: _ChildSender, activity: _Activity) ->
 
 
 class _ChildSender:
-    def __init__(self, endpoint: str, verify: bool, proxy: str, timeout: float) -> None:
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
+    def __init__(self, endpoint: str, region: str, verify: bool, proxy: str,
+                 timeout: float) -> None:
+        from urllib.parse import urlsplit
+
         from botocore.credentials import ReadOnlyCredentials
 
+        from xrayd.exporters.signing import Signer
         from xrayd.exporters.transport import DirectTransport
 
-        self._signer, self._request, self._credentials = SigV4Auth, AWSRequest, ReadOnlyCredentials
+        self._endpoint, self._region = endpoint, region
+        self._prefix = urlsplit(endpoint).path
+        self._credentials = ReadOnlyCredentials
+        self._signer = Signer(endpoint, region)
         self._direct = None if proxy else DirectTransport(endpoint, verify, timeout)
         self._http = None
         if proxy:
@@ -216,16 +235,29 @@ class _ChildSender:
             )
 
     def send(self, meta: dict, body: bytes) -> tuple[dict, bytes]:
-        from xrayd.exporters.xray import classify_send_error
+        from xrayd.exporters.xray import classify_send_error, request_body
 
-        request = self._request(method="POST", url=meta["url"], data=body,
-                                headers=meta["headers"])
+        path = meta["path"]
+        lengths = meta.get("documents")
+        if lengths is not None:  # the documents of a PutTraceSegments call, joined
+            docs, start = [], 0
+            for length in lengths:
+                docs.append(body[start:start + length])
+                start += length
+            body = request_body(docs)
         credentials = self._credentials(*meta["credentials"])
-        self._signer(credentials, "xray", meta["region"]).add_auth(request)
         try:
             if self._direct is not None:
-                response = self._direct.post(request.url, body, request.headers)
+                signed = self._signer.sign(self._endpoint + path, meta["headers"], body,
+                                           credentials)
+                response = self._direct.post(self._prefix + path, body, signed)
             else:
+                from botocore.auth import SigV4Auth
+                from botocore.awsrequest import AWSRequest
+
+                request = AWSRequest(method="POST", url=self._endpoint + path, data=body,
+                                     headers=meta["headers"])
+                SigV4Auth(credentials, "xray", self._region).add_auth(request)
                 response = self._http.send(request.prepare())  # type: ignore[union-attr]
             content = response.content
         except Exception as exc:

@@ -1,7 +1,7 @@
-"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer, sent on kept-alive
-connections (exporters/transport.py; botocore's HTTP session when an outbound proxy is set).
-Building the request body directly (the documents are already JSON) skips the botocore client's
-per-call work, which costs more than the upload."""
+"""PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer (exporters/signing.py),
+sent on kept-alive connections (exporters/transport.py; botocore's HTTP session when an outbound
+proxy is set). Building the request body directly (the documents are already JSON) skips the
+botocore client's per-call work, which costs more than the upload."""
 
 from __future__ import annotations
 
@@ -13,16 +13,19 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 
 from xrayd.aws import REQUEST_TIMEOUT, AwsContext, CredentialsError, user_agent
 from xrayd.exporters.offload import Helper, HelperUnavailable
+from xrayd.exporters.signing import Signer
 from xrayd.exporters.transport import DirectTransport
 
-# Above this many calls a second (50 documents each: 2,500 segments/s) signing and sending move
-# to a helper process (exporters/offload.py), off the GIL the UDP reader needs.
-OFFLOAD_CALLS_PER_SECOND = 50
+# Above this many calls a second (50 documents each: 10,000 segments/s) signing and sending move
+# to a helper process (exporters/offload.py), off the GIL the UDP reader needs. Below it a call
+# in-process costs less CPU than the round trip through the helper (docs/benchmarks.md).
+OFFLOAD_CALLS_PER_SECOND = 200
 # After a helper ended (idle, or it died), wait this long before forking another.
 REFORK_SECONDS = 10.0
 UPLOAD_NICENESS = 5
@@ -131,7 +134,9 @@ class XRayExporter:
         self._direct = None if proxy else DirectTransport(aws.endpoint, aws.verify,
                                                                REQUEST_TIMEOUT)
         self._http = aws.http_session(pool_size) if proxy else None
-        self._signer = SigV4Auth
+        self._signer = Signer(aws.endpoint, aws.region)
+        self._prefix = urlsplit(aws.endpoint).path  # requests go to prefix + path
+        self._sigv4 = SigV4Auth
         self._request = AWSRequest
         self._user_agent = user_agent()
         self._channels = pool_size + 1  # the upload workers and telemetry
@@ -144,6 +149,12 @@ class XRayExporter:
 
     def send(self, path: str, body: bytes) -> bytes:
         """POST a signed request to the X-Ray API; the response body, or UploadError."""
+        return self._call(path, body, None)
+
+    def _call(self, path: str, body: bytes | None, docs: Sequence[bytes] | None) -> bytes:
+        """``send`` of ``body``, or of the PutTraceSegments body of ``docs``: built in the
+        helper process when it makes the call (the daemon only joins the documents), else
+        here."""
         if not getattr(self._niced, "done", False):
             lower_thread_priority()
             self._niced.done = True
@@ -159,9 +170,12 @@ class XRayExporter:
         }
         helper = self._helper_for_call() if self._offload else None
         if helper is not None:
+            meta = {"path": path, "headers": headers, "credentials": list(credentials)}
+            if body is None:
+                assert docs is not None
+                meta["documents"] = [len(doc) for doc in docs]
             try:
-                reply = helper.call({"url": url, "headers": headers, "region": self.aws.region,
-                                     "credentials": list(credentials)}, body)
+                reply = helper.call(meta, body if body is not None else b"".join(docs or ()))
             except HelperUnavailable:
                 pass
             else:
@@ -171,12 +185,15 @@ class XRayExporter:
                 if reply.status != 200:
                     raise classify_http_error(reply.status, reply.content, reply.headers)
                 return reply.content
-        request = self._request(method="POST", url=url, data=body, headers=headers)
-        self._signer(credentials, "xray", self.aws.region).add_auth(request)
+        if body is None:
+            body = request_body(docs or ())
         try:
             if self._direct is not None:
-                response = self._direct.post(request.url, body, request.headers)
+                signed = self._signer.sign(url, headers, body, credentials)
+                response = self._direct.post(self._prefix + path, body, signed)
             else:
+                request = self._request(method="POST", url=url, data=body, headers=headers)
+                self._sigv4(credentials, "xray", self.aws.region).add_auth(request)
                 response = self._http.send(request.prepare())
         except Exception as exc:
             raise classify_send_error(exc) from exc
@@ -205,8 +222,8 @@ class XRayExporter:
                     now - self._helper_ended < REFORK_SECONDS:
                 return None
             try:
-                self._helper = Helper(self.aws.endpoint, self.aws.verify, self._proxy,
-                                      REQUEST_TIMEOUT, self._channels)
+                self._helper = Helper(self.aws.endpoint, self.aws.region, self.aws.verify,
+                                      self._proxy, REQUEST_TIMEOUT, self._channels)
             except OSError:
                 self._offload = False
         return None
@@ -222,7 +239,7 @@ class XRayExporter:
         helper.close()
 
     def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
-        content = self.send("/TraceSegments", request_body(docs))
+        content = self._call("/TraceSegments", None, docs)
         try:
             parsed = orjson.loads(content) if content else {}
         except orjson.JSONDecodeError:

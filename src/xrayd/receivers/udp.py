@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from xrayd.protocol import MAX_DATAGRAM, HeaderCache, Reason, classify
+from xrayd.protocol import KNOWN_HEADERS, MAX_DATAGRAM, HeaderCache, Reason, classify
 
 if TYPE_CHECKING:  # not imported at run time: this module is loaded before the port is bound
     from xrayd.batcher import Spill
@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # not imported at run time: this module is loaded before the 
     from xrayd.stats import IntakeCounters
 
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
+GOOD_HEADERS = 256  # distinct valid header lines remembered for the fast path
+HAND_OVER_AT = 256  # under a flood, documents go to the queue at least this often
 
 
 class AddressError(Exception):
@@ -85,15 +87,6 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
-# After a wake-up at a low rate, wait this long before reading: the datagrams that arrive
-# meanwhile are taken in one go, so the thread wakes at most ~50 times a second however many
-# datagrams trickle in (each wake-up costs more CPU than handling a datagram). Documents wait
-# for a batch anyway (up to 1 s), so the added latency is small.
-COALESCE_SECONDS = 0.02
-# A read that returns fewer datagrams than this counts as "low rate".
-COALESCE_BELOW = 8
-
-
 class UdpReceiver:
     """Reads datagrams, checks them, hands documents to ``put`` (or, several at a time, to
     ``put_many``)."""
@@ -106,7 +99,7 @@ class UdpReceiver:
         on_spill: Callable[[Spill], None],
         warnings: RateLimitedLog,
         put_many: Callable[[list[bytes]], Spill | None] | None = None,
-        coalesce: float = COALESCE_SECONDS,
+        pace: bool = True,
     ) -> None:
         self.sock = sock
         self.put = put
@@ -114,8 +107,9 @@ class UdpReceiver:
         self.counters = counters
         self.on_spill = on_spill
         self.warnings = warnings
-        self.coalesce = coalesce
+        self.pace = pace  # False: read as soon as a datagram is there (tests)
         self.headers = HeaderCache()
+        self._good_headers: set[bytes] = set(KNOWN_HEADERS)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="udp-receiver", daemon=True)
 
@@ -146,46 +140,92 @@ class UdpReceiver:
                     return
                 self.warnings.error("udp-read", f"daemon: socket: err: {exc}")
                 continue
-            if not self._handle([data]):
+            bodies: list[bytes] = []
+            keep_going = self._check([data], bodies)
+            self._hand_over(bodies)
+            if not keep_going:
                 return
 
     def _run_multi(self, reader: MultiReader) -> None:
-        """Many datagrams per GIL hand-over; ``poll`` (GIL released) while there are none."""
+        """Many datagrams per GIL hand-over; ``poll`` (GIL released) while there are none,
+        and sleeps between reads that let datagrams gather (receivers/pacing.py).
+
+        The documents of one wake-up are handed over together, just before the reader sleeps
+        again: a worker woken for a batch then finds the GIL free instead of trading it with
+        the reader every switch interval while the reader finishes."""
+        from xrayd.receivers.pacing import ReadPacer
+
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
-        read, poll, sleep = reader.read, poller.poll, time.sleep
+        read, poll, sleep, clock = reader.read, poller.poll, time.sleep, time.monotonic
+        check, hand_over = self._check, self._hand_over
+        pacer = ReadPacer() if self.pace else None
+        slots = reader.slots
+        bodies: list[bytes] = []
         while True:
             try:
                 datagrams = read()
             except OSError as exc:
+                hand_over(bodies)
+                bodies = []
                 if self._stopping:
                     return
                 self.warnings.error("udp-read", f"daemon: socket: err: {exc}")
                 sleep(0.01)
                 continue
             if datagrams:
-                if not self._handle(datagrams):
+                if not check(datagrams, bodies):
+                    hand_over(bodies)
                     return
-                if len(datagrams) >= COALESCE_BELOW:
-                    continue
+                if len(datagrams) >= slots:
+                    if pacer is not None:
+                        pacer.read(len(datagrams))
+                    if len(bodies) >= HAND_OVER_AT:
+                        hand_over(bodies)
+                        bodies = []
+                    continue  # more are waiting
             elif self._stopping:
+                hand_over(bodies)
                 return
-            events = poll()
-            if self._stopping and any(e & (select.POLLHUP | select.POLLERR) for _, e in events):
-                return
-            if self.coalesce:
-                sleep(self.coalesce)
+            if bodies:
+                hand_over(bodies)
+                bodies = []
+            if pacer is None:
+                if not datagrams:
+                    poll()
+                continue
+            pacer.read(len(datagrams))
+            pause = pacer.next_sleep(clock())
+            if pause is None:
+                events = poll()
+                if self._stopping and any(e & (select.POLLHUP | select.POLLERR)
+                                          for _, e in events):
+                    return
+            elif pause:
+                sleep(pause)
 
-    def _handle(self, datagrams: list[bytes]) -> bool:
-        """Check and hand over the datagrams; False when the stop datagram was among them."""
+    def _check(self, datagrams: list[bytes], bodies: list[bytes]) -> bool:
+        """Check the datagrams, append the accepted documents to ``bodies``, count the rest;
+        False when the stop datagram was among them."""
         headers = self.headers
         counters = self.counters
-        bodies = []
+        good = self._good_headers
+        append = bodies.append
         keep_going = True
         for data in datagrams:
+            # The common case without a function call: a header seen valid before, then an
+            # ASCII JSON object, which ``classify`` would accept as it is.
+            cut = data.find(b"\n")
+            if cut > 0 and data[:cut] in good:
+                body = data[cut + 1:]
+                if body[:1] == b"{" and body.isascii():
+                    append(body)
+                    continue
             body, reason = classify(data, headers)
             if reason is None:
-                bodies.append(body)
+                append(body)  # type: ignore[arg-type]
+                if len(good) < GOOD_HEADERS:
+                    good.add(data[:cut])
                 continue
             if reason is Reason.EMPTY and self._stopping:
                 keep_going = False  # our own wake-up datagram
@@ -193,18 +233,21 @@ class UdpReceiver:
             counters.rejected[reason] += 1
             self._log_rejected(reason, data)
         counters.received += len(datagrams) - (not keep_going)
-        if bodies:
-            counters.accepted += len(bodies)
-            if self.put_many is not None:
-                spill = self.put_many(bodies)
-                if spill is not None:
-                    self.on_spill(spill)
-            else:
-                for body in bodies:
-                    spill = self.put(body)  # type: ignore[arg-type]
-                    if spill is not None:
-                        self.on_spill(spill)
         return keep_going
+
+    def _hand_over(self, bodies: list[bytes]) -> None:
+        if not bodies:
+            return
+        self.counters.accepted += len(bodies)
+        if self.put_many is not None:
+            spill = self.put_many(bodies)
+            if spill is not None:
+                self.on_spill(spill)
+            return
+        for body in bodies:
+            spill = self.put(body)
+            if spill is not None:
+                self.on_spill(spill)
 
     def _log_rejected(self, reason: Reason, data: bytes) -> None:
         logger = self.warnings.logger
