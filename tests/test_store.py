@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import orjson
 import pytest
@@ -157,7 +158,7 @@ def test_extract_reads_odd_documents_as_orjson_does():
 
 def test_service_names_and_annotations_are_stored_exactly(tmp_path):
     writer = StoreWriter(str(tmp_path / "t.db"))
-    names = ["web", "caf\u00e9 \U0001f600", "a\x00b", 'q"\\\n']
+    names = ["web", "caf\u00e9 \U0001f600", "a\x00b", 'q"\\\n', 'x",web', 'web":1,"x', "we"]
     docs = [orjson.dumps({"name": name, "id": f"{i:016x}",
                           "trace_id": f"1-5f000000-{i:024x}", "start_time": 1, "end_time": 2,
                           "annotations": {"k": name, "ok": True, "n": 0.1 + i}})
@@ -165,10 +166,28 @@ def test_service_names_and_annotations_are_stored_exactly(tmp_path):
     assert writer.write(docs[:1]) == []  # a batch without a NUL, then one with
     assert writer.write(docs[1:]) == []
     conn = schema.connect(writer.path, readonly=True)
-    stored = [name for (name,) in conn.execute("SELECT name FROM services")]
-    assert sorted(stored) == sorted(names)
+    for i, name in enumerate(names):  # service("name") finds exactly the trace named so
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        found = queries.trace_summaries(conn, 0, 10, f'service("{escaped}")')["TraceSummaries"]
+        assert [s["Id"] for s in found] == [f"1-5f000000-{i:024x}"], name
     notes = conn.execute("SELECT key, typ, val FROM annotations").fetchall()
     assert sorted(notes) == sorted([("k", "s", name) for name in names]
-                                   + [("ok", "b", 1)] * 4
-                                   + [("n", "n", 0.1 + i) for i in range(4)])
+                                   + [("ok", "b", 1)] * len(names)
+                                   + [("n", "n", 0.1 + i) for i in range(len(names))])
     writer.close()
+
+
+def test_a_version_3_store_is_upgraded_and_another_version_refused(tmp_path):
+    old = sqlite3.connect(tmp_path / "v3.db")
+    old.executescript("CREATE TABLE services (name TEXT, tpk INTEGER); PRAGMA user_version=3;")
+    old.close()
+    conn = schema.connect(str(tmp_path / "v3.db"))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'services'"
+                        ).fetchone()[0] == 0
+    conn.close()
+    other = sqlite3.connect(tmp_path / "v9.db")
+    other.execute("PRAGMA user_version=9")
+    other.close()
+    with pytest.raises(sqlite3.DatabaseError, match="schema version 9"):
+        schema.connect(str(tmp_path / "v9.db"))

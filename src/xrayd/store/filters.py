@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 MAX_EXPRESSION = 2000
 
 
@@ -177,9 +179,13 @@ class _Parser:
             raise self.fail("service() needs a name")
         if self.tok.kind != "str":
             raise self.fail("Expected a quoted service name")
-        self.params.append(self.next().value)
+        key = orjson.dumps(self.next().value).decode()
         self.expect_op(")")
-        return "t.pk IN (SELECT tpk FROM services WHERE name = ?)"
+        # traces.services is a JSON object whose keys orjson encoded (json_patch keeps them as
+        # they are) and whose values are all 1: a key of it starts after "{" or "," and ends
+        # before ":", where no other text can, so the match is exact.
+        self.params.extend(["{" + key + ":", "," + key + ":"])
+        return "(instr(t.services, ?) > 0 OR instr(t.services, ?) > 0)"
 
     def annotation(self, text: str) -> str:
         if self.op("["):

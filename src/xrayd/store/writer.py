@@ -23,7 +23,6 @@ from xrayd.store.extract import BadDocument, Record, parse
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
 MAX_RECORDS_PER_COMMIT = 5000
 MAX_PENDING = 20000  # records queued for the writer before callers are held back
-PK_CACHE_SIZE = 200_000
 REJECTED_DOC_BYTES = 65536
 RETENTION_CHECK_SECONDS = 30.0
 DELETE_CHUNK = 2000
@@ -44,51 +43,55 @@ class Rejection:
     message: str
 
 
-class _Prepared:
-    """A record's rows, built by the caller's thread; the writer only adds the trace key."""
+class _Rows:
+    """A commit's rows as flat parameter lists, one per table, in the column order of the
+    statements below. Rows name their trace by id: SQLite finds the trace's key itself."""
 
-    __slots__ = ("annotations", "segment", "services", "trace", "trace_id")
+    __slots__ = ("annotations", "segments", "traces")
 
-    def __init__(self, r: Record, now: float) -> None:
+    def __init__(self) -> None:
+        self.segments: list[object] = []
+        self.traces: list[object] = []
+        self.annotations: list[object] = []
+
+    def add(self, r: Record, now: float) -> None:
         dumps = orjson.dumps
+        trace_id = r.trace_id
         calls = None
         names = {}
         if r.calls:
             calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
                             int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
             names = {c.name: 1 for c in r.calls}
-        self.trace_id = r.trace_id
         error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
-        # Lists whose first item the writer sets to the trace's key: no copy per row.
-        self.segment = [0, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                        int(r.in_progress), error, fault, throttle, now, calls, r.doc]
+        self.segments.extend((trace_id, r.id, r.parent_id, r.kind, r.name, r.origin, r.start,
+                              r.end, int(r.in_progress), error, fault, throttle, now, calls,
+                              r.doc))
         root = False
         if r.kind == "segment":
             names[r.name] = 1
             root = r.parent_id is None
-        self.services = list(names)
-        notes = {}
-        self.annotations = []
         if r.annotations:
-            append = self.annotations.append
+            notes = {}
+            extend = self.annotations.extend
             for key, value in r.annotations:
                 # As annotation_value() does, for the str, bool, int and float parse() keeps.
                 kind = type(value)
                 if kind is str:
-                    append((key, "s", value))
+                    extend((trace_id, key, "s", value))
                 elif kind is bool:
-                    append((key, "b", int(value)))
+                    extend((trace_id, key, "b", int(value)))
                 else:
-                    append((key, "n", float(value)))
+                    extend((trace_id, key, "n", float(value)))
                 notes[key] = value
             notes_json = dumps(notes).decode()
         else:
             notes_json = "{}"
-        self.trace = [0, r.trace_id, r.start, r.end, r.start if root else None,
-                      r.end if root else None, error, fault, throttle,
-                      r.http_method, r.http_status, r.http_url, r.user,
-                      r.name if root else None, now, notes_json,
-                      dumps(names).decode()]
+        self.traces.extend((trace_id, r.start, r.end, r.start if root else None,
+                            r.end if root else None, error, fault, throttle,
+                            r.http_method, r.http_status, r.http_url, r.user,
+                            r.name if root else None, now, notes_json,
+                            dumps(names).decode()))
 
 
 class _Job:
@@ -97,17 +100,22 @@ class _Job:
     def __init__(self, docs: Sequence[bytes], received: float) -> None:
         self.docs = docs
         self.received = received
-        self.records: list[_Prepared] = []
+        self.records = 0
         self.rejects: list[tuple[BadDocument, bytes]] = []
         self.done = threading.Event()
         self.error: Exception | None = None
 
-    def prepare(self) -> None:
+    def prepare(self, rows: _Rows) -> None:
+        add = rows.add
+        received = self.received
         for doc in self.docs:
             try:
-                self.records.append(_Prepared(parse(doc), self.received))
+                record = parse(doc)
             except BadDocument as bad:
                 self.rejects.append((bad, doc))
+                continue
+            add(record, received)
+            self.records += 1
 
 
 class StoreClosed(Exception):
@@ -125,10 +133,21 @@ class _Commit:
         self.future: Future[object] | None = None
 
 
+# Each statement inserts up to MAX_ROWS_PER_STATEMENT rows given as a VALUES list (padded
+# with NULL rows to a power of two, so that a few prepared statements serve every batch): SQLite
+# runs it in one step without the GIL, so the committer thread writes a batch while the writer
+# thread parses the next one. (One statement per row made the committer wait for the GIL after
+# every row.) Rows name their trace by id; the trace's key is looked up in SQL.
+MAX_ROWS_PER_STATEMENT = 1024
+MIN_ROWS_PER_STATEMENT = 16
+
 _SEGMENT_UPSERT = """
 INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
                       error, fault, throttle, received, calls, doc)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT (SELECT pk FROM traces WHERE trace_id = v.column1), column2, column3, column4, column5,
+       column6, column7, column8, column9, column10, column11, column12, column13, column14,
+       column15
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 ON CONFLICT (tpk, id) DO UPDATE SET
     parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
     origin = excluded.origin, start = excluded.start, end = excluded.end,
@@ -139,12 +158,14 @@ WHERE segments.in_progress = 1 OR excluded.in_progress = 0
 """
 
 # Root segments (no parent) own the trace's HTTP, user and response time; other documents only
-# fill what is still unknown.
+# fill what is still unknown. A new trace's key is the next row number: arrival order.
 _TRACE_UPSERT = """
-INSERT INTO traces (pk, trace_id, start, end, root_start, root_end, error, fault, throttle,
+INSERT INTO traces (trace_id, start, end, root_start, root_end, error, fault, throttle,
                     http_method, http_status, http_url, user, root_name, documents, updated,
                     annotations, services)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
+       column10, column11, column12, column13, 1, column14, column15, column16
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 ON CONFLICT (trace_id) DO UPDATE SET
     start = min(start, excluded.start),
     end = max(coalesce(end, excluded.end), coalesce(excluded.end, end)),
@@ -166,18 +187,49 @@ ON CONFLICT (trace_id) DO UPDATE SET
     root_name = coalesce(excluded.root_name, root_name),
     documents = documents + 1,
     updated = excluded.updated,
-    annotations = CASE WHEN excluded.annotations = '{}' THEN annotations
+    annotations = CASE WHEN excluded.annotations = '{{}}' THEN annotations
         ELSE json_patch(annotations, excluded.annotations) END,
-    services = CASE WHEN excluded.services = '{}' THEN services
+    services = CASE WHEN excluded.services = '{{}}' THEN services
         ELSE json_patch(services, excluded.services) END
 """
 
-
-# One statement for all the batch's (name, trace key) rows, so that it runs in the committer
-# thread without taking the GIL back for every row (which would wait for the parsing writer).
-_SERVICES_INSERT = """
-INSERT OR IGNORE INTO services (name, tpk) SELECT value ->> 0, value ->> 1 FROM json_each(?)
+_ANNOTATIONS_INSERT = """
+INSERT OR IGNORE INTO annotations (key, typ, val, tpk)
+SELECT column2, column3, column4, (SELECT pk FROM traces WHERE trace_id = v.column1)
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 """
+
+
+class _Insert:
+    """One of the statements above, for flat parameter lists of ``columns`` per row."""
+
+    def __init__(self, template: str, columns: int, max_variables: int) -> None:
+        self.template = template
+        self.columns = columns
+        rows = MAX_ROWS_PER_STATEMENT
+        while rows > 1 and rows * columns > max_variables:
+            rows //= 2
+        self.max_rows = rows
+        self._sql: dict[int, str] = {}
+
+    def _statement(self, rows: int) -> str:
+        sql = self._sql.get(rows)
+        if sql is None:
+            row = "(" + ", ".join("?" * self.columns) + ")"
+            sql = self._sql[rows] = self.template.format(values="VALUES " + ", ".join(
+                [row] * rows))
+        return sql
+
+    def execute(self, conn: sqlite3.Connection, params: list[object]) -> None:
+        width = self.columns
+        step = self.max_rows * width
+        for at in range(0, len(params), step):
+            chunk = params[at:at + step]
+            rows = len(chunk) // width
+            size = min(self.max_rows, max(MIN_ROWS_PER_STATEMENT, 1 << (rows - 1).bit_length()))
+            if size > rows:
+                chunk.extend([None] * ((size - rows) * width))
+            conn.execute(self._statement(size), chunk)
 
 
 def annotation_value(value: object) -> tuple[object, str]:
@@ -212,9 +264,10 @@ class StoreWriter:
         self._jobs: deque[_Job] = deque()
         self._pending = 0
         self.failed_commits = 0
-        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
-                                              ).fetchone()[0]
-        self._pk_cache: dict[str, int] = {}
+        limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._segments = _Insert(_SEGMENT_UPSERT, 15, limit)
+        self._traces = _Insert(_TRACE_UPSERT, 16, limit)
+        self._annotations = _Insert(_ANNOTATIONS_INSERT, 4, limit)
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
@@ -231,8 +284,8 @@ class StoreWriter:
         MAX_PENDING records wait; beyond that the caller is held back) and rejections go to
         ``on_reject`` only.
 
-        The writer thread parses the documents too: parsing in the callers' threads made the
-        writer wait for the GIL after every row SQLite stepped through."""
+        The writer thread parses the documents and builds their rows while the committer
+        thread writes the previous batch."""
         job = _Job(docs, self.clock())
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -308,14 +361,14 @@ class StoreWriter:
                     jobs.append(job)
                     count += len(job.docs)
                 closing = self._closed and not self._jobs
-            # Parsing the next batch overlaps the previous batch's COMMIT, which writes the WAL
-            # in another thread without the GIL.
-            self._prepare(jobs)
+            # Parsing the next batch overlaps the previous batch's statements and COMMIT, which
+            # run in the committer thread mostly without the GIL.
+            rows = self._prepare(jobs)
             if committing is not None:
                 self._finish(committing)
                 committing = None
             if jobs:
-                committing = self._start(jobs, count)
+                committing = self._start(jobs, count, rows)
             if committing is not None and (closing or self._retention_due()):
                 self._finish(committing)
                 committing = None
@@ -344,32 +397,34 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _prepare(self, jobs: list[_Job]) -> None:
+    def _prepare(self, jobs: list[_Job]) -> _Rows:
+        rows = _Rows()
         for job in jobs:
-            job.prepare()
+            job.prepare(rows)
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
+        return rows
 
-    def _start(self, jobs: list[_Job], count: int) -> _Commit | None:
-        """Write the batch and start its COMMIT in the committer thread; None if it failed."""
-        now = self.clock()
+    def _start(self, jobs: list[_Job], count: int, rows: _Rows) -> _Commit:
+        """Hand the batch to the committer thread, which writes and commits it."""
         commit = _Commit(jobs, count)
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            services = self._insert([r for job in jobs for r in job.records], now)
-            self._insert_rejects([r for job in jobs for r in job.rejects], now)
-            commit.future = self._committer.submit(self._complete, services)
-        except Exception as exc:  # a disk or database problem: the batch is not stored
-            self._failed(commit, exc)
-            return None
+        rejects = [r for job in jobs for r in job.rejects]
+        commit.future = self._committer.submit(self._complete, rows, rejects, self.clock())
         return commit
 
-    def _complete(self, services: str | None) -> None:
-        """In the committer thread: each statement is one step of SQLite without the GIL."""
-        if services is not None:
-            self.conn.execute(_SERVICES_INSERT, (services,))
-        self.conn.execute("COMMIT")
+    def _complete(self, rows: _Rows, rejects: list[tuple[BadDocument, bytes]],
+                  now: float) -> None:
+        """In the committer thread: each statement is one step of SQLite without the GIL.
+        Traces go first: the other rows look up their trace's key."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._traces.execute(conn, rows.traces)
+        self._segments.execute(conn, rows.segments)
+        if rows.annotations:
+            self._annotations.execute(conn, rows.annotations)
+        self._insert_rejects(rejects, now)
+        conn.execute("COMMIT")
 
     def _finish(self, commit: _Commit) -> None:
         assert commit.future is not None
@@ -384,10 +439,9 @@ class StoreWriter:
     def _failed(self, commit: _Commit, exc: Exception) -> None:
         with contextlib.suppress(Exception):
             self.conn.execute("ROLLBACK")
-        self._reset_keys()
         self.failed_commits += 1
         self.log.error("Trace store: %d documents not stored: %s",
-                       sum(len(job.records) for job in commit.jobs), exc)
+                       sum(job.records for job in commit.jobs), exc)
         for job in commit.jobs:
             job.error = exc
         self._done(commit)
@@ -398,58 +452,6 @@ class StoreWriter:
         with self._cond:
             self._pending -= commit.count
             self._cond.notify_all()
-
-    def _reset_keys(self) -> None:
-        self._pk_cache.clear()
-        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
-                                              ).fetchone()[0]
-
-    def _trace_keys(self, records: list[_Prepared]) -> dict[str, int]:
-        """Each trace's row number: known ones from a cache or the database, new ones in
-        arrival order (sequential keys keep every index of the child tables append-only)."""
-        cache = self._pk_cache
-        unknown = list({r.trace_id for r in records if r.trace_id not in cache})
-        if unknown:
-            for trace_id, pk in self.conn.execute(
-                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
-                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)
-            ):
-                cache[trace_id] = pk
-            for trace_id in unknown:
-                if trace_id not in cache:
-                    cache[trace_id] = self._next_pk
-                    self._next_pk += 1
-        if len(cache) > PK_CACHE_SIZE:
-            keep = {r.trace_id: cache[r.trace_id] for r in records}
-            cache.clear()
-            cache.update(keep)
-        return cache
-
-    def _insert(self, records: list[_Prepared], now: float) -> str | None:
-        """Write all rows but the services'; those as the JSON for _SERVICES_INSERT."""
-        keys = self._trace_keys(records)
-        segments, traces, annotations, services = [], [], [], []
-        for r in records:
-            tpk = r.segment[0] = r.trace[0] = keys[r.trace_id]
-            segments.append(r.segment)
-            traces.append(r.trace)
-            for key, typ, value in r.annotations:
-                annotations.append((key, typ, value, tpk))
-            for name in r.services:
-                services.append((name, tpk))
-        execute = self.conn.executemany
-        execute(_SEGMENT_UPSERT, segments)
-        execute(_TRACE_UPSERT, traces)
-        if annotations:
-            execute("INSERT OR IGNORE INTO annotations (key, typ, val, tpk) VALUES (?, ?, ?, ?)",
-                    annotations)
-        if not services:
-            return None
-        rows = orjson.dumps(services).decode()
-        if "\\u0000" in rows:  # SQLite's JSON functions cut text at a NUL character
-            execute("INSERT OR IGNORE INTO services (name, tpk) VALUES (?, ?)", services)
-            return None
-        return rows
 
     def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
         if rejects:
@@ -465,23 +467,20 @@ class StoreWriter:
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
-    def _delete_traces(self, rows: list[tuple[int, str, str]]) -> None:
-        """Delete traces given as (pk, annotations JSON, services JSON) rows."""
-        annotations, services = [], []
-        for tpk, notes, names in rows:
+    def _delete_traces(self, rows: list[tuple[int, str]]) -> None:
+        """Delete traces given as (pk, annotations JSON) rows."""
+        annotations = []
+        for tpk, notes in rows:
             for key, value in orjson.loads(notes).items():
                 stored, tag = annotation_value(value)
                 annotations.append((key, tag, stored, tpk))
-            services.extend((name, tpk) for name in orjson.loads(names))
         keys = [(row[0],) for row in rows]
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.executemany("DELETE FROM annotations WHERE key = ? AND typ = ? AND val = ? "
                               "AND tpk = ?", annotations)
-        self.conn.executemany("DELETE FROM services WHERE name = ? AND tpk = ?", services)
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
-        self._pk_cache.clear()
 
     def _run_retention(self) -> None:
         self._last_retention = time.monotonic()
@@ -500,7 +499,7 @@ class StoreWriter:
         cutoff = self.clock() - self.retention.hours * 3600.0
         while True:
             rows = self.conn.execute(
-                "SELECT pk, annotations, services FROM traces WHERE start < ? LIMIT ?",
+                "SELECT pk, annotations FROM traces WHERE start < ? LIMIT ?",
                 (cutoff, DELETE_CHUNK)).fetchall()
             if not rows:
                 break
@@ -517,7 +516,7 @@ class StoreWriter:
                     break
                 chunk = max(1, min(DELETE_CHUNK, total // 10))
                 rows = self.conn.execute(
-                    "SELECT pk, annotations, services FROM traces ORDER BY start LIMIT ?",
+                    "SELECT pk, annotations FROM traces ORDER BY start LIMIT ?",
                     (chunk,)).fetchall()
                 self._delete_traces(rows)
                 self.conn.execute(
