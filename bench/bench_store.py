@@ -259,6 +259,8 @@ def main() -> None:
             ("annotation, 0.1 % match", 'annotation.customer = "c42"'),
             ("annotation, 33 % match", "annotation.tier = 1"),
             ("service + annotation", 'service("DynamoDB") AND annotation.customer = "c7"'),
+            ("service, 100 % match", 'service("DynamoDB")'),
+            ("service, no match", 'service("nothing")'),
             ("no filter", None),
         ]:
             body = {"StartTime": end - 3600, "EndTime": end}

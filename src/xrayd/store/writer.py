@@ -383,7 +383,8 @@ class StoreWriter:
 
     def _bound_wal(self) -> None:
         """Under a steady stream the background checkpoints never find the WAL idle enough to
-        start it over; past WAL_LIMIT_BYTES the writer checkpoints and truncates it itself."""
+        start it over; past WAL_LIMIT_BYTES the committer checkpoints and truncates it itself
+        (while the writer thread parses the next batch)."""
         try:
             size = os.path.getsize(self.path + "-wal")
         except OSError:
@@ -425,6 +426,7 @@ class StoreWriter:
             self._annotations.execute(conn, rows.annotations)
         self._insert_rejects(rejects, now)
         conn.execute("COMMIT")
+        self._bound_wal()
 
     def _finish(self, commit: _Commit) -> None:
         assert commit.future is not None
@@ -434,7 +436,6 @@ class StoreWriter:
             self._failed(commit, exc)
             return
         self._done(commit)
-        self._bound_wal()
 
     def _failed(self, commit: _Commit, exc: Exception) -> None:
         with contextlib.suppress(Exception):
