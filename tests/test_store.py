@@ -177,15 +177,7 @@ def test_service_names_and_annotations_are_stored_exactly(tmp_path):
     writer.close()
 
 
-def test_a_version_3_store_is_upgraded_and_another_version_refused(tmp_path):
-    old = sqlite3.connect(tmp_path / "v3.db")
-    old.executescript("CREATE TABLE services (name TEXT, tpk INTEGER); PRAGMA user_version=3;")
-    old.close()
-    conn = schema.connect(str(tmp_path / "v3.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    assert conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'services'"
-                        ).fetchone()[0] == 0
-    conn.close()
+def test_a_store_of_another_schema_version_is_refused(tmp_path):
     other = sqlite3.connect(tmp_path / "v9.db")
     other.execute("PRAGMA user_version=9")
     other.close()

@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 MAX_EXPRESSION = 2000
 
 
@@ -179,13 +177,9 @@ class _Parser:
             raise self.fail("service() needs a name")
         if self.tok.kind != "str":
             raise self.fail("Expected a quoted service name")
-        key = orjson.dumps(self.next().value).decode()
+        self.params.append(self.next().value)
         self.expect_op(")")
-        # traces.services is a JSON object whose keys orjson encoded (json_patch keeps them as
-        # they are) and whose values are all 1: a key of it starts after "{" or "," and ends
-        # before ":", where no other text can, so the match is exact.
-        self.params.extend(["{" + key + ":", "," + key + ":"])
-        return "(instr(t.services, ?) > 0 OR instr(t.services, ?) > 0)"
+        return "t.pk IN (SELECT tpk FROM services WHERE name = ?)"
 
     def annotation(self, text: str) -> str:
         if self.op("["):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 3
 PAGE_SIZE = 16384
 
 # Every index grows at its end: rows and trace keys (pk, tpk) go in arrival order and trace ids
@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS annotations (
     PRIMARY KEY (key, typ, val, tpk)
 ) WITHOUT ROWID;
 
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT NOT NULL,
+    tpk  INTEGER NOT NULL,
+    PRIMARY KEY (name, tpk)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS rejected (
     pk       INTEGER PRIMARY KEY,
     received REAL NOT NULL,
@@ -93,9 +99,6 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA cache_size=-65536")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 3:  # version 4 dropped the services table (the filter reads traces.services)
-        conn.execute("DROP TABLE IF EXISTS services")
-        version = SCHEMA_VERSION
     if version and version != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"trace store schema version {version}, this xrayd uses {SCHEMA_VERSION}: "

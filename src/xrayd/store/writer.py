@@ -47,12 +47,13 @@ class _Rows:
     """A commit's rows as flat parameter lists, one per table, in the column order of the
     statements below. Rows name their trace by id: SQLite finds the trace's key itself."""
 
-    __slots__ = ("annotations", "segments", "traces")
+    __slots__ = ("annotations", "segments", "services", "traces")
 
     def __init__(self) -> None:
         self.segments: list[object] = []
         self.traces: list[object] = []
         self.annotations: list[object] = []
+        self.services: list[object] = []
 
     def add(self, r: Record, now: float) -> None:
         dumps = orjson.dumps
@@ -71,6 +72,10 @@ class _Rows:
         if r.kind == "segment":
             names[r.name] = 1
             root = r.parent_id is None
+        services = self.services
+        for name in names:
+            services.append(trace_id)
+            services.append(name)
         if r.annotations:
             notes = {}
             extend = self.annotations.extend
@@ -199,6 +204,12 @@ SELECT column2, column3, column4, (SELECT pk FROM traces WHERE trace_id = v.colu
 FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 """
 
+_SERVICES_INSERT = """
+INSERT OR IGNORE INTO services (name, tpk)
+SELECT column2, (SELECT pk FROM traces WHERE trace_id = v.column1)
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
+"""
+
 
 class _Insert:
     """One of the statements above, for flat parameter lists of ``columns`` per row."""
@@ -268,6 +279,7 @@ class StoreWriter:
         self._segments = _Insert(_SEGMENT_UPSERT, 15, limit)
         self._traces = _Insert(_TRACE_UPSERT, 16, limit)
         self._annotations = _Insert(_ANNOTATIONS_INSERT, 4, limit)
+        self._services = _Insert(_SERVICES_INSERT, 2, limit)
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
@@ -424,6 +436,8 @@ class StoreWriter:
         self._segments.execute(conn, rows.segments)
         if rows.annotations:
             self._annotations.execute(conn, rows.annotations)
+        if rows.services:
+            self._services.execute(conn, rows.services)
         self._insert_rejects(rejects, now)
         conn.execute("COMMIT")
         self._bound_wal()
@@ -468,17 +482,19 @@ class StoreWriter:
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
-    def _delete_traces(self, rows: list[tuple[int, str]]) -> None:
-        """Delete traces given as (pk, annotations JSON) rows."""
-        annotations = []
-        for tpk, notes in rows:
+    def _delete_traces(self, rows: list[tuple[int, str, str]]) -> None:
+        """Delete traces given as (pk, annotations JSON, services JSON) rows."""
+        annotations, services = [], []
+        for tpk, notes, names in rows:
             for key, value in orjson.loads(notes).items():
                 stored, tag = annotation_value(value)
                 annotations.append((key, tag, stored, tpk))
+            services.extend((name, tpk) for name in orjson.loads(names))
         keys = [(row[0],) for row in rows]
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.executemany("DELETE FROM annotations WHERE key = ? AND typ = ? AND val = ? "
                               "AND tpk = ?", annotations)
+        self.conn.executemany("DELETE FROM services WHERE name = ? AND tpk = ?", services)
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
@@ -500,7 +516,7 @@ class StoreWriter:
         cutoff = self.clock() - self.retention.hours * 3600.0
         while True:
             rows = self.conn.execute(
-                "SELECT pk, annotations FROM traces WHERE start < ? LIMIT ?",
+                "SELECT pk, annotations, services FROM traces WHERE start < ? LIMIT ?",
                 (cutoff, DELETE_CHUNK)).fetchall()
             if not rows:
                 break
@@ -517,7 +533,7 @@ class StoreWriter:
                     break
                 chunk = max(1, min(DELETE_CHUNK, total // 10))
                 rows = self.conn.execute(
-                    "SELECT pk, annotations FROM traces ORDER BY start LIMIT ?",
+                    "SELECT pk, annotations, services FROM traces ORDER BY start LIMIT ?",
                     (chunk,)).fetchall()
                 self._delete_traces(rows)
                 self.conn.execute(
