@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import orjson
 import pytest
 
 from xrayd.store import queries, schema
+from xrayd.store import writer as writer_module
 from xrayd.store.extract import parse
 from xrayd.store.merge import merge
 from xrayd.store.writer import Retention, StoreWriter
@@ -183,3 +185,48 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
     other.close()
     with pytest.raises(sqlite3.DatabaseError, match="schema version 9"):
         schema.connect(str(tmp_path / "v9.db"))
+
+
+def test_trace_keys_stay_consistent_across_pipelined_batches(tmp_path, monkeypatch):
+    """Documents of one trace spread over many batches (queued without waiting, so one batch
+    is parsed while the previous one is written), with a key cache that keeps being cleared
+    and retention deleting some traces in between: every row points at its own trace."""
+    monkeypatch.setattr(writer_module, "PK_CACHE_SIZE", 3)
+    monkeypatch.setattr(writer_module, "MAX_RECORDS_PER_COMMIT", 7)
+    now = [1000.0]
+    writer = StoreWriter(str(tmp_path / "t.db"), Retention(hours=1), clock=lambda: now[0])
+
+    def doc(trace: int, seg: int, start: float) -> bytes:
+        return orjson.dumps({"name": f"svc{trace % 3}", "id": f"{trace:08x}{seg:08x}",
+                             "trace_id": f"1-5f000000-{trace:024x}", "start_time": start,
+                             "end_time": start + 1, "annotations": {"t": trace}})
+
+    for round_ in range(4):
+        for batch in range(12):
+            writer.write([doc(t, round_ * 100 + batch, 10.0 * round_ + t)
+                          for t in range(batch % 5, batch % 5 + 6)], wait=False)
+        assert writer.flush(30)
+        if round_ == 1:  # traces that start before 1000 - 3600 + 12 go; they come back later
+            now[0] = 3600.0 + 12.0
+            writer.enforce_retention_now()
+            check = schema.connect(writer.path, readonly=True)
+            deadline = time.monotonic() + 30
+            while check.execute("SELECT count(*) FROM traces").fetchone()[0]:
+                assert time.monotonic() < deadline, "retention did not run"
+                time.sleep(0.05)
+            check.close()
+    conn = schema.connect(writer.path, readonly=True)
+    orphans = conn.execute("SELECT count(*) FROM segments WHERE tpk NOT IN "
+                           "(SELECT pk FROM traces)").fetchone()[0]
+    assert orphans == 0
+    assert conn.execute("SELECT count(*) FROM annotations a JOIN traces t ON t.pk = a.tpk "
+                        "WHERE a.val != CAST(substr(t.trace_id, 12) AS INTEGER)"
+                        ).fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM annotations WHERE tpk NOT IN "
+                        "(SELECT pk FROM traces)").fetchone()[0] == 0
+    for trace_id, documents, stored in conn.execute(
+            "SELECT trace_id, documents, (SELECT count(*) FROM segments WHERE tpk = t.pk) "
+            "FROM traces t"):
+        assert documents == stored, trace_id
+    assert writer.failed_commits == 0
+    writer.close()

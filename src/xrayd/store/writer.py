@@ -23,6 +23,7 @@ from xrayd.store.extract import BadDocument, Record, parse
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
 MAX_RECORDS_PER_COMMIT = 5000
 MAX_PENDING = 20000  # records queued for the writer before callers are held back
+PK_CACHE_SIZE = 200_000
 REJECTED_DOC_BYTES = 65536
 RETENTION_CHECK_SECONDS = 30.0
 DELETE_CHUNK = 2000
@@ -45,11 +46,12 @@ class Rejection:
 
 class _Rows:
     """A commit's rows as flat parameter lists, one per table, in the column order of the
-    statements below. Rows name their trace by id: SQLite finds the trace's key itself."""
+    statements below, and the key of each of its traces."""
 
-    __slots__ = ("annotations", "segments", "services", "traces")
+    __slots__ = ("annotations", "keys", "segments", "services", "traces")
 
-    def __init__(self) -> None:
+    def __init__(self, keys: dict[str, int]) -> None:
+        self.keys = keys
         self.segments: list[object] = []
         self.traces: list[object] = []
         self.annotations: list[object] = []
@@ -57,7 +59,7 @@ class _Rows:
 
     def add(self, r: Record, now: float) -> None:
         dumps = orjson.dumps
-        trace_id = r.trace_id
+        tpk = self.keys[r.trace_id]
         calls = None
         names = {}
         if r.calls:
@@ -65,7 +67,7 @@ class _Rows:
                             int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
             names = {c.name: 1 for c in r.calls}
         error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
-        self.segments.extend((trace_id, r.id, r.parent_id, r.kind, r.name, r.origin, r.start,
+        self.segments.extend((tpk, r.id, r.parent_id, r.kind, r.name, r.origin, r.start,
                               r.end, int(r.in_progress), error, fault, throttle, now, calls,
                               r.doc))
         root = False
@@ -74,7 +76,7 @@ class _Rows:
             root = r.parent_id is None
         services = self.services
         for name in names:
-            services.append(trace_id)
+            services.append(tpk)
             services.append(name)
         if r.annotations:
             notes = {}
@@ -83,16 +85,16 @@ class _Rows:
                 # As annotation_value() does, for the str, bool, int and float parse() keeps.
                 kind = type(value)
                 if kind is str:
-                    extend((trace_id, key, "s", value))
+                    extend((tpk, key, "s", value))
                 elif kind is bool:
-                    extend((trace_id, key, "b", int(value)))
+                    extend((tpk, key, "b", int(value)))
                 else:
-                    extend((trace_id, key, "n", float(value)))
+                    extend((tpk, key, "n", float(value)))
                 notes[key] = value
             notes_json = dumps(notes).decode()
         else:
             notes_json = "{}"
-        self.traces.extend((trace_id, r.start, r.end, r.start if root else None,
+        self.traces.extend((tpk, r.trace_id, r.start, r.end, r.start if root else None,
                             r.end if root else None, error, fault, throttle,
                             r.http_method, r.http_status, r.http_url, r.user,
                             r.name if root else None, now, notes_json,
@@ -110,17 +112,15 @@ class _Job:
         self.done = threading.Event()
         self.error: Exception | None = None
 
-    def prepare(self, rows: _Rows) -> None:
-        add = rows.add
-        received = self.received
+    def parse(self) -> list[Record]:
+        records = []
         for doc in self.docs:
             try:
-                record = parse(doc)
+                records.append(parse(doc))
             except BadDocument as bad:
                 self.rejects.append((bad, doc))
-                continue
-            add(record, received)
-            self.records += 1
+        self.records = len(records)
+        return records
 
 
 class StoreClosed(Exception):
@@ -142,16 +142,15 @@ class _Commit:
 # with NULL rows to a power of two, so that a few prepared statements serve every batch): SQLite
 # runs it in one step without the GIL, so the committer thread writes a batch while the writer
 # thread parses the next one. (One statement per row made the committer wait for the GIL after
-# every row.) Rows name their trace by id; the trace's key is looked up in SQL.
+# every row.)
 MAX_ROWS_PER_STATEMENT = 1024
 MIN_ROWS_PER_STATEMENT = 16
 
 _SEGMENT_UPSERT = """
 INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
                       error, fault, throttle, received, calls, doc)
-SELECT (SELECT pk FROM traces WHERE trace_id = v.column1), column2, column3, column4, column5,
-       column6, column7, column8, column9, column10, column11, column12, column13, column14,
-       column15
+SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
+       column10, column11, column12, column13, column14, column15
 FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 ON CONFLICT (tpk, id) DO UPDATE SET
     parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
@@ -163,13 +162,13 @@ WHERE segments.in_progress = 1 OR excluded.in_progress = 0
 """
 
 # Root segments (no parent) own the trace's HTTP, user and response time; other documents only
-# fill what is still unknown. A new trace's key is the next row number: arrival order.
+# fill what is still unknown.
 _TRACE_UPSERT = """
-INSERT INTO traces (trace_id, start, end, root_start, root_end, error, fault, throttle,
+INSERT INTO traces (pk, trace_id, start, end, root_start, root_end, error, fault, throttle,
                     http_method, http_status, http_url, user, root_name, documents, updated,
                     annotations, services)
 SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
-       column10, column11, column12, column13, 1, column14, column15, column16
+       column10, column11, column12, column13, column14, 1, column15, column16, column17
 FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 ON CONFLICT (trace_id) DO UPDATE SET
     start = min(start, excluded.start),
@@ -200,13 +199,13 @@ ON CONFLICT (trace_id) DO UPDATE SET
 
 _ANNOTATIONS_INSERT = """
 INSERT OR IGNORE INTO annotations (key, typ, val, tpk)
-SELECT column2, column3, column4, (SELECT pk FROM traces WHERE trace_id = v.column1)
+SELECT column2, column3, column4, column1
 FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 """
 
 _SERVICES_INSERT = """
 INSERT OR IGNORE INTO services (name, tpk)
-SELECT column2, (SELECT pk FROM traces WHERE trace_id = v.column1)
+SELECT column2, column1
 FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 """
 
@@ -277,9 +276,16 @@ class StoreWriter:
         self.failed_commits = 0
         limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._segments = _Insert(_SEGMENT_UPSERT, 15, limit)
-        self._traces = _Insert(_TRACE_UPSERT, 16, limit)
+        self._traces = _Insert(_TRACE_UPSERT, 17, limit)
         self._annotations = _Insert(_ANNOTATIONS_INSERT, 4, limit)
         self._services = _Insert(_SERVICES_INSERT, 2, limit)
+        # Trace keys: new traces get the next number (arrival order keeps the child tables'
+        # indexes append-only); known ones come from a cache, else from the database through a
+        # connection of the writer thread's own (the committer may be writing on self.conn).
+        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
+                                              ).fetchone()[0]
+        self._pk_cache: dict[str, int] = {}
+        self._keys_conn = schema.connect(path, readonly=True)
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
@@ -381,15 +387,17 @@ class StoreWriter:
                 committing = None
             if jobs:
                 committing = self._start(jobs, count, rows)
-            if committing is not None and (closing or self._retention_due()):
+            retention = self._retention_due()  # once: retention needs nothing in flight
+            if committing is not None and (closing or retention):
                 self._finish(committing)
                 committing = None
-            if self._retention_due():
+            if retention:
                 self._run_retention()
             if closing:
                 with contextlib.suppress(Exception):
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
+                self._keys_conn.close()
                 self._committer.shutdown()
                 return
 
@@ -411,13 +419,46 @@ class StoreWriter:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
     def _prepare(self, jobs: list[_Job]) -> _Rows:
-        rows = _Rows()
+        parsed = []
         for job in jobs:
-            job.prepare(rows)
+            parsed.append(job.parse())
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
+        rows = _Rows(self._trace_keys({r.trace_id for records in parsed for r in records}))
+        add = rows.add
+        for job, records in zip(jobs, parsed, strict=True):
+            received = job.received
+            for record in records:
+                add(record, received)
         return rows
+
+    def _trace_keys(self, trace_ids: set[str]) -> dict[str, int]:
+        """The key of each trace: known ones from the cache or the database, new ones next.
+        The batch being committed meanwhile is the previous one, whose keys are all in the
+        cache (it is cleared only after the lookups, and the batch's own keys go back in); the
+        database has every batch before it."""
+        cache = self._pk_cache
+        keys = {}
+        unknown = []
+        for trace_id in trace_ids:
+            pk = cache.get(trace_id)
+            if pk is None:
+                unknown.append(trace_id)
+            else:
+                keys[trace_id] = pk
+        if unknown:
+            keys.update(self._keys_conn.execute(
+                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
+                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)))
+            for trace_id in unknown:
+                if trace_id not in keys:
+                    keys[trace_id] = self._next_pk
+                    self._next_pk += 1
+        if len(cache) + len(keys) > PK_CACHE_SIZE:
+            cache.clear()
+        cache.update(keys)
+        return keys
 
     def _start(self, jobs: list[_Job], count: int, rows: _Rows) -> _Commit:
         """Hand the batch to the committer thread, which writes and commits it."""
@@ -428,8 +469,7 @@ class StoreWriter:
 
     def _complete(self, rows: _Rows, rejects: list[tuple[BadDocument, bytes]],
                   now: float) -> None:
-        """In the committer thread: each statement is one step of SQLite without the GIL.
-        Traces go first: the other rows look up their trace's key."""
+        """In the committer thread: each statement is one step of SQLite without the GIL."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         self._traces.execute(conn, rows.traces)
@@ -498,6 +538,7 @@ class StoreWriter:
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
+        self._pk_cache.clear()  # retention runs while no batch is in flight
 
     def _run_retention(self) -> None:
         self._last_retention = time.monotonic()
