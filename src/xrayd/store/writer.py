@@ -50,8 +50,8 @@ class _Rows:
 
     __slots__ = ("annotations", "keys", "segments", "services", "traces")
 
-    def __init__(self, keys: dict[str, int]) -> None:
-        self.keys = keys
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
         self.segments: list[object] = []
         self.traces: list[object] = []
         self.annotations: list[object] = []
@@ -285,6 +285,7 @@ class StoreWriter:
         self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
                                               ).fetchone()[0]
         self._pk_cache: dict[str, int] = {}
+        self._inflight_keys: dict[str, int] = {}  # those of the batch being committed
         self._keys_conn = schema.connect(path, readonly=True)
         self._cond = threading.Condition()
         self._closed = False
@@ -419,50 +420,57 @@ class StoreWriter:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
     def _prepare(self, jobs: list[_Job]) -> _Rows:
-        parsed = []
+        """Parse a job at a time and build its rows (records kept for a whole batch would
+        survive into the collector's older generations and make every collection slower)."""
+        rows = _Rows()
+        add = rows.add
         for job in jobs:
-            parsed.append(job.parse())
+            records = job.parse()
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
-        rows = _Rows(self._trace_keys({r.trace_id for records in parsed for r in records}))
-        add = rows.add
-        for job, records in zip(jobs, parsed, strict=True):
+            self._trace_keys(records, rows.keys)
             received = job.received
             for record in records:
                 add(record, received)
         return rows
 
-    def _trace_keys(self, trace_ids: set[str]) -> dict[str, int]:
-        """The key of each trace: known ones from the cache or the database, new ones next.
-        The batch being committed meanwhile is the previous one, whose keys are all in the
-        cache (it is cleared only after the lookups, and the batch's own keys go back in); the
-        database has every batch before it."""
+    def _trace_keys(self, records: list[Record], keys: dict[str, int]) -> None:
+        """Add the key of each record's trace to ``keys`` (the batch's): known ones from the
+        cache or the database, new ones next. The cache keeps this batch's keys and those of
+        the batch being committed meanwhile (the database has every batch before it) when it
+        is cleared."""
         cache = self._pk_cache
-        keys = {}
         unknown = []
-        for trace_id in trace_ids:
+        for record in records:
+            trace_id = record.trace_id
+            if trace_id in keys:
+                continue
             pk = cache.get(trace_id)
             if pk is None:
                 unknown.append(trace_id)
             else:
                 keys[trace_id] = pk
         if unknown:
-            keys.update(self._keys_conn.execute(
+            unknown = list(dict.fromkeys(unknown))
+            found = dict(self._keys_conn.execute(
                 "SELECT trace_id, pk FROM traces WHERE trace_id IN "
                 "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)))
             for trace_id in unknown:
-                if trace_id not in keys:
-                    keys[trace_id] = self._next_pk
+                pk = found.get(trace_id)
+                if pk is None:
+                    pk = self._next_pk
                     self._next_pk += 1
-        if len(cache) + len(keys) > PK_CACHE_SIZE:
+                keys[trace_id] = cache[trace_id] = pk
+        if len(cache) > PK_CACHE_SIZE:
             cache.clear()
-        cache.update(keys)
-        return keys
+            cache.update(self._inflight_keys)
+            cache.update(keys)
 
     def _start(self, jobs: list[_Job], count: int, rows: _Rows) -> _Commit:
         """Hand the batch to the committer thread, which writes and commits it."""
         commit = _Commit(jobs, count)
+        self._inflight_keys = rows.keys
         rejects = [r for job in jobs for r in job.rejects]
         commit.future = self._committer.submit(self._complete, rows, rejects, self.clock())
         return commit
@@ -539,6 +547,7 @@ class StoreWriter:
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
         self._pk_cache.clear()  # retention runs while no batch is in flight
+        self._inflight_keys = {}
 
     def _run_retention(self) -> None:
         self._last_retention = time.monotonic()
