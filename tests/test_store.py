@@ -67,9 +67,21 @@ def test_out_of_order_in_progress_document_does_not_replace_the_final_one(tmp_pa
     started = orjson.dumps({k: v for k, v in orjson.loads(started).items() if v is not None})
     writer.write([final])
     writer.write([started])
+    # In one batch (one multi-row statement), in either order.
+    other = orjson.loads(final)
+    other["trace_id"] = other["trace_id"][:-1] + "e"
+    other_final = orjson.dumps(other)
+    other_started = orjson.dumps({**{k: v for k, v in other.items() if k != "end_time"},
+                                  "in_progress": True})
+    writer.write([other_started, other_final])
+    other["trace_id"] = other["trace_id"][:-1] + "d"
+    writer.write([orjson.dumps(other), orjson.dumps(
+        {**{k: v for k, v in other.items() if k != "end_time"}, "in_progress": True})])
     conn = schema.connect(writer.path, readonly=True)
-    [summary] = queries.trace_summaries(conn, 0, 2000)["TraceSummaries"]
-    assert summary["IsPartial"] is False and summary["Duration"] == pytest.approx(0.1)
+    summaries = queries.trace_summaries(conn, 0, 2000)["TraceSummaries"]
+    assert len(summaries) == 3
+    for summary in summaries:
+        assert summary["IsPartial"] is False and summary["Duration"] == pytest.approx(0.1)
     writer.close()
 
 

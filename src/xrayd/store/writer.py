@@ -1,6 +1,7 @@
-"""The store's one writer: a thread that commits batches of documents in transactions and
-enforces retention. Callers (the upload workers) parse documents in their own thread, hand the
-records over and wait for the commit, so a document counts as sent only once it is stored."""
+"""The store's one writer. Callers (the upload workers) queue documents; a writer thread parses
+them and builds their rows, a committer thread writes each batch in a transaction while the
+writer prepares the next one, and the writer thread enforces retention. A caller that waits
+counts its documents as sent only once they are committed."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ class StoreClosed(Exception):
 
 
 class _Commit:
-    """A batch written in a transaction whose COMMIT runs in the committer thread."""
+    """A batch the committer thread writes and commits in one transaction."""
 
     __slots__ = ("count", "future", "jobs")
 
