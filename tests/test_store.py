@@ -242,3 +242,35 @@ def test_trace_keys_stay_consistent_across_pipelined_batches(tmp_path, monkeypat
         assert documents == stored, trace_id
     assert writer.failed_commits == 0
     writer.close()
+
+
+def test_a_failed_commit_is_rolled_back_and_later_batches_still_line_up(tmp_path):
+    writer = StoreWriter(str(tmp_path / "t.db"))
+
+    def doc(seg: int) -> bytes:
+        return orjson.dumps({"name": "web", "id": f"{seg:016x}", "start_time": 1.0 + seg,
+                             "trace_id": "1-5f000000-00000000000000000000000a",
+                             "end_time": 2.0 + seg, "annotations": {"n": seg}})
+
+    real = writer._segments.execute
+    calls = []
+
+    def failing_once(conn, params):
+        calls.append(1)
+        if len(calls) == 1:  # after the trace row went in: the ROLLBACK must take it out
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn, params)
+
+    writer._segments.execute = failing_once
+    with pytest.raises(sqlite3.OperationalError):
+        writer.write([doc(1)])
+    assert writer.failed_commits == 1
+    assert writer.write([doc(1), doc(2)]) == []
+    assert writer.write([doc(3)]) == []
+    conn = schema.connect(writer.path, readonly=True)
+    assert conn.execute("SELECT count(*), sum(documents) FROM traces").fetchone() == (1, 3)
+    assert conn.execute("SELECT count(*) FROM segments WHERE tpk = "
+                        "(SELECT pk FROM traces)").fetchone()[0] == 3
+    assert conn.execute("SELECT count(*) FROM annotations WHERE tpk = "
+                        "(SELECT pk FROM traces)").fetchone()[0] == 3
+    writer.close()
