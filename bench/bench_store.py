@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -134,6 +135,13 @@ def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> floa
         worker.join()
     assert exporter.writer.flush(300), "the store did not commit everything"
     return len(docs) / (time.perf_counter() - started)
+
+
+def received_by_daemon(log_path: str) -> str:
+    """The daemon's own count of datagrams read, from its shutdown summary."""
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        found = re.findall(r"datagrams received (\d+)", handle.read())
+    return found[-1] if found else "?"
 
 
 def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int, float]:
@@ -278,7 +286,8 @@ def main() -> None:
             count = min(len(docs), args.udp_rate * 5)
             stored_rate, stored, cpu_s = pipeline_rate(docs[:count], tmp, args.udp_rate)
             print(f"whole daemon, UDP at {args.udp_rate:,}/s: {stored} of {count} documents "
-                  f"stored, {stored_rate:,.0f} segments/s until the last was committed, "
+                  f"stored ({received_by_daemon(os.path.join(tmp, 'xrayd.log'))} datagrams "
+                  f"read), {stored_rate:,.0f} segments/s until the last was committed, "
                   f"daemon CPU {cpu_s * 1e6 / max(1, stored):.1f} µs per stored document")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
