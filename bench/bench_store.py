@@ -2,12 +2,21 @@
 GetTraceSummaries answers over the last hour with one annotation filter on a full store.
 
     .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 8] [--udp-rate 20000]
+                                          [--order arrival|random] [--disorder 20000]
 
-Storing goes through the offline exporter (the upload workers' path: parse and queue, then one
-writer thread committing what is queued in transactions), from --threads workers at once; the
-time runs until the last document is committed. Then the whole daemon (``xrayd --offline`` as
-a subprocess) gets documents over UDP at --udp-rate a second for 5 seconds. Queries go
-through the daemon's own X-Ray API over HTTP on loopback, as boto3 would send them.
+Order of the documents: SDKs send a segment when it ends, so live traffic arrives roughly in
+start-time order. ``arrival`` (the default) spreads the start times evenly over the last hour
+and lets each document arrive up to --disorder positions late (20,000: a second of traffic at
+20,000/s); ``random`` is the first version of this benchmark, start times drawn at random over
+the hour in arrival order (every insert into the time-ordered indexes lands at a random place).
+
+Storing goes through the offline exporter (the upload workers' path: queue, then the store's
+writer thread parsing and its committer thread writing in transactions), from --threads workers
+at once, with the daemon's GIL switch interval; the time runs until the last document is
+committed, and the CPU time of the store's threads is given per document. Then the whole
+daemon (``xrayd --offline`` as a subprocess) gets documents over UDP at --udp-rate a second
+for 5 seconds. Queries go through the daemon's own X-Ray API over HTTP on loopback, as boto3
+would send them.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,9 +41,12 @@ from xrayd.server.xray_api import StoreReader, XRayApi, make_server
 from xrayd.store.writer import StoreWriter
 
 
-def sdk_like_document(i: int, now: float, rng: random.Random) -> bytes:
-    """About 1 KB, shaped like the Python SDK's output for a web request with two calls."""
-    start = now - rng.random() * 3500
+def sdk_like_document(i: int, now: float, rng: random.Random, start: float | None = None
+                      ) -> bytes:
+    """About 1 KB, shaped like the Python SDK's output for a web request with two calls; the
+    start time drawn at random over the last hour unless given."""
+    drawn = now - rng.random() * 3500
+    start = drawn if start is None else start
     trace_id = f"1-{int(start):08x}-{rng.getrandbits(96):024x}"
     status = rng.choice([200] * 18 + [404, 500])
     doc = {
@@ -65,6 +79,40 @@ def sdk_like_document(i: int, now: float, rng: random.Random) -> bytes:
     return orjson.dumps(doc)
 
 
+def documents(count: int, now: float, order: str, disorder: int) -> list[bytes]:
+    rng = random.Random(7)
+    if order == "random":
+        return [sdk_like_document(i, now, rng) for i in range(count)]
+    late = random.Random(11)
+    starts = [now - 3500 + 3500 * i / count for i in range(count)]
+    docs = [sdk_like_document(i, now, rng, start) for i, start in enumerate(starts)]
+    arrival = sorted(range(count), key=lambda i: i + late.random() * disorder)
+    return [docs[i] for i in arrival]
+
+
+def thread_cpu(names: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds of this process's threads whose names start with one of ``names``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        prefix = next((n for n in names if thread.name.startswith(n)), None)
+        if prefix is None or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[prefix] = found.get(prefix, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> float:
     batches = [docs[i:i + 50] for i in range(0, len(docs), 50)]
     lock = threading.Lock()
@@ -88,12 +136,19 @@ def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> floa
     return len(docs) / (time.perf_counter() - started)
 
 
-def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int]:
+def received_by_daemon(log_path: str) -> str:
+    """The daemon's own count of datagrams read, from its shutdown summary."""
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        found = re.findall(r"datagrams received (\d+)", handle.read())
+    return found[-1] if found else "?"
+
+
+def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int, float]:
     """The whole daemon: ``xrayd --offline`` as a subprocess, documents sent over UDP at
-    ``rate`` a second; (segments stored a second until the last is committed, segments stored)."""
+    ``rate`` a second; (segments stored a second until the last is committed, segments stored,
+    the daemon's CPU seconds from the first datagram to the last commit)."""
     import socket
     import subprocess
-    import sys
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -120,6 +175,7 @@ def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int]:
                 raise RuntimeError("xrayd did not start")
             time.sleep(0.1)
         header = b'{"format":"json","version":1}\n'
+        cpu_before = process_cpu(daemon.pid)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
             started = time.perf_counter()
@@ -135,11 +191,12 @@ def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int]:
             same = same + 1 if count == last else 0
             if count != last:
                 finished = time.perf_counter()
+                cpu = process_cpu(daemon.pid) - cpu_before
             last = count
             if count >= len(docs):
                 break
             time.sleep(0.1)
-        return count / (finished - started), count
+        return count / (finished - started), count, cpu
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -168,18 +225,33 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--udp-rate", type=int, default=20_000,
                         help="documents a second sent over UDP to a whole daemon (0: skip)")
+    parser.add_argument("--order", choices=("arrival", "random"), default="arrival",
+                        help="start times in arrival order (live traffic) or at random")
+    parser.add_argument("--disorder", type=int, default=20_000,
+                        help="with --order arrival: how many positions a document may be late")
     args = parser.parse_args()
-    rng = random.Random(7)
     now = time.time()
-    docs = [sdk_like_document(i, now, rng) for i in range(args.segments)]
+    docs = documents(args.segments, now, args.order, args.disorder)
     size = sum(map(len, docs)) / len(docs)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"order: {args.order}" + (f", disorder {args.disorder}"
+                                    if args.order == "arrival" else ""))
+    sys.setswitchinterval(0.0005)  # as the daemon runs
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "traces.db")
         writer = StoreWriter(path)
         exporter = LocalExporter(writer)
+        threads = ("store-writer", "store-commit", "store-checkpoint")
+        cpu_before = thread_cpu(threads)
+        process_before = time.process_time()
         rate = store_rate(exporter, docs, args.threads)
+        process = time.process_time() - process_before
+        cpu = {name: (seconds - cpu_before.get(name, 0.0)) * 1e6 / len(docs)
+               for name, seconds in thread_cpu(threads).items()}
         print(f"store: {args.segments} documents of {size:.0f} bytes on average, "
               f"{args.threads} workers: {rate:,.0f} segments/s")
+        print("CPU per document: " + ", ".join(f"{name} {us:.1f} µs" for name, us in cpu.items())
+              + f"; whole process {process * 1e6 / len(docs):.1f} µs")
         print(f"database size: {os.path.getsize(path) / 1e6:.1f} MB "
               f"(+ WAL {os.path.getsize(path + '-wal') / 1e6:.1f} MB)")
 
@@ -194,6 +266,8 @@ def main() -> None:
             ("annotation, 0.1 % match", 'annotation.customer = "c42"'),
             ("annotation, 33 % match", "annotation.tier = 1"),
             ("service + annotation", 'service("DynamoDB") AND annotation.customer = "c7"'),
+            ("service, 100 % match", 'service("DynamoDB")'),
+            ("service, no match", 'service("nothing")'),
             ("no filter", None),
         ]:
             body = {"StartTime": end - 3600, "EndTime": end}
@@ -209,9 +283,12 @@ def main() -> None:
         exporter.close()
         if args.udp_rate:
             count = min(len(docs), args.udp_rate * 5)
-            stored_rate, stored = pipeline_rate(docs[:count], tmp, args.udp_rate)
+            stored_rate, stored, cpu_s = pipeline_rate(docs[:count], tmp, args.udp_rate)
             print(f"whole daemon, UDP at {args.udp_rate:,}/s: {stored} of {count} documents "
-                  f"stored, {stored_rate:,.0f} segments/s until the last was committed")
+                  f"stored ({received_by_daemon(os.path.join(tmp, 'xrayd.log'))} datagrams "
+                  f"read), {stored_rate:,.0f} segments/s until the last was committed, "
+                  f"daemon CPU {cpu_s * 1e6 / max(1, stored):.1f} µs per stored document")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 
 import orjson
 import pytest
 
 from xrayd.store import queries, schema
+from xrayd.store import writer as writer_module
 from xrayd.store.extract import parse
 from xrayd.store.merge import merge
 from xrayd.store.writer import Retention, StoreWriter
@@ -64,9 +67,21 @@ def test_out_of_order_in_progress_document_does_not_replace_the_final_one(tmp_pa
     started = orjson.dumps({k: v for k, v in orjson.loads(started).items() if v is not None})
     writer.write([final])
     writer.write([started])
+    # In one batch (one multi-row statement), in either order.
+    other = orjson.loads(final)
+    other["trace_id"] = other["trace_id"][:-1] + "e"
+    other_final = orjson.dumps(other)
+    other_started = orjson.dumps({**{k: v for k, v in other.items() if k != "end_time"},
+                                  "in_progress": True})
+    writer.write([other_started, other_final])
+    other["trace_id"] = other["trace_id"][:-1] + "d"
+    writer.write([orjson.dumps(other), orjson.dumps(
+        {**{k: v for k, v in other.items() if k != "end_time"}, "in_progress": True})])
     conn = schema.connect(writer.path, readonly=True)
-    [summary] = queries.trace_summaries(conn, 0, 2000)["TraceSummaries"]
-    assert summary["IsPartial"] is False and summary["Duration"] == pytest.approx(0.1)
+    summaries = queries.trace_summaries(conn, 0, 2000)["TraceSummaries"]
+    assert len(summaries) == 3
+    for summary in summaries:
+        assert summary["IsPartial"] is False and summary["Duration"] == pytest.approx(0.1)
     writer.close()
 
 
@@ -157,7 +172,7 @@ def test_extract_reads_odd_documents_as_orjson_does():
 
 def test_service_names_and_annotations_are_stored_exactly(tmp_path):
     writer = StoreWriter(str(tmp_path / "t.db"))
-    names = ["web", "caf\u00e9 \U0001f600", "a\x00b", 'q"\\\n']
+    names = ["web", "caf\u00e9 \U0001f600", "a\x00b", 'q"\\\n', 'x",web', 'web":1,"x', "we"]
     docs = [orjson.dumps({"name": name, "id": f"{i:016x}",
                           "trace_id": f"1-5f000000-{i:024x}", "start_time": 1, "end_time": 2,
                           "annotations": {"k": name, "ok": True, "n": 0.1 + i}})
@@ -165,10 +180,97 @@ def test_service_names_and_annotations_are_stored_exactly(tmp_path):
     assert writer.write(docs[:1]) == []  # a batch without a NUL, then one with
     assert writer.write(docs[1:]) == []
     conn = schema.connect(writer.path, readonly=True)
-    stored = [name for (name,) in conn.execute("SELECT name FROM services")]
-    assert sorted(stored) == sorted(names)
+    for i, name in enumerate(names):  # service("name") finds exactly the trace named so
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        found = queries.trace_summaries(conn, 0, 10, f'service("{escaped}")')["TraceSummaries"]
+        assert [s["Id"] for s in found] == [f"1-5f000000-{i:024x}"], name
     notes = conn.execute("SELECT key, typ, val FROM annotations").fetchall()
     assert sorted(notes) == sorted([("k", "s", name) for name in names]
-                                   + [("ok", "b", 1)] * 4
-                                   + [("n", "n", 0.1 + i) for i in range(4)])
+                                   + [("ok", "b", 1)] * len(names)
+                                   + [("n", "n", 0.1 + i) for i in range(len(names))])
+    writer.close()
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path):
+    other = sqlite3.connect(tmp_path / "v9.db")
+    other.execute("PRAGMA user_version=9")
+    other.close()
+    with pytest.raises(sqlite3.DatabaseError, match="schema version 9"):
+        schema.connect(str(tmp_path / "v9.db"))
+
+
+def test_trace_keys_stay_consistent_across_pipelined_batches(tmp_path, monkeypatch):
+    """Documents of one trace spread over many batches (queued without waiting, so one batch
+    is parsed while the previous one is written), with a key cache that keeps being cleared
+    and retention deleting some traces in between: every row points at its own trace."""
+    monkeypatch.setattr(writer_module, "PK_CACHE_SIZE", 3)
+    monkeypatch.setattr(writer_module, "MAX_RECORDS_PER_COMMIT", 7)
+    now = [1000.0]
+    writer = StoreWriter(str(tmp_path / "t.db"), Retention(hours=1), clock=lambda: now[0])
+
+    def doc(trace: int, seg: int, start: float) -> bytes:
+        return orjson.dumps({"name": f"svc{trace % 3}", "id": f"{trace:08x}{seg:08x}",
+                             "trace_id": f"1-5f000000-{trace:024x}", "start_time": start,
+                             "end_time": start + 1, "annotations": {"t": trace}})
+
+    for round_ in range(4):
+        for batch in range(12):
+            writer.write([doc(t, round_ * 100 + batch, 10.0 * round_ + t)
+                          for t in range(batch % 5, batch % 5 + 6)], wait=False)
+        assert writer.flush(30)
+        if round_ == 1:  # traces that start before 1000 - 3600 + 12 go; they come back later
+            now[0] = 3600.0 + 12.0
+            writer.enforce_retention_now()
+            check = schema.connect(writer.path, readonly=True)
+            deadline = time.monotonic() + 30
+            while check.execute("SELECT count(*) FROM traces").fetchone()[0]:
+                assert time.monotonic() < deadline, "retention did not run"
+                time.sleep(0.05)
+            check.close()
+    conn = schema.connect(writer.path, readonly=True)
+    orphans = conn.execute("SELECT count(*) FROM segments WHERE tpk NOT IN "
+                           "(SELECT pk FROM traces)").fetchone()[0]
+    assert orphans == 0
+    assert conn.execute("SELECT count(*) FROM annotations a JOIN traces t ON t.pk = a.tpk "
+                        "WHERE a.val != CAST(substr(t.trace_id, 12) AS INTEGER)"
+                        ).fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM annotations WHERE tpk NOT IN "
+                        "(SELECT pk FROM traces)").fetchone()[0] == 0
+    for trace_id, documents, stored in conn.execute(
+            "SELECT trace_id, documents, (SELECT count(*) FROM segments WHERE tpk = t.pk) "
+            "FROM traces t"):
+        assert documents == stored, trace_id
+    assert writer.failed_commits == 0
+    writer.close()
+
+
+def test_a_failed_commit_is_rolled_back_and_later_batches_still_line_up(tmp_path):
+    writer = StoreWriter(str(tmp_path / "t.db"))
+
+    def doc(seg: int) -> bytes:
+        return orjson.dumps({"name": "web", "id": f"{seg:016x}", "start_time": 1.0 + seg,
+                             "trace_id": "1-5f000000-00000000000000000000000a",
+                             "end_time": 2.0 + seg, "annotations": {"n": seg}})
+
+    real = writer._segments.execute
+    calls = []
+
+    def failing_once(conn, params):
+        calls.append(1)
+        if len(calls) == 1:  # after the trace row went in: the ROLLBACK must take it out
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn, params)
+
+    writer._segments.execute = failing_once
+    with pytest.raises(sqlite3.OperationalError):
+        writer.write([doc(1)])
+    assert writer.failed_commits == 1
+    assert writer.write([doc(1), doc(2)]) == []
+    assert writer.write([doc(3)]) == []
+    conn = schema.connect(writer.path, readonly=True)
+    assert conn.execute("SELECT count(*), sum(documents) FROM traces").fetchone() == (1, 3)
+    assert conn.execute("SELECT count(*) FROM segments WHERE tpk = "
+                        "(SELECT pk FROM traces)").fetchone()[0] == 3
+    assert conn.execute("SELECT count(*) FROM annotations WHERE tpk = "
+                        "(SELECT pk FROM traces)").fetchone()[0] == 3
     writer.close()

@@ -6,6 +6,7 @@ import os
 import sqlite3
 
 SCHEMA_VERSION = 3
+PAGE_SIZE = 16384
 
 # Every index grows at its end: rows and trace keys (pk, tpk) go in arrival order and trace ids
 # start with their time, so a commit dirties few pages (random keys made inserts several times
@@ -89,7 +90,10 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn.execute("PRAGMA query_only=ON")
         return conn
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new database
+    # Both only take effect on a new database. 16 KiB pages hold ten 1.5 KB segment rows where
+    # 4 KiB pages held two (a third of each page was empty), and halve the page writes.
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA temp_store=MEMORY")

@@ -1,6 +1,7 @@
-"""The store's one writer: a thread that commits batches of documents in transactions and
-enforces retention. Callers (the upload workers) parse documents in their own thread, hand the
-records over and wait for the commit, so a document counts as sent only once it is stored."""
+"""The store's one writer. Callers (the upload workers) queue documents; a writer thread parses
+them and builds their rows, a committer thread writes each batch in a transaction while the
+writer prepares the next one, and the writer thread enforces retention. A caller that waits
+counts its documents as sent only once they are committed."""
 
 from __future__ import annotations
 
@@ -44,51 +45,61 @@ class Rejection:
     message: str
 
 
-class _Prepared:
-    """A record's rows, built by the caller's thread; the writer only adds the trace key."""
+class _Rows:
+    """A commit's rows as flat parameter lists, one per table, in the column order of the
+    statements below, and the key of each of its traces."""
 
-    __slots__ = ("annotations", "segment", "services", "trace", "trace_id")
+    __slots__ = ("annotations", "keys", "segments", "services", "traces")
 
-    def __init__(self, r: Record, now: float) -> None:
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.segments: list[object] = []
+        self.traces: list[object] = []
+        self.annotations: list[object] = []
+        self.services: list[object] = []
+
+    def add(self, r: Record, now: float) -> None:
         dumps = orjson.dumps
+        tpk = self.keys[r.trace_id]
         calls = None
         names = {}
         if r.calls:
             calls = dumps([[c.id, c.owner_id or r.id, c.name, c.namespace, c.start, c.end,
                             int(c.error), int(c.fault), int(c.throttle)] for c in r.calls])
             names = {c.name: 1 for c in r.calls}
-        self.trace_id = r.trace_id
         error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
-        # Lists whose first item the writer sets to the trace's key: no copy per row.
-        self.segment = [0, r.id, r.parent_id, r.kind, r.name, r.origin, r.start, r.end,
-                        int(r.in_progress), error, fault, throttle, now, calls, r.doc]
+        self.segments.extend((tpk, r.id, r.parent_id, r.kind, r.name, r.origin, r.start,
+                              r.end, int(r.in_progress), error, fault, throttle, now, calls,
+                              r.doc))
         root = False
         if r.kind == "segment":
             names[r.name] = 1
             root = r.parent_id is None
-        self.services = list(names)
-        notes = {}
-        self.annotations = []
+        services = self.services
+        for name in names:
+            services.append(tpk)
+            services.append(name)
         if r.annotations:
-            append = self.annotations.append
+            notes = {}
+            extend = self.annotations.extend
             for key, value in r.annotations:
                 # As annotation_value() does, for the str, bool, int and float parse() keeps.
                 kind = type(value)
                 if kind is str:
-                    append((key, "s", value))
+                    extend((tpk, key, "s", value))
                 elif kind is bool:
-                    append((key, "b", int(value)))
+                    extend((tpk, key, "b", int(value)))
                 else:
-                    append((key, "n", float(value)))
+                    extend((tpk, key, "n", float(value)))
                 notes[key] = value
             notes_json = dumps(notes).decode()
         else:
             notes_json = "{}"
-        self.trace = [0, r.trace_id, r.start, r.end, r.start if root else None,
-                      r.end if root else None, error, fault, throttle,
-                      r.http_method, r.http_status, r.http_url, r.user,
-                      r.name if root else None, now, notes_json,
-                      dumps(names).decode()]
+        self.traces.extend((tpk, r.trace_id, r.start, r.end, r.start if root else None,
+                            r.end if root else None, error, fault, throttle,
+                            r.http_method, r.http_status, r.http_url, r.user,
+                            r.name if root else None, now, notes_json,
+                            dumps(names).decode()))
 
 
 class _Job:
@@ -97,17 +108,20 @@ class _Job:
     def __init__(self, docs: Sequence[bytes], received: float) -> None:
         self.docs = docs
         self.received = received
-        self.records: list[_Prepared] = []
+        self.records = 0
         self.rejects: list[tuple[BadDocument, bytes]] = []
         self.done = threading.Event()
         self.error: Exception | None = None
 
-    def prepare(self) -> None:
+    def parse(self) -> list[Record]:
+        records = []
         for doc in self.docs:
             try:
-                self.records.append(_Prepared(parse(doc), self.received))
+                records.append(parse(doc))
             except BadDocument as bad:
                 self.rejects.append((bad, doc))
+        self.records = len(records)
+        return records
 
 
 class StoreClosed(Exception):
@@ -115,7 +129,7 @@ class StoreClosed(Exception):
 
 
 class _Commit:
-    """A batch written in a transaction whose COMMIT runs in the committer thread."""
+    """A batch the committer thread writes and commits in one transaction."""
 
     __slots__ = ("count", "future", "jobs")
 
@@ -125,10 +139,20 @@ class _Commit:
         self.future: Future[object] | None = None
 
 
+# Each statement inserts up to MAX_ROWS_PER_STATEMENT rows given as a VALUES list (padded
+# with NULL rows to a power of two, so that a few prepared statements serve every batch): SQLite
+# runs it in one step without the GIL, so the committer thread writes a batch while the writer
+# thread parses the next one. (One statement per row made the committer wait for the GIL after
+# every row.)
+MAX_ROWS_PER_STATEMENT = 1024
+MIN_ROWS_PER_STATEMENT = 16
+
 _SEGMENT_UPSERT = """
 INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
                       error, fault, throttle, received, calls, doc)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
+       column10, column11, column12, column13, column14, column15
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 ON CONFLICT (tpk, id) DO UPDATE SET
     parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
     origin = excluded.origin, start = excluded.start, end = excluded.end,
@@ -144,7 +168,9 @@ _TRACE_UPSERT = """
 INSERT INTO traces (pk, trace_id, start, end, root_start, root_end, error, fault, throttle,
                     http_method, http_status, http_url, user, root_name, documents, updated,
                     annotations, services)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
+       column10, column11, column12, column13, column14, 1, column15, column16, column17
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 ON CONFLICT (trace_id) DO UPDATE SET
     start = min(start, excluded.start),
     end = max(coalesce(end, excluded.end), coalesce(excluded.end, end)),
@@ -166,18 +192,55 @@ ON CONFLICT (trace_id) DO UPDATE SET
     root_name = coalesce(excluded.root_name, root_name),
     documents = documents + 1,
     updated = excluded.updated,
-    annotations = CASE WHEN excluded.annotations = '{}' THEN annotations
+    annotations = CASE WHEN excluded.annotations = '{{}}' THEN annotations
         ELSE json_patch(annotations, excluded.annotations) END,
-    services = CASE WHEN excluded.services = '{}' THEN services
+    services = CASE WHEN excluded.services = '{{}}' THEN services
         ELSE json_patch(services, excluded.services) END
 """
 
-
-# One statement for all the batch's (name, trace key) rows, so that it runs in the committer
-# thread without taking the GIL back for every row (which would wait for the parsing writer).
-_SERVICES_INSERT = """
-INSERT OR IGNORE INTO services (name, tpk) SELECT value ->> 0, value ->> 1 FROM json_each(?)
+_ANNOTATIONS_INSERT = """
+INSERT OR IGNORE INTO annotations (key, typ, val, tpk)
+SELECT column2, column3, column4, column1
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
 """
+
+_SERVICES_INSERT = """
+INSERT OR IGNORE INTO services (name, tpk)
+SELECT column2, column1
+FROM ({values}) AS v WHERE v.column1 IS NOT NULL
+"""
+
+
+class _Insert:
+    """One of the statements above, for flat parameter lists of ``columns`` per row."""
+
+    def __init__(self, template: str, columns: int, max_variables: int) -> None:
+        self.template = template
+        self.columns = columns
+        rows = MAX_ROWS_PER_STATEMENT
+        while rows > 1 and rows * columns > max_variables:
+            rows //= 2
+        self.max_rows = rows
+        self._sql: dict[int, str] = {}
+
+    def _statement(self, rows: int) -> str:
+        sql = self._sql.get(rows)
+        if sql is None:
+            row = "(" + ", ".join("?" * self.columns) + ")"
+            sql = self._sql[rows] = self.template.format(values="VALUES " + ", ".join(
+                [row] * rows))
+        return sql
+
+    def execute(self, conn: sqlite3.Connection, params: list[object]) -> None:
+        width = self.columns
+        step = self.max_rows * width
+        for at in range(0, len(params), step):
+            chunk = params[at:at + step]
+            rows = len(chunk) // width
+            size = min(self.max_rows, max(MIN_ROWS_PER_STATEMENT, 1 << (rows - 1).bit_length()))
+            if size > rows:
+                chunk.extend([None] * ((size - rows) * width))
+            conn.execute(self._statement(size), chunk)
 
 
 def annotation_value(value: object) -> tuple[object, str]:
@@ -212,9 +275,19 @@ class StoreWriter:
         self._jobs: deque[_Job] = deque()
         self._pending = 0
         self.failed_commits = 0
+        limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._segments = _Insert(_SEGMENT_UPSERT, 15, limit)
+        self._traces = _Insert(_TRACE_UPSERT, 17, limit)
+        self._annotations = _Insert(_ANNOTATIONS_INSERT, 4, limit)
+        self._services = _Insert(_SERVICES_INSERT, 2, limit)
+        # Trace keys: new traces get the next number (arrival order keeps the child tables'
+        # indexes append-only); known ones come from a cache, else from the database through a
+        # connection of the writer thread's own (the committer may be writing on self.conn).
         self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
                                               ).fetchone()[0]
         self._pk_cache: dict[str, int] = {}
+        self._inflight_keys: dict[str, int] = {}  # those of the batch being committed
+        self._keys_conn = schema.connect(path, readonly=True)
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
@@ -231,8 +304,8 @@ class StoreWriter:
         MAX_PENDING records wait; beyond that the caller is held back) and rejections go to
         ``on_reject`` only.
 
-        The writer thread parses the documents too: parsing in the callers' threads made the
-        writer wait for the GIL after every row SQLite stepped through."""
+        The writer thread parses the documents and builds their rows while the committer
+        thread writes the previous batch."""
         job = _Job(docs, self.clock())
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -308,29 +381,32 @@ class StoreWriter:
                     jobs.append(job)
                     count += len(job.docs)
                 closing = self._closed and not self._jobs
-            # Parsing the next batch overlaps the previous batch's COMMIT, which writes the WAL
-            # in another thread without the GIL.
-            self._prepare(jobs)
+            # Parsing the next batch overlaps the previous batch's statements and COMMIT, which
+            # run in the committer thread mostly without the GIL.
+            rows = self._prepare(jobs)
             if committing is not None:
                 self._finish(committing)
                 committing = None
             if jobs:
-                committing = self._start(jobs, count)
-            if committing is not None and (closing or self._retention_due()):
+                committing = self._start(jobs, count, rows)
+            retention = self._retention_due()  # once: retention needs nothing in flight
+            if committing is not None and (closing or retention):
                 self._finish(committing)
                 committing = None
-            if self._retention_due():
+            if retention:
                 self._run_retention()
             if closing:
                 with contextlib.suppress(Exception):
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
+                self._keys_conn.close()
                 self._committer.shutdown()
                 return
 
     def _bound_wal(self) -> None:
         """Under a steady stream the background checkpoints never find the WAL idle enough to
-        start it over; past WAL_LIMIT_BYTES the writer checkpoints and truncates it itself."""
+        start it over; past WAL_LIMIT_BYTES the committer checkpoints and truncates it itself
+        (while the writer thread parses the next batch)."""
         try:
             size = os.path.getsize(self.path + "-wal")
         except OSError:
@@ -344,32 +420,76 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _prepare(self, jobs: list[_Job]) -> None:
+    def _prepare(self, jobs: list[_Job]) -> _Rows:
+        """Parse a job at a time and build its rows (records kept for a whole batch would
+        survive into the collector's older generations and make every collection slower)."""
+        rows = _Rows()
+        add = rows.add
         for job in jobs:
-            job.prepare()
+            records = job.parse()
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
+            self._trace_keys(records, rows.keys)
+            received = job.received
+            for record in records:
+                add(record, received)
+        return rows
 
-    def _start(self, jobs: list[_Job], count: int) -> _Commit | None:
-        """Write the batch and start its COMMIT in the committer thread; None if it failed."""
-        now = self.clock()
+    def _trace_keys(self, records: list[Record], keys: dict[str, int]) -> None:
+        """Add the key of each record's trace to ``keys`` (the batch's): known ones from the
+        cache or the database, new ones next. The cache keeps this batch's keys and those of
+        the batch being committed meanwhile (the database has every batch before it) when it
+        is cleared."""
+        cache = self._pk_cache
+        unknown = []
+        for record in records:
+            trace_id = record.trace_id
+            if trace_id in keys:
+                continue
+            pk = cache.get(trace_id)
+            if pk is None:
+                unknown.append(trace_id)
+            else:
+                keys[trace_id] = pk
+        if unknown:
+            unknown = list(dict.fromkeys(unknown))
+            found = dict(self._keys_conn.execute(
+                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
+                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)))
+            for trace_id in unknown:
+                pk = found.get(trace_id)
+                if pk is None:
+                    pk = self._next_pk
+                    self._next_pk += 1
+                keys[trace_id] = cache[trace_id] = pk
+        if len(cache) > PK_CACHE_SIZE:
+            cache.clear()
+            cache.update(self._inflight_keys)
+            cache.update(keys)
+
+    def _start(self, jobs: list[_Job], count: int, rows: _Rows) -> _Commit:
+        """Hand the batch to the committer thread, which writes and commits it."""
         commit = _Commit(jobs, count)
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            services = self._insert([r for job in jobs for r in job.records], now)
-            self._insert_rejects([r for job in jobs for r in job.rejects], now)
-            commit.future = self._committer.submit(self._complete, services)
-        except Exception as exc:  # a disk or database problem: the batch is not stored
-            self._failed(commit, exc)
-            return None
+        self._inflight_keys = rows.keys
+        rejects = [r for job in jobs for r in job.rejects]
+        commit.future = self._committer.submit(self._complete, rows, rejects, self.clock())
         return commit
 
-    def _complete(self, services: str | None) -> None:
+    def _complete(self, rows: _Rows, rejects: list[tuple[BadDocument, bytes]],
+                  now: float) -> None:
         """In the committer thread: each statement is one step of SQLite without the GIL."""
-        if services is not None:
-            self.conn.execute(_SERVICES_INSERT, (services,))
-        self.conn.execute("COMMIT")
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._traces.execute(conn, rows.traces)
+        self._segments.execute(conn, rows.segments)
+        if rows.annotations:
+            self._annotations.execute(conn, rows.annotations)
+        if rows.services:
+            self._services.execute(conn, rows.services)
+        self._insert_rejects(rejects, now)
+        conn.execute("COMMIT")
+        self._bound_wal()
 
     def _finish(self, commit: _Commit) -> None:
         assert commit.future is not None
@@ -379,15 +499,13 @@ class StoreWriter:
             self._failed(commit, exc)
             return
         self._done(commit)
-        self._bound_wal()
 
     def _failed(self, commit: _Commit, exc: Exception) -> None:
         with contextlib.suppress(Exception):
             self.conn.execute("ROLLBACK")
-        self._reset_keys()
         self.failed_commits += 1
         self.log.error("Trace store: %d documents not stored: %s",
-                       sum(len(job.records) for job in commit.jobs), exc)
+                       sum(job.records for job in commit.jobs), exc)
         for job in commit.jobs:
             job.error = exc
         self._done(commit)
@@ -398,58 +516,6 @@ class StoreWriter:
         with self._cond:
             self._pending -= commit.count
             self._cond.notify_all()
-
-    def _reset_keys(self) -> None:
-        self._pk_cache.clear()
-        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
-                                              ).fetchone()[0]
-
-    def _trace_keys(self, records: list[_Prepared]) -> dict[str, int]:
-        """Each trace's row number: known ones from a cache or the database, new ones in
-        arrival order (sequential keys keep every index of the child tables append-only)."""
-        cache = self._pk_cache
-        unknown = list({r.trace_id for r in records if r.trace_id not in cache})
-        if unknown:
-            for trace_id, pk in self.conn.execute(
-                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
-                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)
-            ):
-                cache[trace_id] = pk
-            for trace_id in unknown:
-                if trace_id not in cache:
-                    cache[trace_id] = self._next_pk
-                    self._next_pk += 1
-        if len(cache) > PK_CACHE_SIZE:
-            keep = {r.trace_id: cache[r.trace_id] for r in records}
-            cache.clear()
-            cache.update(keep)
-        return cache
-
-    def _insert(self, records: list[_Prepared], now: float) -> str | None:
-        """Write all rows but the services'; those as the JSON for _SERVICES_INSERT."""
-        keys = self._trace_keys(records)
-        segments, traces, annotations, services = [], [], [], []
-        for r in records:
-            tpk = r.segment[0] = r.trace[0] = keys[r.trace_id]
-            segments.append(r.segment)
-            traces.append(r.trace)
-            for key, typ, value in r.annotations:
-                annotations.append((key, typ, value, tpk))
-            for name in r.services:
-                services.append((name, tpk))
-        execute = self.conn.executemany
-        execute(_SEGMENT_UPSERT, segments)
-        execute(_TRACE_UPSERT, traces)
-        if annotations:
-            execute("INSERT OR IGNORE INTO annotations (key, typ, val, tpk) VALUES (?, ?, ?, ?)",
-                    annotations)
-        if not services:
-            return None
-        rows = orjson.dumps(services).decode()
-        if "\\u0000" in rows:  # SQLite's JSON functions cut text at a NUL character
-            execute("INSERT OR IGNORE INTO services (name, tpk) VALUES (?, ?)", services)
-            return None
-        return rows
 
     def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
         if rejects:
@@ -481,7 +547,8 @@ class StoreWriter:
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
-        self._pk_cache.clear()
+        self._pk_cache.clear()  # retention runs while no batch is in flight
+        self._inflight_keys = {}
 
     def _run_retention(self) -> None:
         self._last_retention = time.monotonic()
