@@ -62,7 +62,7 @@ def xrayd_per_cpu_second(binary, tmp_path) -> tuple[float, dict]:
         sink.reset(DATAGRAMS)
         cpu = procstat.cpu_seconds(daemon.pid)
         send(port, binary)
-        wait_until(lambda: sink.stats()["unique"] >= DATAGRAMS, timeout=10,
+        wait_until(lambda: sink.stats()["unique"] >= DATAGRAMS, timeout=30,
                    what="every segment at the sink")
         cpu = procstat.cpu_seconds(daemon.pid) - cpu
         stats = sink.stats()
