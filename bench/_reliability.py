@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,30 @@ sys.path.insert(0, str(REPO / "tests"))
 # Importing the tests' conftest puts their safe environment in os.environ (dummy credentials,
 # no instance metadata, no proxies); its loopback port helpers are the ones used here too.
 from conftest import free_port, free_udp_tcp_port  # noqa: E402
+from fakes.harness import sequence_number  # noqa: E402
+
+
+class Checklist:
+    """The upstream's sink: checks off each numbered document once, counting repeats."""
+
+    def __init__(self) -> None:
+        self.seen = bytearray()
+        self.duplicates = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, docs: list[bytes]) -> None:
+        with self._lock:
+            for doc in docs:
+                n = sequence_number(doc)
+                if n >= len(self.seen):
+                    self.seen.extend(bytes(n + 1 - len(self.seen)))
+                if self.seen[n]:
+                    self.duplicates += 1
+                self.seen[n] = 1
+
+    @property
+    def unique(self) -> int:
+        return sum(self.seen)
 
 
 class Daemon:

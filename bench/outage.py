@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from _reliability import Daemon, load_average
+from _reliability import Checklist, Daemon, load_average
 from fakes.fault_upstream import FaultUpstream, Phase
-from fakes.harness import outcome_totals, scrape, send_at_rate, sequence_number
+from fakes.harness import outcome_totals, scrape, send_at_rate
 
 
 def main() -> int:
@@ -39,21 +39,8 @@ def main() -> int:
     if args.fault == "throttle":
         schedule = [Phase(args.before, "ok"), Phase(args.outage, "throttle"),
                     Phase(float("inf"), "ok")]
-    seen = bytearray()
-    duplicates = [0]
-    lock = threading.Lock()
-
-    def sink(docs: list[bytes]) -> None:
-        with lock:
-            for doc in docs:
-                n = sequence_number(doc)
-                if n >= len(seen):
-                    seen.extend(bytes(n + 1 - len(seen)))
-                if seen[n]:
-                    duplicates[0] += 1
-                seen[n] = 1
-
-    upstream = FaultUpstream(schedule, sink=sink, keep_docs=False).start()
+    checklist = Checklist()
+    upstream = FaultUpstream(schedule, sink=checklist, keep_docs=False).start()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         extra = ["-m", str(args.memory_mb)]
@@ -91,7 +78,7 @@ def main() -> int:
         samples = scrape(daemon.admin)
         code = daemon.stop()
     upstream.stop()
-    received = sum(seen)
+    received = checklist.unique
     lost = sent - received
     print(f"load average at start/end: {load_average()}")
     faulty = sum(n for mode, n in upstream.record.by_mode.items() if mode != "ok")
@@ -100,7 +87,7 @@ def main() -> int:
     print(f"outage ({args.fault}) {args.outage:.0f} s at {args.rate:.0f} segments/s, spool "
           f"{'off' if args.no_spool else 'on'}: sent {sent} in {send_seconds:.1f} s; daemon "
           f"accepted {counts['accepted']:.0f}; API received {received} unique "
-          f"(+{duplicates[0]} duplicates); lost {lost}")
+          f"(+{checklist.duplicates} duplicates); lost {lost}")
     print(f"counters: sent {counts['sent']:.0f}, failed {counts['failed']:.0f}, spilled "
           f"{counts['spilled']:.0f}, dropped {counts['dropped']:.0f}, unprocessed "
           f"{counts['unprocessed']:.0f}; spooled "

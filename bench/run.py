@@ -36,38 +36,18 @@ from pathlib import Path
 from bench import procstat
 from bench.loadgen import SIZES, Load, build_datagram, compiled, compiled_sender
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# The tests' safe environment (dummy credentials, no instance metadata) and loopback port helper.
+from conftest import SAFE_ENV, free_udp_tcp_port
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 XRAYD = "{python} -m xrayd -b {udp} -t {tcp} --endpoint {sink} -n us-east-1 -m 64"
-SAFE_ENV = {
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_ACCESS_KEY_ID": "AKIDBENCHBENCHBENCH",
-    "AWS_SECRET_ACCESS_KEY": "bench-secret-key",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-}
 
 
 def progress(message: str) -> None:
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                tcp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
 
 
 class SinkProcess:
@@ -187,7 +167,7 @@ class Bench:
                  binary: Path | None) -> None:
         self.name, self.template, self.args, self.sink, self.binary = (
             name, command, args, sink, binary)
-        self.port = free_port()
+        self.port = free_udp_tcp_port()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         self.log_path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         self.proc: subprocess.Popen | None = None
@@ -304,12 +284,17 @@ class Bench:
     def search(self, duration: float, size: list[int]) -> tuple[float, list[Trial]]:
         """The highest target rate with zero loss: x1.5 steps up, then bisection to 5 %."""
         trials: list[Trial] = []
+
+        def passes(rate: float) -> bool:
+            """A trial at this rate: nothing lost and the senders kept the rate."""
+            trial = self.trial(rate, duration, size)
+            trials.append(trial)
+            return trial.lost == 0 and trial.send_rate >= 0.97 * rate
+
         good, bad = 0.0, 0.0
         rate = self.args.start_rate
         while rate <= self.args.max_rate:
-            trial = self.trial(rate, duration, size)
-            trials.append(trial)
-            if trial.lost > 0 or trial.send_rate < 0.97 * rate:
+            if not passes(rate):
                 bad = rate
                 break
             good = rate
@@ -320,17 +305,13 @@ class Bench:
             rate = bad
             while not good and rate > 2000:
                 rate = rate / 2
-                trial = self.trial(rate, duration, size)
-                trials.append(trial)
-                if trial.lost == 0 and trial.send_rate >= 0.97 * rate:
+                if passes(rate):
                     good = rate
                 else:
                     bad = rate
         while good and bad / good > 1.05:
             rate = round((good + bad) / 2, -2)
-            trial = self.trial(rate, duration, size)
-            trials.append(trial)
-            if trial.lost == 0 and trial.send_rate >= 0.97 * rate:
+            if passes(rate):
                 good = rate
             else:
                 bad = rate

@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from _reliability import Daemon, load_average
+from _reliability import Checklist, Daemon, load_average
 from fakes.fault_upstream import FaultUpstream
-from fakes.harness import outcome_totals, scrape, send_at_rate, sequence_number
+from fakes.harness import outcome_totals, scrape, send_at_rate
 
 
 def main() -> int:
@@ -30,19 +30,8 @@ def main() -> int:
     args = parser.parse_args()
 
     count = int(args.duration * args.rate)
-    seen = bytearray(count)
-    duplicates = [0]
-    lock = threading.Lock()
-
-    def sink(docs: list[bytes]) -> None:
-        with lock:
-            for doc in docs:
-                n = sequence_number(doc)
-                if seen[n]:
-                    duplicates[0] += 1
-                seen[n] = 1
-
-    upstream = FaultUpstream(sink=sink, keep_docs=False).start()
+    checklist = Checklist()
+    upstream = FaultUpstream(sink=checklist, keep_docs=False).start()
     curve: list[tuple[float, float, float, float]] = []  # (t, RSS MiB, queued, load1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -81,7 +70,7 @@ def main() -> int:
         samples = scrape(daemon.admin)
         code = daemon.stop()
     upstream.stop()
-    received = sum(seen)
+    received = checklist.unique
     print(f"load average at end: {load_average()}")
     print("  t (s)   RSS (MiB)   queued segments   load1")
     for t, rss, queued, load in curve:
@@ -92,7 +81,7 @@ def main() -> int:
     growth = (sum(last) / len(last) - sum(first) / len(first)) if warm else 0.0
     print(f"soak {args.duration:.0f} s at {args.rate:.0f} segments/s: sent {sent} in "
           f"{send_seconds:.1f} s (actual rate {sent / send_seconds:.0f}/s); daemon accepted "
-          f"{counts['accepted']:.0f}; API received {received} unique (+{duplicates[0]} "
+          f"{counts['accepted']:.0f}; API received {received} unique (+{checklist.duplicates} "
           f"duplicates); lost {sent - received}")
     print(f"counters: sent {counts['sent']:.0f}, failed {counts['failed']:.0f}, spilled "
           f"{counts['spilled']:.0f}, dropped {counts['dropped']:.0f}, rejected "

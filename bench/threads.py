@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import procstat
 from bench.loadgen import Load, compiled_sender
-from bench.run import SAFE_ENV, XRAYD, SinkProcess, free_port
+from bench.run import SAFE_ENV, XRAYD, SinkProcess, free_udp_tcp_port
 
 
 @dataclass
@@ -60,7 +60,7 @@ def tasks(pid: int) -> dict[tuple[int, int], TaskSample]:
 
 def measure(rate: float, duration: float, binary, args) -> dict:
     sink = SinkProcess()
-    port = free_port()
+    port = free_udp_tcp_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-threads-"))
     command = XRAYD.format(python=shlex.quote(sys.executable), udp=f"127.0.0.1:{port}",
                            tcp=f"127.0.0.1:{port}", sink=sink.url)
