@@ -29,19 +29,13 @@ class BadDocument(Exception):
         self.trace_id = trace_id
 
 
-@dataclass(slots=True)
-class Call:
-    """A subsegment that calls a downstream service (namespace aws or remote)."""
-
-    id: str
-    name: str
-    namespace: str
-    start: float
-    end: float | None
-    error: bool
-    fault: bool
-    throttle: bool
-    owner_id: str | None = None  # None: the document that carries it
+# A subsegment that calls a downstream service (namespace aws or remote), as the store keeps it:
+# (id, id of the entity that makes the call, name, namespace, start, end or None, error, fault,
+# throttle), the flags as 0 or 1. Plain tuples: a document has several and the writer stores
+# them as they are.
+Call = tuple[str, str, str, str, float, "float | None", int, int, int]
+CALL_FIELDS = ("id", "owner_id", "name", "namespace", "start", "end", "error", "fault",
+               "throttle")
 
 
 @dataclass(slots=True)
@@ -156,21 +150,24 @@ def _walk(entity: _Entity, record: Record, depth: int) -> None:
         record.fault = True
     if entity.throttle is True:
         record.throttle = True
-    if not entity.subsegments:
+    subsegments = entity.subsegments
+    if not subsegments:
         return
     deeper = depth < MAX_DEPTH
-    for sub in entity.subsegments:
+    for sub in subsegments:
         namespace = sub.namespace
         if namespace in REMOTE_NAMESPACES and type(sub.id) is str:
             start = sub.start_time
             end = sub.end_time
-            record.calls.append(Call(
-                sub.id, str(sub.name or ""), namespace,
-                float(start) if type(start) in _NUMBERS else record.start,
+            record.calls.append((
+                sub.id, record.id, str(sub.name or ""),
+                namespace, float(start) if type(start) in _NUMBERS else record.start,
                 float(end) if type(end) in _NUMBERS else None,
-                sub.error is True, sub.fault is True, sub.throttle is True,
+                int(sub.error is True), int(sub.fault is True), int(sub.throttle is True),
             ))
-        if deeper:
+        # Most subsegments have nothing below them to collect: skip the call.
+        if deeper and (sub.subsegments or sub.annotations or sub.error is True
+                       or sub.fault is True or sub.throttle is True):
             _walk(sub, record, depth + 1)
 
 
@@ -233,15 +230,10 @@ def parse(doc: bytes) -> Record:
         if type(data.user) is str:
             record.user = data.user
     elif data.namespace in REMOTE_NAMESPACES:
-        record.calls.append(Call(seg_id, name, data.namespace, start, end,
-                                 data.error is True, data.fault is True,
-                                 data.throttle is True, owner_id=parent_id))
+        record.calls.append((seg_id, parent_id, name, data.namespace, start, end,
+                             int(data.error is True), int(data.fault is True),
+                             int(data.throttle is True)))
     _walk(data, record, 0)
     return record
 
 
-def remote_node_type(call: Call) -> str:
-    """The service-graph node type of a downstream call, as X-Ray names it."""
-    if call.namespace == "aws":
-        return f"AWS::{call.name}"
-    return "remote"
