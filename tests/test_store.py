@@ -280,3 +280,22 @@ def test_a_failed_commit_is_rolled_back_and_later_batches_still_line_up(tmp_path
     assert conn.execute("SELECT count(*) FROM annotations WHERE tpk = "
                         "(SELECT pk FROM traces)").fetchone()[0] == 3
     writer.close()
+
+
+def test_a_reopened_store_finds_the_traces_it_already_has(tmp_path):
+    now = time.time()  # within the default retention
+
+    def doc(seg: int) -> bytes:
+        return orjson.dumps({"name": "web", "id": f"{seg:016x}", "start_time": now + seg,
+                             "end_time": now + seg + 1, "parent_id": "a" * 16 if seg else None,
+                             "trace_id": f"1-{int(now):08x}-00000000000000000000000a"})
+
+    first = StoreWriter(str(tmp_path / "t.db"))
+    assert first.write([doc(0)]) == []
+    first.close()
+    second = StoreWriter(str(tmp_path / "t.db"))
+    assert second.write([doc(1)]) == []
+    second.close()
+    conn = schema.connect(str(tmp_path / "t.db"), readonly=True)
+    assert conn.execute("SELECT count(*), max(documents) FROM traces").fetchone() == (1, 2)
+    assert conn.execute("SELECT count(DISTINCT tpk) FROM segments").fetchone() == (1,)

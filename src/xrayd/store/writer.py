@@ -20,6 +20,7 @@ import orjson
 
 from xrayd.store import schema
 from xrayd.store.extract import BadDocument, Record, parse
+from xrayd.store.keys import TraceKeys
 
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
 MAX_RECORDS_PER_COMMIT = 5000
@@ -294,11 +295,14 @@ class StoreWriter:
         self._annotations = _Insert(_ANNOTATIONS_INSERT, 4, limit)
         self._services = _Insert(_SERVICES_INSERT, 2, limit)
         # Trace keys: new traces get the next number (arrival order keeps the child tables'
-        # indexes append-only); known ones come from a cache, else from the database through a
-        # connection of the writer thread's own (the committer may be writing on self.conn).
-        self._next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces"
-                                              ).fetchone()[0]
-        self._pk_cache: dict[str, int] = {}
+        # indexes append-only). Older trace ids are looked up through a connection of the writer
+        # thread's own (the committer may be writing on self.conn). Fixed-width hex compares as
+        # its number once lower-cased, so max() finds the newest epoch stored.
+        next_pk, newest = self.conn.execute(
+            "SELECT coalesce(max(pk), 0) + 1, max(lower(substr(trace_id, 3, 8))) FROM traces"
+        ).fetchone()
+        self._keys = TraceKeys(next_pk, 0 if newest is None else int(newest, 16) + 1,
+                               self._stored_keys, PK_CACHE_SIZE)
         self._inflight_keys: dict[str, int] = {}  # those of the batch being committed
         self._keys_conn = schema.connect(path, readonly=True)
         self._cond = threading.Condition()
@@ -443,43 +447,17 @@ class StoreWriter:
             if self.on_reject is not None:
                 for bad, _doc in job.rejects:
                     self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
-            self._trace_keys(records, rows.keys)
+            self._keys.resolve([r.trace_id for r in records], rows.keys,
+                               self._inflight_keys)
             received = job.received
             for record in records:
                 add(record, received)
         return rows
 
-    def _trace_keys(self, records: list[Record], keys: dict[str, int]) -> None:
-        """Add the key of each record's trace to ``keys`` (the batch's): known ones from the
-        cache or the database, new ones next. The cache keeps this batch's keys and those of
-        the batch being committed meanwhile (the database has every batch before it) when it
-        is cleared."""
-        cache = self._pk_cache
-        unknown = []
-        for record in records:
-            trace_id = record.trace_id
-            if trace_id in keys:
-                continue
-            pk = cache.get(trace_id)
-            if pk is None:
-                unknown.append(trace_id)
-            else:
-                keys[trace_id] = pk
-        if unknown:
-            unknown = list(dict.fromkeys(unknown))
-            found = dict(self._keys_conn.execute(
-                "SELECT trace_id, pk FROM traces WHERE trace_id IN "
-                "(SELECT value FROM json_each(?))", (orjson.dumps(unknown).decode(),)))
-            for trace_id in unknown:
-                pk = found.get(trace_id)
-                if pk is None:
-                    pk = self._next_pk
-                    self._next_pk += 1
-                keys[trace_id] = cache[trace_id] = pk
-        if len(cache) > PK_CACHE_SIZE:
-            cache.clear()
-            cache.update(self._inflight_keys)
-            cache.update(keys)
+    def _stored_keys(self, trace_ids: list[str]) -> dict[str, int]:
+        return dict(self._keys_conn.execute(
+            "SELECT trace_id, pk FROM traces WHERE trace_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(trace_ids).decode(),)))
 
     def _start(self, jobs: list[_Job], count: int, rows: _Rows) -> _Commit:
         """Hand the batch to the committer thread, which writes and commits it."""
@@ -560,7 +538,8 @@ class StoreWriter:
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
         self.conn.execute("COMMIT")
-        self._pk_cache.clear()  # retention runs while no batch is in flight
+        # Keys of deleted traces may stay in self._keys: a late document of such a trace gets
+        # its old key back, which nothing else uses.
         self._inflight_keys = {}
 
     def _run_retention(self) -> None:
