@@ -73,18 +73,19 @@ class _Rows:
         tpk = self.keys[r.trace_id]
         calls = r.calls
         names = {call[2]: 1 for call in calls} if calls else {}
-        error, fault, throttle = int(r.error), int(r.fault), int(r.throttle)
+        flags = r.error + 2 * r.fault + 4 * r.throttle  # bits as the statements read them
         start = r.start
         end = NULL_NUMBER if r.end is None else r.end
-        parent_id = NULL_TEXT if r.parent_id is None else r.parent_id
-        self.segments.extend((tpk, r.id, parent_id, r.kind, r.name,
-                              NULL_TEXT if r.origin is None else r.origin, start, end,
-                              int(r.in_progress), error, fault, throttle, now,
-                              dumps(calls).decode() if calls else NULL_TEXT, bytearray(r.doc)))
-        root = False
-        if r.kind == "segment":
+        segment = r.kind == "segment"
+        self.segments.extend((
+            tpk, r.id, NULL_TEXT if r.parent_id is None else r.parent_id, r.name,
+            NULL_TEXT if r.origin is None else r.origin, start, end,
+            flags + 8 * r.in_progress + (0 if segment else 16), now,
+            dumps(calls).decode() if calls else NULL_TEXT, bytearray(r.doc)))
+        if segment:
             names[r.name] = 1
-            root = r.parent_id is None
+            if r.parent_id is None:
+                flags += 8  # the root segment
         services = self.services
         for name in names:
             services.append(tpk)
@@ -93,24 +94,24 @@ class _Rows:
         if annotations:
             extend = self.annotations.extend
             for key, value in annotations:
-                # As annotation_value() does, for the str, bool, int and float parse() keeps.
+                # Stored by kind (the statement tags the type): text, 0/1 for booleans, a
+                # float for every number, as annotation_value() does.
                 kind = type(value)
                 if kind is str:
-                    extend((tpk, key, "s", value))
+                    extend((tpk, key, value))
                 elif kind is bool:
-                    extend((tpk, key, "b", int(value)))
+                    extend((tpk, key, int(value)))
                 else:
-                    extend((tpk, key, "n", float(value)))
+                    extend((tpk, key, float(value)))
             notes_json = dumps(dict(annotations)).decode()
         else:
             notes_json = "{}"
         method, status, url, user = r.http_method, r.http_status, r.http_url, r.user
         self.traces.extend((
-            tpk, r.trace_id, start, end, start if root else NULL_NUMBER,
-            end if root else NULL_NUMBER, error, fault, throttle,
-            NULL_TEXT if method is None else method, NULL_NUMBER if status is None else status,
-            NULL_TEXT if url is None else url, NULL_TEXT if user is None else user,
-            r.name if root else NULL_TEXT, now, notes_json, dumps(names).decode()))
+            tpk, r.trace_id, start, end, flags, NULL_TEXT if method is None else method,
+            NULL_NUMBER if status is None else status, NULL_TEXT if url is None else url,
+            NULL_TEXT if user is None else user, r.name, now, notes_json,
+            dumps(names).decode()))
 
 
 class _Job:
@@ -161,9 +162,10 @@ MIN_ROWS_PER_STATEMENT = 16
 _SEGMENT_UPSERT = """
 INSERT INTO segments (tpk, id, parent_id, kind, name, origin, start, end, in_progress,
                       error, fault, throttle, received, calls, doc)
-SELECT column1, column2, nullif(column3, 0), column4, column5, nullif(column6, 0), column7,
-       nullif(column8, ''), column9, column10, column11, column12, column13,
-       nullif(column14, 0), column15
+SELECT column1, column2, nullif(column3, 0),
+       CASE WHEN column8 & 16 THEN 'subsegment' ELSE 'segment' END, column4,
+       nullif(column5, 0), column6, nullif(column7, ''), (column8 >> 3) & 1, column8 & 1,
+       (column8 >> 1) & 1, (column8 >> 2) & 1, column9, nullif(column10, 0), column11
 FROM ({values}) AS v WHERE v.column1 > 0
 ON CONFLICT (tpk, id) DO UPDATE SET
     parent_id = excluded.parent_id, kind = excluded.kind, name = excluded.name,
@@ -180,10 +182,11 @@ _TRACE_UPSERT = """
 INSERT INTO traces (pk, trace_id, start, end, root_start, root_end, error, fault, throttle,
                     http_method, http_status, http_url, user, root_name, documents, updated,
                     annotations, services)
-SELECT column1, column2, column3, nullif(column4, ''), nullif(column5, ''),
-       nullif(column6, ''), column7, column8, column9, nullif(column10, 0),
-       nullif(column11, ''), nullif(column12, 0), nullif(column13, 0), nullif(column14, 0), 1,
-       column15, column16, column17
+SELECT column1, column2, column3, nullif(column4, ''),
+       CASE WHEN column5 & 8 THEN column3 END, CASE WHEN column5 & 8 THEN nullif(column4, '') END,
+       column5 & 1, (column5 >> 1) & 1, (column5 >> 2) & 1, nullif(column6, 0),
+       nullif(column7, ''), nullif(column8, 0), nullif(column9, 0),
+       CASE WHEN column5 & 8 THEN column10 END, 1, column11, column12, column13
 FROM ({values}) AS v WHERE v.column1 > 0
 ON CONFLICT (trace_id) DO UPDATE SET
     start = min(start, excluded.start),
@@ -214,7 +217,8 @@ ON CONFLICT (trace_id) DO UPDATE SET
 
 _ANNOTATIONS_INSERT = """
 INSERT OR IGNORE INTO annotations (key, typ, val, tpk)
-SELECT column2, column3, column4, column1
+SELECT column2, CASE typeof(column3) WHEN 'text' THEN 's' WHEN 'integer' THEN 'b' ELSE 'n' END,
+       column3, column1
 FROM ({values}) AS v WHERE v.column1 > 0
 """
 
@@ -290,9 +294,9 @@ class StoreWriter:
         self._pending = 0
         self.failed_commits = 0
         limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._segments = _Insert(_SEGMENT_UPSERT, 15, limit)
-        self._traces = _Insert(_TRACE_UPSERT, 17, limit)
-        self._annotations = _Insert(_ANNOTATIONS_INSERT, 4, limit)
+        self._segments = _Insert(_SEGMENT_UPSERT, 11, limit)
+        self._traces = _Insert(_TRACE_UPSERT, 13, limit)
+        self._annotations = _Insert(_ANNOTATIONS_INSERT, 3, limit)
         self._services = _Insert(_SERVICES_INSERT, 2, limit)
         # Trace keys: new traces get the next number (arrival order keeps the child tables'
         # indexes append-only). Older trace ids are looked up through a connection of the writer
