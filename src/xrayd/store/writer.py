@@ -19,8 +19,16 @@ from dataclasses import dataclass
 import orjson
 
 from xrayd.store import schema
-from xrayd.store.extract import BadDocument, Record, parse
 from xrayd.store.keys import TraceKeys
+from xrayd.store.rows import (
+    ANNOTATION_COLUMNS,
+    SEGMENT_COLUMNS,
+    SERVICE_COLUMNS,
+    TRACE_COLUMNS,
+    Rejected,
+    Rows,
+    build,
+)
 
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
 MAX_RECORDS_PER_COMMIT = 5000
@@ -46,74 +54,6 @@ class Rejection:
     message: str
 
 
-# Python's sqlite3 binds exact str, int, float and bytearray values directly, but None and bytes
-# through its adaptation protocol (a tuple, a dict lookup and a failed attribute lookup that
-# formats an exception message: about 1 µs each, with the GIL held). So rows carry documents as
-# bytearray, and NULL as a value of another type that the statements below turn back into NULL:
-# 0 in a text column, '' in a number column. (This halved the committer's time holding the GIL.)
-NULL_TEXT = 0
-NULL_NUMBER = ""
-
-
-class _Rows:
-    """A commit's rows as flat parameter lists, one per table, in the column order of the
-    statements below, and the key of each of its traces."""
-
-    __slots__ = ("annotations", "keys", "segments", "services", "traces")
-
-    def __init__(self) -> None:
-        self.keys: dict[str, int] = {}
-        self.segments: list[object] = []
-        self.traces: list[object] = []
-        self.annotations: list[object] = []
-        self.services: list[object] = []
-
-    def add(self, r: Record, now: float) -> None:
-        dumps = orjson.dumps
-        tpk = self.keys[r.trace_id]
-        calls = r.calls
-        names = {call[2]: 1 for call in calls} if calls else {}
-        flags = r.error + 2 * r.fault + 4 * r.throttle  # bits as the statements read them
-        start = r.start
-        end = NULL_NUMBER if r.end is None else r.end
-        segment = r.kind == "segment"
-        self.segments.extend((
-            tpk, r.id, NULL_TEXT if r.parent_id is None else r.parent_id, r.name,
-            NULL_TEXT if r.origin is None else r.origin, start, end,
-            flags + 8 * r.in_progress + (0 if segment else 16), now,
-            dumps(calls).decode() if calls else NULL_TEXT, bytearray(r.doc)))
-        if segment:
-            names[r.name] = 1
-            if r.parent_id is None:
-                flags += 8  # the root segment
-        services = self.services
-        for name in names:
-            services.append(tpk)
-            services.append(name)
-        annotations = r.annotations
-        if annotations:
-            extend = self.annotations.extend
-            for key, value in annotations:
-                # Stored by kind (the statement tags the type): text, 0/1 for booleans, a
-                # float for every number, as annotation_value() does.
-                kind = type(value)
-                if kind is str:
-                    extend((tpk, key, value))
-                elif kind is bool:
-                    extend((tpk, key, int(value)))
-                else:
-                    extend((tpk, key, float(value)))
-            notes_json = dumps(dict(annotations)).decode()
-        else:
-            notes_json = "{}"
-        method, status, url, user = r.http_method, r.http_status, r.http_url, r.user
-        self.traces.extend((
-            tpk, r.trace_id, start, end, flags, NULL_TEXT if method is None else method,
-            NULL_NUMBER if status is None else status, NULL_TEXT if url is None else url,
-            NULL_TEXT if user is None else user, r.name, now, notes_json,
-            dumps(names).decode()))
-
-
 class _Job:
     __slots__ = ("docs", "done", "error", "received", "records", "rejects")
 
@@ -121,19 +61,9 @@ class _Job:
         self.docs = docs
         self.received = received
         self.records = 0
-        self.rejects: list[tuple[BadDocument, bytes]] = []
+        self.rejects: list[Rejected] = []
         self.done = threading.Event()
         self.error: Exception | None = None
-
-    def parse(self) -> list[Record]:
-        records = []
-        for doc in self.docs:
-            try:
-                records.append(parse(doc))
-            except BadDocument as bad:
-                self.rejects.append((bad, doc))
-        self.records = len(records)
-        return records
 
 
 class StoreClosed(Exception):
@@ -155,7 +85,7 @@ class _Commit:
 # with rows of zeros to a power of two, so that a few prepared statements serve every batch): SQLite
 # runs it in one step without the GIL, so the committer thread writes a batch while the writer
 # thread parses the next one. (One statement per row made the committer wait for the GIL after
-# every row.)
+# every row.) nullif() turns the rows' NULL_TEXT and NULL_NUMBER back into NULL.
 MAX_ROWS_PER_STATEMENT = 1024
 MIN_ROWS_PER_STATEMENT = 16
 
@@ -294,10 +224,10 @@ class StoreWriter:
         self._pending = 0
         self.failed_commits = 0
         limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._segments = _Insert(_SEGMENT_UPSERT, 11, limit)
-        self._traces = _Insert(_TRACE_UPSERT, 13, limit)
-        self._annotations = _Insert(_ANNOTATIONS_INSERT, 3, limit)
-        self._services = _Insert(_SERVICES_INSERT, 2, limit)
+        self._segments = _Insert(_SEGMENT_UPSERT, SEGMENT_COLUMNS, limit)
+        self._traces = _Insert(_TRACE_UPSERT, TRACE_COLUMNS, limit)
+        self._annotations = _Insert(_ANNOTATIONS_INSERT, ANNOTATION_COLUMNS, limit)
+        self._services = _Insert(_SERVICES_INSERT, SERVICE_COLUMNS, limit)
         # Trace keys: new traces get the next number (arrival order keeps the child tables'
         # indexes append-only). Older trace ids are looked up through a connection of the writer
         # thread's own (the committer may be writing on self.conn). Fixed-width hex compares as
@@ -344,7 +274,7 @@ class StoreWriter:
             raise TimeoutError("the trace store did not commit in time")
         if job.error is not None:
             raise job.error
-        return [Rejection(bad.segment_id, bad.code, str(bad)) for bad, _ in job.rejects]
+        return [Rejection(r.segment_id, r.code, r.message) for r in job.rejects]
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything queued is committed (or failed); False on timeout."""
@@ -404,12 +334,12 @@ class StoreWriter:
                 closing = self._closed and not self._jobs
             # Parsing the next batch overlaps the previous batch's statements and COMMIT, which
             # run in the committer thread mostly without the GIL.
-            rows = self._prepare(jobs)
+            rows, keys = self._prepare(jobs)
             if committing is not None:
                 self._finish(committing)
                 committing = None
             if jobs:
-                committing = self._start(jobs, count, rows)
+                committing = self._start(jobs, count, rows, keys)
             retention = self._retention_due()  # once: retention needs nothing in flight
             if committing is not None and (closing or retention):
                 self._finish(committing)
@@ -441,37 +371,35 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _prepare(self, jobs: list[_Job]) -> _Rows:
-        """Parse a job at a time and build its rows (records kept for a whole batch would
-        survive into the collector's older generations and make every collection slower)."""
-        rows = _Rows()
-        add = rows.add
-        for job in jobs:
-            records = job.parse()
+    def _prepare(self, jobs: list[_Job]) -> tuple[Rows, dict[str, int]]:
+        """The batch's rows, with their trace keys, and the keys."""
+        rows, rejected = build([(job.docs, job.received) for job in jobs])
+        for job, refused in zip(jobs, rejected, strict=True):
+            job.rejects = refused
+            job.records = len(job.docs) - len(refused)
             if self.on_reject is not None:
-                for bad, _doc in job.rejects:
-                    self.on_reject(Rejection(bad.segment_id, bad.code, str(bad)))
-            self._keys.resolve([r.trace_id for r in records], rows.keys,
-                               self._inflight_keys)
-            received = job.received
-            for record in records:
-                add(record, received)
-        return rows
+                for r in refused:
+                    self.on_reject(Rejection(r.segment_id, r.code, r.message))
+        keys: dict[str, int] = {}
+        self._keys.resolve(rows.trace_ids, keys, self._inflight_keys)
+        rows.set_keys([keys[trace_id] for trace_id in rows.trace_ids])
+        return rows, keys
 
     def _stored_keys(self, trace_ids: list[str]) -> dict[str, int]:
         return dict(self._keys_conn.execute(
             "SELECT trace_id, pk FROM traces WHERE trace_id IN (SELECT value FROM json_each(?))",
             (orjson.dumps(trace_ids).decode(),)))
 
-    def _start(self, jobs: list[_Job], count: int, rows: _Rows) -> _Commit:
+    def _start(self, jobs: list[_Job], count: int, rows: Rows, keys: dict[str, int]
+               ) -> _Commit:
         """Hand the batch to the committer thread, which writes and commits it."""
         commit = _Commit(jobs, count)
-        self._inflight_keys = rows.keys
-        rejects = [r for job in jobs for r in job.rejects]
+        self._inflight_keys = keys
+        rejects = [(r, job.docs[r.index]) for job in jobs for r in job.rejects]
         commit.future = self._committer.submit(self._complete, rows, rejects, self.clock())
         return commit
 
-    def _complete(self, rows: _Rows, rejects: list[tuple[BadDocument, bytes]],
+    def _complete(self, rows: Rows, rejects: list[tuple[Rejected, bytes]],
                   now: float) -> None:
         """In the committer thread: each statement is one step of SQLite without the GIL."""
         conn = self.conn
@@ -512,11 +440,11 @@ class StoreWriter:
             self._pending -= commit.count
             self._cond.notify_all()
 
-    def _insert_rejects(self, rejects: list[tuple[BadDocument, bytes]], now: float) -> None:
+    def _insert_rejects(self, rejects: list[tuple[Rejected, bytes]], now: float) -> None:
         if rejects:
             self.conn.executemany(
                 "INSERT INTO rejected (received, code, reason, doc) VALUES (?, ?, ?, ?)",
-                [(now, bad.code, str(bad), doc[:REJECTED_DOC_BYTES]) for bad, doc in rejects],
+                [(now, r.code, r.message, doc[:REJECTED_DOC_BYTES]) for r, doc in rejects],
             )
 
     # --- retention -----------------------------------------------------------------------
