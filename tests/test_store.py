@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from xrayd.store import queries, schema
+from xrayd.store import parse_helper, queries, schema
 from xrayd.store import writer as writer_module
 from xrayd.store.extract import CALL_FIELDS, parse
 from xrayd.store.merge import merge
@@ -205,10 +205,13 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
         schema.connect(str(tmp_path / "v9.db"))
 
 
-def test_trace_keys_stay_consistent_across_pipelined_batches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_helper", [False, True], ids=["in-process", "parse-helper"])
+def test_trace_keys_stay_consistent_across_pipelined_batches(tmp_path, monkeypatch, in_helper):
     """Documents of one trace spread over many batches (queued without waiting, so one batch
     is parsed while the previous one is written), with a key cache that keeps being cleared
     and retention deleting some traces in between: every row points at its own trace."""
+    if in_helper:
+        monkeypatch.setattr(parse_helper, "MIN_BATCH", 1)
     monkeypatch.setattr(writer_module, "PK_CACHE_SIZE", 3)
     monkeypatch.setattr(writer_module, "MAX_RECORDS_PER_COMMIT", 7)
     now = [1000.0]

@@ -20,6 +20,7 @@ import orjson
 
 from xrayd.store import schema
 from xrayd.store.keys import TraceKeys
+from xrayd.store.parse_helper import ParseHelper, Ticket
 from xrayd.store.rows import (
     ANNOTATION_COLUMNS,
     SEGMENT_COLUMNS,
@@ -27,7 +28,6 @@ from xrayd.store.rows import (
     TRACE_COLUMNS,
     Rejected,
     Rows,
-    build,
 )
 
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
@@ -64,6 +64,15 @@ class _Job:
         self.rejects: list[Rejected] = []
         self.done = threading.Event()
         self.error: Exception | None = None
+
+
+@dataclass
+class _Batch:
+    """Jobs taken for one commit, while their rows are built."""
+
+    jobs: list[_Job]
+    count: int
+    ticket: Ticket
 
 
 class StoreClosed(Exception):
@@ -208,12 +217,14 @@ class StoreWriter:
         clock: Callable[[], float] = time.time,
         log: logging.Logger | None = None,
         on_reject: Callable[[Rejection], None] | None = None,
+        helper: ParseHelper | None = None,
     ) -> None:
         self.path = path
         self.on_reject = on_reject
         self.retention = retention or Retention()
         self.clock = clock
         self.log = log or logging.getLogger("xrayd")
+        self._helper = helper or ParseHelper(on_error=self.log.warning)
         self.conn = schema.connect(path)
         # Checkpoints (copying the WAL into the database, with an fsync) run in a thread of
         # their own, so commits never wait for one.
@@ -319,11 +330,12 @@ class StoreWriter:
 
     # --- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
-        committing: _Commit | None = None
+        committing: _Commit | None = None  # at the committer
+        parsing: _Batch | None = None  # handed to the parse helper, rows not taken yet
         while True:
             with self._cond:
                 while (not self._jobs and not self._closed and not self._retention_due()
-                       and committing is None):
+                       and committing is None and parsing is None):
                     self._cond.wait(RETENTION_CHECK_SECONDS)
                 jobs: list[_Job] = []
                 count = 0
@@ -332,18 +344,31 @@ class StoreWriter:
                     jobs.append(job)
                     count += len(job.docs)
                 closing = self._closed and not self._jobs
-            # Parsing the next batch overlaps the previous batch's statements and COMMIT, which
-            # run in the committer thread mostly without the GIL.
-            rows, keys = self._prepare(jobs)
-            if committing is not None:
+            # Three batches in flight: the newest being parsed (in the helper process, or here
+            # at once), the one before getting its trace keys here, and the one before that
+            # being written by the committer thread, mostly without the GIL.
+            batch = _Batch(jobs, count, self._helper.submit(
+                [(job.docs, job.received) for job in jobs])) if jobs else None
+            if parsing is not None:
+                rows, keys = self._prepare(parsing)
+                if committing is not None:
+                    self._finish(committing)
+                committing = self._start(parsing.jobs, parsing.count, rows, keys)
+            elif committing is not None:
                 self._finish(committing)
                 committing = None
-            if jobs:
-                committing = self._start(jobs, count, rows, keys)
+            parsing = batch
             retention = self._retention_due()  # once: retention needs nothing in flight
-            if committing is not None and (closing or retention):
-                self._finish(committing)
-                committing = None
+            if closing or retention:
+                if parsing is not None:
+                    rows, keys = self._prepare(parsing)
+                    if committing is not None:
+                        self._finish(committing)
+                    committing = self._start(parsing.jobs, parsing.count, rows, keys)
+                    parsing = None
+                if committing is not None:
+                    self._finish(committing)
+                    committing = None
             if retention:
                 self._run_retention()
             if closing:
@@ -352,6 +377,7 @@ class StoreWriter:
                 self.conn.close()
                 self._keys_conn.close()
                 self._committer.shutdown()
+                self._helper.close()
                 return
 
     def _bound_wal(self) -> None:
@@ -371,10 +397,10 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _prepare(self, jobs: list[_Job]) -> tuple[Rows, dict[str, int]]:
+    def _prepare(self, batch: _Batch) -> tuple[Rows, dict[str, int]]:
         """The batch's rows, with their trace keys, and the keys."""
-        rows, rejected = build([(job.docs, job.received) for job in jobs])
-        for job, refused in zip(jobs, rejected, strict=True):
+        rows, rejected = self._helper.result(batch.ticket)
+        for job, refused in zip(batch.jobs, rejected, strict=True):
             job.rejects = refused
             job.records = len(job.docs) - len(refused)
             if self.on_reject is not None:

@@ -1,0 +1,236 @@
+"""Building the store's rows in a helper process, so that under load the store uses both cores.
+
+Parsing documents and building their rows is pure Python and holds the GIL; writing them is
+mostly SQLite, which runs without it. In one process the two share one GIL with the UDP
+reader, and the parsing alone takes more of it than everything else together. The helper is a
+child process (``python -m xrayd.store.parse_helper``) that reads batches of documents on its
+stdin and writes back their rows (``rows.build``) on its stdout; the writer thread assigns the
+trace keys and hands the rows to the committer as before.
+
+Messages are a 4-byte length and a pickle, between this process and its own child only. The
+writer starts the helper when a batch is large (the writer has fallen behind), stops it after
+a spell without large batches, and builds rows in-process whenever the helper is not there or
+fails (it is then started again at most once a minute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import queue
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from xrayd.store.rows import Rejected, Rows, build
+
+_LENGTH = struct.Struct("!I")
+_PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+MIN_BATCH = 1000  # documents: a batch this large starts the helper
+IDLE_SECONDS = 30.0  # without a batch this large, the helper is stopped
+RETRY_SECONDS = 60.0  # after a failure, in-process for this long
+REPLY_TIMEOUT = 30.0
+
+
+class HelperFailed(Exception):
+    pass
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError):  # a smaller pipe only means more system calls
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+def _write(fd: int, payload: bytes) -> None:
+    data = memoryview(_LENGTH.pack(len(payload)) + payload)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read(fd: int, deadline: float | None = None) -> bytes | None:
+    """One message; None at end of file."""
+    head = _read_exact(fd, _LENGTH.size, deadline)
+    if head is None:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    body = _read_exact(fd, length, deadline)
+    if body is None:
+        raise HelperFailed("message cut short")
+    return body
+
+
+def _read_exact(fd: int, size: int, deadline: float | None) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise HelperFailed("no reply in time")
+        chunk = os.read(fd, min(left, _PIPE_BYTES))
+        if not chunk:
+            if left == size:
+                return None
+            raise HelperFailed("message cut short")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+Built = tuple[Rows, list[list[Rejected]]]
+Jobs = Sequence[tuple[Sequence[bytes], float]]
+
+
+class Ticket:
+    """A batch handed to ``ParseHelper.submit``: its rows once built."""
+
+    __slots__ = ("built", "jobs", "remote")
+
+    def __init__(self, jobs: Jobs, built: Built | None) -> None:
+        self.jobs = jobs
+        self.built = built
+        self.remote = built is None
+
+
+class ParseHelper:
+    """The writer's side. ``submit`` hands a batch to the child, which builds its rows while
+    the writer finishes the batch before and the committer writes the one before that;
+    ``result`` takes them back, in order. Without a child (light load, or a failure) ``submit``
+    builds the rows in-process at once."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 command: Sequence[str] | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.clock = clock
+        self.command = list(command or [sys.executable, "-m", "xrayd.store.parse_helper"])
+        self.on_error = on_error
+        self.process: subprocess.Popen[bytes] | None = None
+        self.failures = 0
+        self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._outstanding: deque[Ticket] = deque()
+        self._last_large = float("-inf")
+        self._failed_at = float("-inf")
+
+    def submit(self, jobs: Jobs) -> Ticket:
+        now = self.clock()
+        size = sum(len(docs) for docs, _ in jobs)
+        if size >= MIN_BATCH:
+            self._last_large = now
+            if self.process is None and now - self._failed_at >= RETRY_SECONDS:
+                self._start()
+        elif (self.process is not None and not self._outstanding
+              and now - self._last_large >= IDLE_SECONDS):
+            self.close()
+        if self.process is None or not size:
+            return Ticket(jobs, build(jobs))
+        ticket = Ticket(jobs, None)
+        self._outstanding.append(ticket)
+        self._requests.put(pickle.dumps([(list(docs), received) for docs, received in jobs],
+                                        protocol=pickle.HIGHEST_PROTOCOL))
+        return ticket
+
+    def result(self, ticket: Ticket) -> Built:
+        """The rows of ``ticket`` (every ticket submitted before it is taken first)."""
+        while ticket.built is None:
+            oldest = self._outstanding[0]
+            try:
+                oldest.built = self._receive()
+            except (OSError, HelperFailed, pickle.UnpicklingError, EOFError, ValueError,
+                    TypeError) as exc:
+                self._fail(exc)
+                for each in self._outstanding:
+                    each.built = build(each.jobs)
+                self._outstanding.clear()
+                break
+            self._outstanding.popleft()
+        assert ticket.built is not None
+        return ticket.built
+
+    def _receive(self) -> Built:
+        process = self.process
+        if process is None or process.stdout is None:
+            raise HelperFailed("the helper is gone")
+        reply = _read(process.stdout.fileno(), time.monotonic() + REPLY_TIMEOUT)
+        if reply is None:
+            raise HelperFailed("the helper exited")
+        rows, rejected = pickle.loads(reply)
+        return Rows.from_tuple(rows), [[Rejected(*r) for r in job] for job in rejected]
+
+    def _fail(self, exc: Exception) -> None:
+        self.failures += 1
+        self._failed_at = self.clock()
+        self.close(kill=True)
+        if self.on_error is not None:
+            self.on_error(f"the trace store's parse helper failed ({exc}); parsing in the "
+                          f"daemon for {RETRY_SECONDS:.0f} s")
+
+    def _start(self) -> None:
+        try:
+            process = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, close_fds=True)
+        except OSError as exc:
+            self._failed_at = self.clock()
+            if self.on_error is not None:
+                self.on_error(f"the trace store's parse helper did not start: {exc}")
+            return
+        assert process.stdin is not None and process.stdout is not None
+        _grow_pipe(process.stdin.fileno())
+        _grow_pipe(process.stdout.fileno())
+        self.process = process
+        self._requests = queue.SimpleQueue()
+        # Requests are written by a thread of their own: the child answers one batch while the
+        # next is on its way, and a pipe holds less than a batch.
+        threading.Thread(target=self._feed, args=(process.stdin, self._requests),
+                         name="store-parse-feed", daemon=True).start()
+
+    @staticmethod
+    def _feed(stdin: IO[bytes], requests: queue.SimpleQueue[bytes | None]) -> None:
+        with contextlib.suppress(OSError):  # the child is gone: result() sees it
+            while (request := requests.get()) is not None:
+                _write(stdin.fileno(), request)
+        with contextlib.suppress(OSError):
+            stdin.close()  # the child exits at end of file
+
+    def close(self, kill: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        self._requests.put(None)
+        if kill:
+            process.kill()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def main() -> int:
+    """The child: answer batches until stdin ends."""
+    import gc
+
+    gc.freeze()  # the imported modules: nothing for the collector to walk
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    while True:
+        request = _read(stdin)
+        if request is None:
+            return 0
+        rows, rejected = build(pickle.loads(request))
+        _write(stdout, pickle.dumps((rows.as_tuple(), [[tuple(r) for r in job]
+                                                       for job in rejected]),
+                                    protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
