@@ -2,7 +2,8 @@
 GetTraceSummaries answers over the last hour with one annotation filter on a full store.
 
     .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 8] [--udp-rate 20000]
-                                          [--order arrival|random] [--disorder 20000]
+                                          [--udp-seconds 20] [--order arrival|random]
+                                          [--disorder 20000]
 
 Order of the documents: SDKs send a segment when it ends, so live traffic arrives roughly in
 start-time order. ``arrival`` (the default) spreads the start times evenly over the last hour
@@ -13,10 +14,12 @@ the hour in arrival order (every insert into the time-ordered indexes lands at a
 Storing goes through the offline exporter (the upload workers' path: queue, then the store's
 writer thread parsing and its committer thread writing in transactions), from --threads workers
 at once, with the daemon's GIL switch interval; the time runs until the last document is
-committed, and the CPU time of the store's threads is given per document. Then the whole
-daemon (``xrayd --offline`` as a subprocess) gets documents over UDP at --udp-rate a second
-for 5 seconds. Queries go through the daemon's own X-Ray API over HTTP on loopback, as boto3
-would send them.
+committed, and the CPU time of the store's threads (and of its parse helper process, which
+builds the rows of large batches) is given per document. Queries go through the daemon's own
+X-Ray API over HTTP on loopback, as boto3 would send them. Then the whole daemon (``xrayd
+--offline`` as a subprocess) gets new documents over UDP at --udp-rate a second for
+--udp-seconds: it keeps up if the lag (documents sent and not yet committed) stays bounded
+(batches of up to 5,000 documents are in flight at three stages) instead of growing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import orjson
 
@@ -143,10 +147,36 @@ def received_by_daemon(log_path: str) -> str:
     return found[-1] if found else "?"
 
 
-def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int, float]:
+@dataclass
+class Stream:
+    """What the whole daemon did with a stream of documents at a fixed rate."""
+
+    sent: int
+    stored: int
+    send_seconds: float
+    drain_seconds: float  # from the last datagram sent to the last document committed
+    lags: list[tuple[float, int]]  # (seconds since the first datagram, sent - stored)
+    steady_rate: float  # stored a second from the end of the first quarter to the last datagram
+    cpu_us: float  # daemon (and parse helper) CPU per stored document
+    helper_cpu_us: float
+
+
+def daemon_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the daemon process and of its children (the parse helper)."""
+    children = 0.0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                children += sum(process_cpu(int(c)) for c in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return process_cpu(pid), children
+
+
+def stream(docs: list[bytes], tmp: str, rate: int) -> Stream:
     """The whole daemon: ``xrayd --offline`` as a subprocess, documents sent over UDP at
-    ``rate`` a second; (segments stored a second until the last is committed, segments stored,
-    the daemon's CPU seconds from the first datagram to the last commit)."""
+    ``rate`` a second; the store's lag (documents sent and not yet committed) read every
+    half second from the daemon's /api/stats."""
     import socket
     import subprocess
 
@@ -168,6 +198,14 @@ def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int, f
         except OSError:
             return -1
 
+    lags: list[tuple[float, int]] = []
+    sent = 0
+    done = threading.Event()
+
+    def watch(started: float) -> None:
+        while not done.wait(0.5):
+            lags.append((time.perf_counter() - started, sent - stored()))
+
     try:
         deadline = time.monotonic() + 30
         while stored() < 0:
@@ -175,28 +213,43 @@ def pipeline_rate(docs: list[bytes], tmp: str, rate: int) -> tuple[float, int, f
                 raise RuntimeError("xrayd did not start")
             time.sleep(0.1)
         header = b'{"format":"json","version":1}\n'
-        cpu_before = process_cpu(daemon.pid)
+        cpu_before = daemon_cpu(daemon.pid)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
             started = time.perf_counter()
+            watcher = threading.Thread(target=watch, args=(started,), daemon=True)
+            watcher.start()
+            quarter = len(docs) // 4
             for i, doc in enumerate(docs):
                 sock.sendto(header + doc, ("127.0.0.1", port))
+                sent = i + 1
+                if i == quarter:
+                    quarter_at, quarter_stored = time.perf_counter(), stored()
                 if i % 1000 == 999:
                     ahead = (i + 1) / rate - (time.perf_counter() - started)
                     if ahead > 0:
                         time.sleep(ahead)
-        last, count, same = -1, 0, 0
+            sent_at = time.perf_counter()
+            sent_stored = stored()
+        last, count, same, finished = -1, 0, 0, sent_at
         while same < 20:  # until nothing more arrives for 2 s
             count = stored()
             same = same + 1 if count == last else 0
             if count != last:
                 finished = time.perf_counter()
-                cpu = process_cpu(daemon.pid) - cpu_before
+                cpu = daemon_cpu(daemon.pid)
             last = count
             if count >= len(docs):
                 break
             time.sleep(0.1)
-        return count / (finished - started), count, cpu
+        done.set()
+        watcher.join()
+        return Stream(
+            sent=len(docs), stored=count, send_seconds=sent_at - started,
+            drain_seconds=finished - sent_at, lags=lags,
+            steady_rate=(sent_stored - quarter_stored) / (sent_at - quarter_at),
+            cpu_us=(sum(cpu) - sum(cpu_before)) * 1e6 / max(1, count),
+            helper_cpu_us=(cpu[1] - cpu_before[1]) * 1e6 / max(1, count))
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -225,6 +278,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--udp-rate", type=int, default=20_000,
                         help="documents a second sent over UDP to a whole daemon (0: skip)")
+    parser.add_argument("--udp-seconds", type=int, default=20,
+                        help="how long the stream to the whole daemon lasts")
     parser.add_argument("--order", choices=("arrival", "random"), default="arrival",
                         help="start times in arrival order (live traffic) or at random")
     parser.add_argument("--disorder", type=int, default=20_000,
@@ -244,14 +299,17 @@ def main() -> None:
         threads = ("store-writer", "store-commit", "store-checkpoint")
         cpu_before = thread_cpu(threads)
         process_before = time.process_time()
+        helper_before = daemon_cpu(os.getpid())[1]
         rate = store_rate(exporter, docs, args.threads)
         process = time.process_time() - process_before
+        helper = daemon_cpu(os.getpid())[1] - helper_before
         cpu = {name: (seconds - cpu_before.get(name, 0.0)) * 1e6 / len(docs)
                for name, seconds in thread_cpu(threads).items()}
         print(f"store: {args.segments} documents of {size:.0f} bytes on average, "
               f"{args.threads} workers: {rate:,.0f} segments/s")
         print("CPU per document: " + ", ".join(f"{name} {us:.1f} µs" for name, us in cpu.items())
-              + f"; whole process {process * 1e6 / len(docs):.1f} µs")
+              + f"; whole process {process * 1e6 / len(docs):.1f} µs; parse helper "
+              f"{helper * 1e6 / len(docs):.1f} µs")
         print(f"database size: {os.path.getsize(path) / 1e6:.1f} MB "
               f"(+ WAL {os.path.getsize(path + '-wal') / 1e6:.1f} MB)")
 
@@ -282,12 +340,22 @@ def main() -> None:
         reader.close()
         exporter.close()
         if args.udp_rate:
-            count = min(len(docs), args.udp_rate * 5)
-            stored_rate, stored, cpu_s = pipeline_rate(docs[:count], tmp, args.udp_rate)
-            print(f"whole daemon, UDP at {args.udp_rate:,}/s: {stored} of {count} documents "
-                  f"stored ({received_by_daemon(os.path.join(tmp, 'xrayd.log'))} datagrams "
-                  f"read), {stored_rate:,.0f} segments/s until the last was committed, "
-                  f"daemon CPU {cpu_s * 1e6 / max(1, stored):.1f} µs per stored document")
+            count = args.udp_rate * args.udp_seconds
+            print(f"load average before the stream: "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            result = stream(documents(count, time.time(), args.order, args.disorder), tmp,
+                            args.udp_rate)
+            worst = max((lag for _, lag in result.lags), default=0)
+            print(f"whole daemon, UDP at {args.udp_rate:,}/s for {result.send_seconds:.1f} s: "
+                  f"{result.stored} of {result.sent} documents stored "
+                  f"({received_by_daemon(os.path.join(tmp, 'xrayd.log'))} datagrams read); "
+                  f"stored {result.steady_rate:,.0f}/s from the first quarter to the last "
+                  f"datagram; lag (sent, not committed) at most {worst:,}, "
+                  f"{result.lags[-1][1] if result.lags else 0:,} at the end; last commit "
+                  f"{result.drain_seconds:.2f} s after the last datagram; CPU "
+                  f"{result.cpu_us:.1f} µs per stored document "
+                  f"({result.helper_cpu_us:.1f} of it in the parse helper)")
+            print("lag every 2 s: " + ", ".join(f"{lag:,}" for at, lag in result.lags[3::4]))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

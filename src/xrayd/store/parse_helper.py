@@ -219,7 +219,12 @@ class ParseHelper:
 def main() -> int:
     """The child: answer batches until stdin ends."""
     import gc
+    import signal
 
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group: the daemon drains
+    # through this process, which ends when the daemon closes its input (or dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.freeze()  # the imported modules: nothing for the collector to walk
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     while True:
