@@ -119,3 +119,5 @@ def test_the_store_through_the_helper(tmp_path, eager, monkeypatch):
                         "WHERE substr(t.trace_id, 12) != printf('%024x', "
                         "CAST(s.start - 1 AS INTEGER) / 2)").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM rejected").fetchone() == (1,)
+    for seg_id, stored in conn.execute("SELECT id, doc FROM segments"):
+        assert orjson.loads(stored)["id"] == seg_id  # each row has its own document

@@ -20,6 +20,8 @@ from xrayd.store.extract import BadDocument, Record, parse
 NULL_TEXT = 0
 NULL_NUMBER = ""
 
+Jobs = Sequence[tuple[Sequence[bytes], float]]
+
 # Values per row of each table, in the order of the writer's statements.
 SEGMENT_COLUMNS = 11
 TRACE_COLUMNS = 13
@@ -63,7 +65,7 @@ class Rows:
             tpk, r.id, NULL_TEXT if r.parent_id is None else r.parent_id, r.name,
             NULL_TEXT if r.origin is None else r.origin, start, end,
             flags + 8 * r.in_progress + (0 if segment else 16), now,
-            dumps(calls).decode() if calls else NULL_TEXT, bytearray(r.doc)))
+            dumps(calls).decode() if calls else NULL_TEXT, NULL_TEXT))  # set_docs fills it
         if segment:
             names[r.name] = 1
             if r.parent_id is None:
@@ -103,6 +105,15 @@ class Rows:
             if params:
                 params[0::width] = [keys[i] for i in params[0::width]]
 
+    def set_docs(self, jobs: Jobs, rejected: list[list[Rejected]]) -> None:
+        """Put each stored document in its segment row (rows are built without them, so that
+        the parse helper does not send them back)."""
+        docs: list[bytearray] = []
+        for (job_docs, _), refused in zip(jobs, rejected, strict=True):
+            skip = {r.index for r in refused}
+            docs.extend(bytearray(doc) for i, doc in enumerate(job_docs) if i not in skip)
+        self.segments[SEGMENT_COLUMNS - 1::SEGMENT_COLUMNS] = docs
+
     def as_tuple(self) -> tuple:
         return (self.trace_ids, self.segments, self.traces, self.annotations, self.services)
 
@@ -114,11 +125,11 @@ class Rows:
         return rows
 
 
-def build(jobs: Sequence[tuple[Sequence[bytes], float]]) -> tuple[Rows, list[list[Rejected]]]:
+def build(jobs: Jobs) -> tuple[Rows, list[list[Rejected]]]:
     """The rows of every job's documents (each job a list of documents and the time they were
-    received), and each job's rejected documents. Parses a document at a time: records kept for
-    a whole batch would survive into the collector's older generations and make every
-    collection slower."""
+    received), and each job's rejected documents; ``Rows.set_docs`` adds the documents. Parses
+    a document at a time: records kept for a whole batch would survive into the collector's
+    older generations and make every collection slower."""
     rows = Rows()
     add = rows.add
     rejected: list[list[Rejected]] = []

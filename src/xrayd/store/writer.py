@@ -400,6 +400,7 @@ class StoreWriter:
     def _prepare(self, batch: _Batch) -> tuple[Rows, dict[str, int]]:
         """The batch's rows, with their trace keys, and the keys."""
         rows, rejected = self._helper.result(batch.ticket)
+        rows.set_docs(batch.ticket.jobs, rejected)
         for job, refused in zip(batch.jobs, rejected, strict=True):
             job.rejects = refused
             job.records = len(job.docs) - len(refused)
