@@ -30,13 +30,12 @@ class TraceKeys:
     def __len__(self) -> int:
         return self._size
 
-    def resolve(self, trace_ids: Iterable[str], keys: dict[str, int],
-                pending: dict[str, int]) -> None:
-        """Add the key of each of ``trace_ids`` to ``keys``. ``pending`` holds keys handed out
-        but not yet in the database: they survive the dropping of old epochs, as ``keys``
-        does."""
+    def resolve(self, trace_ids: Iterable[str]) -> dict[str, int]:
+        """The key of each of ``trace_ids``. A batch's keys are resolved once the batches before
+        it are in the database (or rolled back: their new keys stay here, unused elsewhere)."""
         epochs = self._epochs
         horizon = self.horizon
+        keys: dict[str, int] = {}
         older: list[str] = []
         for trace_id in trace_ids:
             if trace_id in keys:
@@ -57,7 +56,8 @@ class TraceKeys:
                     keys[trace_id] = self._remember(epoch_of(trace_id), trace_id,
                                                     found.get(trace_id))
         if self._size > self._limit:
-            self._drop_oldest((pending, keys))
+            self._drop_oldest(keys)
+        return keys
 
     def _remember(self, epoch: int, trace_id: str, pk: int | None) -> int:
         if pk is None:
@@ -71,15 +71,14 @@ class TraceKeys:
         known[trace_id] = pk
         return pk
 
-    def _drop_oldest(self, keep: tuple[dict[str, int], ...]) -> None:
+    def _drop_oldest(self, keep: dict[str, int]) -> None:
         """Drop whole epochs, oldest first, down to half the limit; the horizon moves past
-        them. Keys not yet in the database are kept whatever their epoch."""
+        them. The keys of the batch being resolved (not in the database yet) are kept."""
         target = self._limit // 2
         for epoch in sorted(self._epochs):
             if self._size <= target:
                 break
             self._size -= len(self._epochs.pop(epoch))
             self.horizon = max(self.horizon, epoch + 1)
-        for held in keep:
-            for trace_id, pk in held.items():
-                self._remember(epoch_of(trace_id), trace_id, pk)
+        for trace_id, pk in keep.items():
+            self._remember(epoch_of(trace_id), trace_id, pk)

@@ -105,10 +105,10 @@ class Ticket:
 
 
 class ParseHelper:
-    """The writer's side. ``submit`` hands a batch to the child, which builds its rows while
-    the writer finishes the batch before and the committer writes the one before that;
-    ``result`` takes them back, in order. Without a child (light load, or a failure) ``submit``
-    builds the rows in-process at once."""
+    """The writer's side. ``submit`` (the writer thread) hands a batch to the child, which
+    builds its rows while the committer writes the batch before; ``result`` (the committer)
+    takes them back, in order. Without a child (light load, or a failure) ``submit`` builds
+    the rows in-process at once."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  command: Sequence[str] | None = None,
@@ -120,44 +120,54 @@ class ParseHelper:
         self.failures = 0
         self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._outstanding: deque[Ticket] = deque()
+        self._lock = threading.Lock()  # submit() and result() run in different threads
         self._last_large = float("-inf")
         self._failed_at = float("-inf")
 
     def submit(self, jobs: Jobs) -> Ticket:
-        now = self.clock()
-        size = sum(len(docs) for docs, _ in jobs)
-        if size >= MIN_BATCH:
-            self._last_large = now
-            if self.process is None and now - self._failed_at >= RETRY_SECONDS:
-                self._start()
-        elif (self.process is not None and not self._outstanding
-              and now - self._last_large >= IDLE_SECONDS):
-            self.close()
-        if self.process is None or not size:
-            return Ticket(jobs, build(jobs))
-        ticket = Ticket(jobs, None)
-        self._outstanding.append(ticket)
-        self._requests.put(_encode([(list(docs), received) for docs, received in jobs]))
-        return ticket
+        remote = False
+        with self._lock:
+            now = self.clock()
+            size = sum(len(docs) for docs, _ in jobs)
+            if size >= MIN_BATCH:
+                self._last_large = now
+                if self.process is None and now - self._failed_at >= RETRY_SECONDS:
+                    self._start()
+            elif (self.process is not None and not self._outstanding
+                  and now - self._last_large >= IDLE_SECONDS):
+                self.close()
+            if self.process is not None and size:
+                remote = True
+                ticket = Ticket(jobs, None)
+                self._outstanding.append(ticket)
+                self._requests.put(_encode([(list(docs), received) for docs, received in jobs]))
+        return ticket if remote else Ticket(jobs, build(jobs))
 
     def result(self, ticket: Ticket) -> Built:
-        """The rows of ``ticket`` (every ticket submitted before it is taken first)."""
+        """The rows of ``ticket``; tickets are taken in the order they were submitted (by one
+        thread; another may submit meanwhile)."""
         while ticket.built is None:
-            oldest = self._outstanding[0]
+            with self._lock:
+                oldest = self._outstanding[0]
+                process = self.process
             try:
-                oldest.built = self._receive()
+                built = self._receive(process)
             except (OSError, HelperFailed, msgspec.DecodeError, ValueError, TypeError) as exc:
-                self._fail(exc)
-                for each in self._outstanding:
+                with self._lock:
+                    self._fail(exc)
+                    lost = list(self._outstanding)
+                    self._outstanding.clear()
+                for each in lost:
                     each.built = build(each.jobs)
-                self._outstanding.clear()
                 break
-            self._outstanding.popleft()
+            with self._lock:
+                oldest.built = built
+                self._outstanding.popleft()
         assert ticket.built is not None
         return ticket.built
 
-    def _receive(self) -> Built:
-        process = self.process
+    @staticmethod
+    def _receive(process: subprocess.Popen[bytes] | None) -> Built:
         if process is None or process.stdout is None:
             raise HelperFailed("the helper is gone")
         reply = _read(process.stdout.fileno(), time.monotonic() + REPLY_TIMEOUT)

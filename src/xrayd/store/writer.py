@@ -27,12 +27,14 @@ from xrayd.store.rows import (
     SERVICE_COLUMNS,
     TRACE_COLUMNS,
     Rejected,
-    Rows,
 )
 
 # Work taken into one transaction at most: bounds how long a reader waits on a checkpoint.
 MAX_RECORDS_PER_COMMIT = 5000
 MAX_PENDING = 20000  # records queued for the writer before callers are held back
+# Batches handed to the committer at once: while it writes one, the parse helper builds the
+# rows of the next.
+IN_FLIGHT = 2
 PK_CACHE_SIZE = 200_000
 REJECTED_DOC_BYTES = 65536
 RETENTION_CHECK_SECONDS = 30.0
@@ -64,15 +66,6 @@ class _Job:
         self.rejects: list[Rejected] = []
         self.done = threading.Event()
         self.error: Exception | None = None
-
-
-@dataclass
-class _Batch:
-    """Jobs taken for one commit, while their rows are built."""
-
-    jobs: list[_Job]
-    count: int
-    ticket: Ticket
 
 
 class StoreClosed(Exception):
@@ -248,8 +241,6 @@ class StoreWriter:
         ).fetchone()
         self._keys = TraceKeys(next_pk, 0 if newest is None else int(newest, 16) + 1,
                                self._stored_keys, PK_CACHE_SIZE)
-        self._inflight_keys: dict[str, int] = {}  # those of the batch being committed
-        self._keys_conn = schema.connect(path, readonly=True)
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
@@ -330,12 +321,11 @@ class StoreWriter:
 
     # --- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
-        committing: _Commit | None = None  # at the committer
-        parsing: _Batch | None = None  # handed to the parse helper, rows not taken yet
+        committing: deque[_Commit] = deque()  # handed to the committer, oldest first
         while True:
             with self._cond:
                 while (not self._jobs and not self._closed and not self._retention_due()
-                       and committing is None and parsing is None):
+                       and not committing):
                     self._cond.wait(RETENTION_CHECK_SECONDS)
                 jobs: list[_Job] = []
                 count = 0
@@ -344,38 +334,20 @@ class StoreWriter:
                     jobs.append(job)
                     count += len(job.docs)
                 closing = self._closed and not self._jobs
-            # Three batches in flight: the newest being parsed (in the helper process, or here
-            # at once), the one before getting its trace keys here, and the one before that
-            # being written by the committer thread, mostly without the GIL.
-            batch = _Batch(jobs, count, self._helper.submit(
-                [(job.docs, job.received) for job in jobs])) if jobs else None
-            if parsing is not None:
-                rows, keys = self._prepare(parsing)
-                if committing is not None:
-                    self._finish(committing)
-                committing = self._start(parsing.jobs, parsing.count, rows, keys)
-            elif committing is not None:
-                self._finish(committing)
-                committing = None
-            parsing = batch
+            if jobs:
+                committing.append(self._start(jobs, count))
+            if committing and (len(committing) >= IN_FLIGHT or not jobs):
+                self._finish(committing.popleft())
             retention = self._retention_due()  # once: retention needs nothing in flight
             if closing or retention:
-                if parsing is not None:
-                    rows, keys = self._prepare(parsing)
-                    if committing is not None:
-                        self._finish(committing)
-                    committing = self._start(parsing.jobs, parsing.count, rows, keys)
-                    parsing = None
-                if committing is not None:
-                    self._finish(committing)
-                    committing = None
+                while committing:
+                    self._finish(committing.popleft())
             if retention:
                 self._run_retention()
             if closing:
                 with contextlib.suppress(Exception):
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.close()
-                self._keys_conn.close()
                 self._committer.shutdown()
                 self._helper.close()
                 return
@@ -397,48 +369,51 @@ class StoreWriter:
     def _retention_due(self) -> bool:
         return time.monotonic() - self._last_retention >= RETENTION_CHECK_SECONDS
 
-    def _prepare(self, batch: _Batch) -> tuple[Rows, dict[str, int]]:
-        """The batch's rows, with their trace keys, and the keys."""
-        rows, rejected = self._helper.result(batch.ticket)
-        rows.set_docs(batch.ticket.jobs, rejected)
-        for job, refused in zip(batch.jobs, rejected, strict=True):
-            job.rejects = refused
-            job.records = len(job.docs) - len(refused)
-            if self.on_reject is not None:
-                for r in refused:
-                    self.on_reject(Rejection(r.segment_id, r.code, r.message))
-        keys: dict[str, int] = {}
-        self._keys.resolve(rows.trace_ids, keys, self._inflight_keys)
-        rows.set_keys([keys[trace_id] for trace_id in rows.trace_ids])
-        return rows, keys
+    def _start(self, jobs: list[_Job], count: int) -> _Commit:
+        """Hand the batch to the parse helper (or parse it here, at once), then to the
+        committer thread, which writes and commits it."""
+        ticket = self._helper.submit([(job.docs, job.received) for job in jobs])
+        commit = _Commit(jobs, count)
+        commit.future = self._committer.submit(self._complete, jobs, ticket)
+        return commit
 
     def _stored_keys(self, trace_ids: list[str]) -> dict[str, int]:
-        return dict(self._keys_conn.execute(
+        return dict(self.conn.execute(
             "SELECT trace_id, pk FROM traces WHERE trace_id IN (SELECT value FROM json_each(?))",
             (orjson.dumps(trace_ids).decode(),)))
 
-    def _start(self, jobs: list[_Job], count: int, rows: Rows, keys: dict[str, int]
-               ) -> _Commit:
-        """Hand the batch to the committer thread, which writes and commits it."""
-        commit = _Commit(jobs, count)
-        self._inflight_keys = keys
-        rejects = [(r, job.docs[r.index]) for job in jobs for r in job.rejects]
-        commit.future = self._committer.submit(self._complete, rows, rejects, self.clock())
-        return commit
-
-    def _complete(self, rows: Rows, rejects: list[tuple[Rejected, bytes]],
-                  now: float) -> None:
-        """In the committer thread: each statement is one step of SQLite without the GIL."""
+    # --- the committer thread ------------------------------------------------------------
+    def _complete(self, jobs: list[_Job], ticket: Ticket) -> None:
+        """Take the batch's rows, give its traces their keys (here, so that every batch before
+        is committed or rolled back), write and commit it. Each statement is one step of
+        SQLite without the GIL; a failed batch is rolled back here."""
+        rows, rejected = self._helper.result(ticket)
+        rows.set_docs(ticket.jobs, rejected)
+        rejects = []
+        for job, refused in zip(jobs, rejected, strict=True):
+            job.rejects = refused
+            job.records = len(job.docs) - len(refused)
+            rejects.extend((r, job.docs[r.index]) for r in refused)
+            if self.on_reject is not None:
+                for r in refused:
+                    self.on_reject(Rejection(r.segment_id, r.code, r.message))
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        self._traces.execute(conn, rows.traces)
-        self._segments.execute(conn, rows.segments)
-        if rows.annotations:
-            self._annotations.execute(conn, rows.annotations)
-        if rows.services:
-            self._services.execute(conn, rows.services)
-        self._insert_rejects(rejects, now)
-        conn.execute("COMMIT")
+        try:
+            keys = self._keys.resolve(rows.trace_ids)
+            rows.set_keys([keys[trace_id] for trace_id in rows.trace_ids])
+            self._traces.execute(conn, rows.traces)
+            self._segments.execute(conn, rows.segments)
+            if rows.annotations:
+                self._annotations.execute(conn, rows.annotations)
+            if rows.services:
+                self._services.execute(conn, rows.services)
+            self._insert_rejects(rejects, self.clock())
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
         self._bound_wal()
 
     def _finish(self, commit: _Commit) -> None:
@@ -451,8 +426,6 @@ class StoreWriter:
         self._done(commit)
 
     def _failed(self, commit: _Commit, exc: Exception) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.execute("ROLLBACK")
         self.failed_commits += 1
         self.log.error("Trace store: %d documents not stored: %s",
                        sum(job.records for job in commit.jobs), exc)
@@ -499,7 +472,6 @@ class StoreWriter:
         self.conn.execute("COMMIT")
         # Keys of deleted traces may stay in self._keys: a late document of such a trace gets
         # its old key back, which nothing else uses.
-        self._inflight_keys = {}
 
     def _run_retention(self) -> None:
         self._last_retention = time.monotonic()
