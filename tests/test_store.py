@@ -302,3 +302,50 @@ def test_a_reopened_store_finds_the_traces_it_already_has(tmp_path):
     conn = schema.connect(str(tmp_path / "t.db"), readonly=True)
     assert conn.execute("SELECT count(*), max(documents) FROM traces").fetchone() == (1, 2)
     assert conn.execute("SELECT count(DISTINCT tpk) FROM segments").fetchone() == (1,)
+
+
+def test_a_version_3_store_is_migrated(tmp_path):
+    path = str(tmp_path / "v3.db")
+    writer = StoreWriter(path)
+    now = time.time()
+    docs = [orjson.dumps({"name": "web", "id": f"{i:016x}", "start_time": now, "end_time": now + 1,
+                          "trace_id": f"1-{int(now):08x}-{i:024x}", "annotations": {"n": i}})
+            for i in range(3)]
+    assert writer.write(docs) == []
+    writer.close()
+    old = sqlite3.connect(path)  # as version 3 had it: no buckets
+    old.executescript("""
+        CREATE TABLE a3 (key TEXT NOT NULL, typ TEXT NOT NULL, val NOT NULL,
+                         tpk INTEGER NOT NULL, PRIMARY KEY (key, typ, val, tpk)) WITHOUT ROWID;
+        INSERT INTO a3 SELECT key, typ, val, tpk FROM annotations;
+        DROP TABLE annotations;
+        ALTER TABLE a3 RENAME TO annotations;
+        PRAGMA user_version=3;
+    """)
+    old.close()
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+    assert sorted(conn.execute("SELECT bucket, key, typ, val FROM annotations")) == [
+        (0, "n", "n", 0.0), (0, "n", "n", 1.0), (0, "n", "n", 2.0)]
+    found = queries.trace_summaries(conn, now - 10, now + 10, "annotation.n = 1")
+    assert [s["Id"] for s in found["TraceSummaries"]] == [f"1-{int(now):08x}-{1:024x}"]
+
+
+def test_annotation_filters_search_every_bucket(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema, "BUCKET_BITS", 1)  # two traces a bucket
+    clock = Clock(5000.0)
+    writer = StoreWriter(str(tmp_path / "t.db"), Retention(hours=1), clock=clock)
+    for i in range(10):
+        writer.write([doc(i, 1000.0 + 100 * i, annotations={"k": "x", "i": i})])
+    conn = schema.connect(writer.path, readonly=True)
+    assert conn.execute("SELECT count(DISTINCT bucket) FROM annotations").fetchone() == (6,)
+    found = queries.trace_summaries(conn, 0, 10_000, 'annotation.k = "x"', page_size=100)
+    assert len(found["TraceSummaries"]) == 10
+    found = queries.trace_summaries(conn, 0, 10_000, "annotation.i >= 7", page_size=100)
+    assert len(found["TraceSummaries"]) == 3
+    clock.now = 1000.0 + 3600 + 450  # traces 0-4 are past the hour
+    assert writer.apply_retention() == 5
+    assert conn.execute("SELECT count(*) FROM annotations").fetchone() == (10,)
+    found = queries.trace_summaries(conn, 0, 10_000, 'annotation.k = "x"', page_size=100)
+    assert len(found["TraceSummaries"]) == 5
+    writer.close()

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from xrayd.store.schema import buckets_sql
+
 MAX_EXPRESSION = 2000
 
 
@@ -192,7 +194,8 @@ class _Parser:
             key = text.split(".", 1)[1]
         if not key or not re.fullmatch(r"[A-Za-z0-9_]+", key):
             raise FilterError(f"Invalid annotation key {key!r}")
-        sub = "t.pk IN (SELECT tpk FROM annotations WHERE key = ? AND "
+        sub = (f"t.pk IN (SELECT tpk FROM annotations WHERE bucket IN ({buckets_sql()}) "
+               "AND key = ? AND ")
         if not (self.op(*_COMPARE) or self.word(*_STRING_OPS)):
             self.params.extend([key, 1])
             return sub + "typ = 'b' AND val = ?)"

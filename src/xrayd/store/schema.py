@@ -5,13 +5,28 @@ from __future__ import annotations
 import os
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Annotations are indexed within buckets of 2**BUCKET_BITS consecutive trace keys: a commit's
+# rows then land in the newest bucket's few pages. Keyed by (key, value) alone, each of a
+# thousand values of an annotation had its own insertion point, so every commit rewrote a
+# thousand 16 KiB pages, and the cost per document grew with the store. A lookup seeks each
+# bucket in turn (a store of a million traces has 62).
+BUCKET_BITS = 14
 PAGE_SIZE = 16384
 
 # Every index grows at its end: rows and trace keys (pk, tpk) go in arrival order and trace ids
 # start with their time, so a commit dirties few pages (random keys made inserts several times
 # slower). Each trace's annotations and services are also kept as JSON on its row, so a page of
 # summaries and retention need no extra index.
+_ANNOTATIONS = """CREATE TABLE IF NOT EXISTS annotations (
+    bucket INTEGER NOT NULL,
+    key    TEXT NOT NULL,
+    typ    TEXT NOT NULL,
+    val    NOT NULL,
+    tpk    INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key, typ, val, tpk)
+) WITHOUT ROWID;"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
     pk          INTEGER PRIMARY KEY,
@@ -55,13 +70,7 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS segments_id ON segments(tpk, id);
 
-CREATE TABLE IF NOT EXISTS annotations (
-    key  TEXT NOT NULL,
-    typ  TEXT NOT NULL,
-    val  NOT NULL,
-    tpk  INTEGER NOT NULL,
-    PRIMARY KEY (key, typ, val, tpk)
-) WITHOUT ROWID;
+{annotations}
 
 CREATE TABLE IF NOT EXISTS services (
     name TEXT NOT NULL,
@@ -77,7 +86,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     doc      BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejected_received ON rejected(received);
-"""
+""".replace("{annotations}", _ANNOTATIONS)
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
@@ -99,6 +108,9 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA cache_size=-65536")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 3:
+        _migrate_from_3(conn)
+        version = SCHEMA_VERSION
     if version and version != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"trace store schema version {version}, this xrayd uses {SCHEMA_VERSION}: "
@@ -106,6 +118,29 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn
+
+
+def _migrate_from_3(conn: sqlite3.Connection) -> None:
+    """Version 3 indexed annotations by (key, type, value, trace key), without buckets."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE annotations RENAME TO annotations_v3")
+        conn.execute(_ANNOTATIONS)
+        conn.execute(f"INSERT INTO annotations SELECT tpk >> {BUCKET_BITS}, key, typ, val, tpk "
+                     "FROM annotations_v3")
+        conn.execute("DROP TABLE annotations_v3")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def buckets_sql() -> str:
+    """The buckets of every stored trace key, as a subquery for ``bucket IN (...)``."""
+    return (f"WITH RECURSIVE b(x) AS (SELECT (SELECT min(pk) FROM traces) >> {BUCKET_BITS} "
+            f"UNION ALL SELECT x + 1 FROM b WHERE x < (SELECT max(pk) FROM traces) >> "
+            f"{BUCKET_BITS}) SELECT x FROM b")
 
 
 def default_path(environ: dict[str, str] | None = None) -> str:

@@ -148,8 +148,9 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 _ANNOTATIONS_INSERT = """
-INSERT OR IGNORE INTO annotations (key, typ, val, tpk)
-SELECT column2, CASE typeof(column3) WHEN 'text' THEN 's' WHEN 'integer' THEN 'b' ELSE 'n' END,
+INSERT OR IGNORE INTO annotations (bucket, key, typ, val, tpk)
+SELECT column1 >> {bits}, column2,
+       CASE typeof(column3) WHEN 'text' THEN 's' WHEN 'integer' THEN 'b' ELSE 'n' END,
        column3, column1
 FROM ({values}) AS v WHERE v.column1 > 0
 """
@@ -230,7 +231,9 @@ class StoreWriter:
         limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._segments = _Insert(_SEGMENT_UPSERT, SEGMENT_COLUMNS, limit)
         self._traces = _Insert(_TRACE_UPSERT, TRACE_COLUMNS, limit)
-        self._annotations = _Insert(_ANNOTATIONS_INSERT, ANNOTATION_COLUMNS, limit)
+        self._annotations = _Insert(
+            _ANNOTATIONS_INSERT.replace("{bits}", str(schema.BUCKET_BITS)), ANNOTATION_COLUMNS,
+            limit)
         self._services = _Insert(_SERVICES_INSERT, SERVICE_COLUMNS, limit)
         # Trace keys: new traces get the next number (arrival order keeps the child tables'
         # indexes append-only). Older trace ids are looked up through a connection of the writer
@@ -460,12 +463,12 @@ class StoreWriter:
         for tpk, notes, names in rows:
             for key, value in orjson.loads(notes).items():
                 stored, tag = annotation_value(value)
-                annotations.append((key, tag, stored, tpk))
+                annotations.append((tpk >> schema.BUCKET_BITS, key, tag, stored, tpk))
             services.extend((name, tpk) for name in orjson.loads(names))
         keys = [(row[0],) for row in rows]
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.executemany("DELETE FROM annotations WHERE key = ? AND typ = ? AND val = ? "
-                              "AND tpk = ?", annotations)
+        self.conn.executemany("DELETE FROM annotations WHERE bucket = ? AND key = ? AND typ = ? "
+                              "AND val = ? AND tpk = ?", annotations)
         self.conn.executemany("DELETE FROM services WHERE name = ? AND tpk = ?", services)
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
