@@ -355,6 +355,12 @@ def main() -> None:
                   f"{result.drain_seconds:.2f} s after the last datagram; CPU "
                   f"{result.cpu_us:.1f} µs per stored document "
                   f"({result.helper_cpu_us:.1f} of it in the parse helper)")
+            sending = [lag for at, lag in result.lags if at <= result.send_seconds]
+            half = len(sending) // 2
+            if half:
+                print(f"mean lag while sending: {statistics.mean(sending[:half]):,.0f} in the "
+                      f"first half, {statistics.mean(sending[half:]):,.0f} in the second "
+                      "(growing: the store falls behind)")
             print("lag every 2 s: " + ", ".join(f"{lag:,}" for at, lag in result.lags[3::4]))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
