@@ -349,3 +349,56 @@ def test_annotation_filters_search_every_bucket(tmp_path, monkeypatch):
     found = queries.trace_summaries(conn, 0, 10_000, 'annotation.k = "x"', page_size=100)
     assert len(found["TraceSummaries"]) == 5
     writer.close()
+
+
+@pytest.mark.parametrize("in_helper", [False, True], ids=["in-process", "parse-helper"])
+def test_a_document_the_parser_chokes_on_fails_alone(tmp_path, monkeypatch, in_helper):
+    if in_helper:
+        monkeypatch.setattr(parse_helper, "MIN_BATCH", 1)
+    writer = StoreWriter(str(tmp_path / "t.db"))
+    deep = (b'{"id":"aaaaaaaaaaaaaaaa","trace_id":"1-5f000000-000000000000000000000009",'
+            b'"name":"n","start_time":1,"end_time":2,"x":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    huge_status = doc(2, 1000.0, http={"response": {"status": 2**63}})
+    rejected = writer.write([doc(1, 1000.0), deep, huge_status])
+    assert [(r.id, r.code) for r in rejected] == [("", "InvalidSegment")]
+    assert writer.write([doc(3, 1000.0)]) == []  # the writer carries on
+    conn = schema.connect(writer.path, readonly=True)
+    assert conn.execute("SELECT count(*) FROM segments").fetchone() == (3,)
+    assert conn.execute("SELECT http_status FROM traces WHERE trace_id LIKE '%2'").fetchone() == (
+        None,)
+    writer.close()
+
+
+def test_retention_removes_every_value_a_trace_had(tmp_path):
+    clock = Clock(1000.0)
+    writer = StoreWriter(str(tmp_path / "t.db"), Retention(hours=1), clock=clock)
+    trace = "1-5f000000-000000000000000000000001"
+    for seg, value in enumerate([1, 2]):  # the trace row's JSON keeps only the last value
+        writer.write([orjson.dumps({"name": "a", "id": f"{seg:016x}", "trace_id": trace,
+                                    "start_time": 1000.0, "end_time": 1001.0,
+                                    "annotations": {"k": value}})])
+    clock.now = 1000.0 + 7200
+    assert writer.apply_retention() == 1
+    conn = schema.connect(writer.path, readonly=True)
+    assert conn.execute("SELECT count(*) FROM annotations").fetchone() == (0,)
+    writer.close()
+
+
+def test_a_trace_from_a_clock_ahead_keeps_its_key_across_a_restart(tmp_path):
+    now = time.time()
+    future = "1-ffffffff-000000000000000000000001"
+
+    def seg(n: int) -> bytes:
+        return orjson.dumps({"name": "a", "id": f"{n:016x}", "trace_id": future,
+                             "start_time": now, "end_time": now + 1})
+
+    first = StoreWriter(str(tmp_path / "t.db"))
+    assert first.write([seg(1)]) == []
+    first.close()
+    second = StoreWriter(str(tmp_path / "t.db"))
+    assert second._keys.horizon <= int(now) + 1  # live traffic still needs no look-up
+    assert second.write([seg(2)]) == []
+    second.close()
+    conn = schema.connect(str(tmp_path / "t.db"), readonly=True)
+    assert conn.execute("SELECT count(*), max(documents) FROM traces").fetchone() == (1, 2)
+    assert conn.execute("SELECT count(DISTINCT tpk) FROM segments").fetchone() == (1,)

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import orjson
 
-TRACE_ID = re.compile(r"^1-[0-9a-fA-F]{8}-[0-9a-fA-F]{24}$")
+TRACE_ID = re.compile(r"1-[0-9a-fA-F]{8}-[0-9a-fA-F]{24}")
 REMOTE_NAMESPACES = ("aws", "remote")
 MAX_DEPTH = 64
 
@@ -113,6 +113,8 @@ def _load(doc: bytes) -> _Entity:
         return _decode(doc)
     except msgspec.DecodeError:
         pass
+    except RecursionError:
+        raise BadDocument("InvalidSegment", "Invalid JSON: nested too deeply") from None
     try:
         data = orjson.loads(doc)
     except orjson.JSONDecodeError as exc:
@@ -186,7 +188,7 @@ def _http(entity: _Entity, record: Record) -> None:
     response = http.get("response")
     if type(response) is dict:
         status = response.get("status")
-        if type(status) is int and _INT_MIN <= status <= _INT_MAX:
+        if type(status) is int and _INT_MIN <= status < 2**63:  # what SQLite can store
             record.http_status = status
 
 
@@ -199,7 +201,7 @@ def parse(doc: bytes) -> Record:
     trace_id = data.trace_id
     if not trace_id or type(trace_id) is not str:
         raise BadDocument("InvalidTraceId", "Missing trace ID", seg_id)
-    if not TRACE_ID.match(trace_id):
+    if not TRACE_ID.fullmatch(trace_id):
         raise BadDocument("InvalidTraceId", f"Invalid trace ID {trace_id[:64]!r}", seg_id,
                           trace_id)
     name = data.name

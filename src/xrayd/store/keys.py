@@ -59,6 +59,12 @@ class TraceKeys:
             self._drop_oldest(keys)
         return keys
 
+    def preload(self, known: Iterable[tuple[str, int]]) -> None:
+        """Remember stored (trace id, key) pairs, such as every stored trace from the horizon
+        on when the store is opened."""
+        for trace_id, pk in known:
+            self._remember(epoch_of(trace_id), trace_id, pk)
+
     def _remember(self, epoch: int, trace_id: str, pk: int | None) -> int:
         if pk is None:
             pk = self.next_pk

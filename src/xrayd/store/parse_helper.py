@@ -4,8 +4,8 @@ Parsing documents and building their rows is pure Python and holds the GIL; writ
 mostly SQLite, which runs without it. In one process the two share one GIL with the UDP
 reader, and the parsing alone takes more of it than everything else together. The helper is a
 child process (``python -m xrayd.store.parse_helper``) that reads batches of documents on its
-stdin and writes back their rows (``rows.build``) on its stdout; the writer thread assigns the
-trace keys and hands the rows to the committer as before.
+stdin and writes back their rows (``rows.build``) on its stdout; the committer thread takes
+them, gives the traces their keys and writes them.
 
 Messages are a 4-byte length and MessagePack (msgspec: several times faster than pickle at
 encoding the rows' many small values). The
@@ -94,14 +94,23 @@ Built = tuple[Rows, list[list[Rejected]]]
 
 
 class Ticket:
-    """A batch handed to ``ParseHelper.submit``: its rows once built."""
+    """A batch handed to ``ParseHelper.submit``: its rows once built, or why they were not."""
 
-    __slots__ = ("built", "jobs", "remote")
+    __slots__ = ("built", "error", "jobs", "remote")
 
-    def __init__(self, jobs: Jobs, built: Built | None) -> None:
+    def __init__(self, jobs: Jobs, built: Built | None, error: Exception | None = None
+                 ) -> None:
         self.jobs = jobs
         self.built = built
-        self.remote = built is None
+        self.error = error
+        self.remote = built is None and error is None
+
+    @classmethod
+    def local(cls, jobs: Jobs) -> Ticket:
+        try:
+            return cls(jobs, build(jobs))
+        except Exception as exc:  # fails this batch only, in result()
+            return cls(jobs, None, exc)
 
 
 class ParseHelper:
@@ -114,7 +123,8 @@ class ParseHelper:
                  command: Sequence[str] | None = None,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.clock = clock
-        self.command = list(command or [sys.executable, "-m", "xrayd.store.parse_helper"])
+        # -P: not the daemon's working directory first on the child's sys.path.
+        self.command = list(command or [sys.executable, "-P", "-m", "xrayd.store.parse_helper"])
         self.on_error = on_error
         self.process: subprocess.Popen[bytes] | None = None
         self.failures = 0
@@ -141,12 +151,12 @@ class ParseHelper:
                 ticket = Ticket(jobs, None)
                 self._outstanding.append(ticket)
                 self._requests.put(_encode([(list(docs), received) for docs, received in jobs]))
-        return ticket if remote else Ticket(jobs, build(jobs))
+        return ticket if remote else Ticket.local(jobs)
 
     def result(self, ticket: Ticket) -> Built:
         """The rows of ``ticket``; tickets are taken in the order they were submitted (by one
         thread; another may submit meanwhile)."""
-        while ticket.built is None:
+        while ticket.built is None and ticket.error is None:
             with self._lock:
                 oldest = self._outstanding[0]
                 process = self.process
@@ -158,13 +168,24 @@ class ParseHelper:
                     lost = list(self._outstanding)
                     self._outstanding.clear()
                 for each in lost:
-                    each.built = build(each.jobs)
+                    rebuilt = Ticket.local(each.jobs)
+                    each.built, each.error = rebuilt.built, rebuilt.error
                 break
             with self._lock:
                 oldest.built = built
                 self._outstanding.popleft()
+        if ticket.error is not None:
+            raise ticket.error
         assert ticket.built is not None
         return ticket.built
+
+    def stop_if_idle(self) -> None:
+        """Stop the helper after IDLE_SECONDS without a large batch (the writer calls this
+        when it wakes with nothing to do)."""
+        with self._lock:
+            if (self.process is not None and not self._outstanding
+                    and self.clock() - self._last_large >= IDLE_SECONDS):
+                self.close()
 
     @staticmethod
     def _receive(process: subprocess.Popen[bytes] | None) -> Built:

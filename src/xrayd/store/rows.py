@@ -79,7 +79,7 @@ class Rows:
             extend = self.annotations.extend
             for key, value in annotations:
                 # Stored by kind (the statement tags the type): text, 0/1 for booleans, a
-                # float for every number, as the writer's annotation_value() does.
+                # float for every number; filters compare values of the same kind only.
                 kind = type(value)
                 if kind is str:
                     extend((tpk, key, value))
@@ -140,6 +140,10 @@ def build(jobs: Jobs) -> tuple[Rows, list[list[Rejected]]]:
                 record = parse(doc)
             except BadDocument as bad:
                 refused.append(Rejected(index, bad.code, str(bad), bad.segment_id))
+                continue
+            except Exception as exc:  # a parser bug must not fail the batch, or the writer
+                refused.append(Rejected(index, "InvalidSegment",
+                                        f"Unreadable document ({type(exc).__name__})", ""))
                 continue
             add(record, received)
         rejected.append(refused)

@@ -194,15 +194,6 @@ class _Insert:
             conn.execute(self._statement(size), chunk)
 
 
-def annotation_value(value: object) -> tuple[object, str]:
-    """(stored value, type tag): booleans, numbers and strings compare only with their kind."""
-    if isinstance(value, bool):
-        return int(value), "b"
-    if isinstance(value, int | float):
-        return float(value), "n"
-    return str(value), "s"
-
-
 class StoreWriter:
     def __init__(
         self,
@@ -235,15 +226,7 @@ class StoreWriter:
             _ANNOTATIONS_INSERT.replace("{bits}", str(schema.BUCKET_BITS)), ANNOTATION_COLUMNS,
             limit)
         self._services = _Insert(_SERVICES_INSERT, SERVICE_COLUMNS, limit)
-        # Trace keys: new traces get the next number (arrival order keeps the child tables'
-        # indexes append-only). Older trace ids are looked up through a connection of the writer
-        # thread's own (the committer may be writing on self.conn). Fixed-width hex compares as
-        # its number once lower-cased, so max() finds the newest epoch stored.
-        next_pk, newest = self.conn.execute(
-            "SELECT coalesce(max(pk), 0) + 1, max(lower(substr(trace_id, 3, 8))) FROM traces"
-        ).fetchone()
-        self._keys = TraceKeys(next_pk, 0 if newest is None else int(newest, 16) + 1,
-                               self._stored_keys, PK_CACHE_SIZE)
+        self._keys = self._load_keys()
         self._cond = threading.Condition()
         self._closed = False
         self._last_retention = 0.0
@@ -339,6 +322,8 @@ class StoreWriter:
                 closing = self._closed and not self._jobs
             if jobs:
                 committing.append(self._start(jobs, count))
+            else:
+                self._helper.stop_if_idle()
             if committing and (len(committing) >= IN_FLIGHT or not jobs):
                 self._finish(committing.popleft())
             retention = self._retention_due()  # once: retention needs nothing in flight
@@ -380,6 +365,23 @@ class StoreWriter:
         commit.future = self._committer.submit(self._complete, jobs, ticket)
         return commit
 
+    def _load_keys(self) -> TraceKeys:
+        """Trace keys: new traces get the next number (arrival order keeps the child tables'
+        indexes append-only); the committer looks older trace ids up. The cache starts with
+        every stored trace whose id is from this second on (future ones, from a client whose
+        clock runs ahead), so that live traffic needs no look-up however far ahead that clock
+        was. Fixed-width hex compares as its number once lower-cased."""
+        now = f"{min(int(self.clock()), 0xFFFFFFFF):08x}"
+        next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces").fetchone()[0]
+        ahead = self.conn.execute(
+            "SELECT trace_id, pk FROM traces WHERE lower(substr(trace_id, 3, 8)) >= ? LIMIT ?",
+            (now, PK_CACHE_SIZE // 2 + 1)).fetchall()
+        if len(ahead) > PK_CACHE_SIZE // 2:  # a clock far behind: look every id up
+            return TraceKeys(next_pk, 1 << 32, self._stored_keys, PK_CACHE_SIZE)
+        keys = TraceKeys(next_pk, int(now, 16), self._stored_keys, PK_CACHE_SIZE)
+        keys.preload(ahead)
+        return keys
+
     def _stored_keys(self, trace_ids: list[str]) -> dict[str, int]:
         return dict(self.conn.execute(
             "SELECT trace_id, pk FROM traces WHERE trace_id IN (SELECT value FROM json_each(?))",
@@ -397,9 +399,6 @@ class StoreWriter:
             job.rejects = refused
             job.records = len(job.docs) - len(refused)
             rejects.extend((r, job.docs[r.index]) for r in refused)
-            if self.on_reject is not None:
-                for r in refused:
-                    self.on_reject(Rejection(r.segment_id, r.code, r.message))
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -417,6 +416,9 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
             raise
+        if self.on_reject is not None:  # once they are in the rejected list
+            for r, _doc in rejects:
+                self.on_reject(Rejection(r.segment_id, r.code, r.message))
         self._bound_wal()
 
     def _finish(self, commit: _Commit) -> None:
@@ -457,18 +459,18 @@ class StoreWriter:
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
-    def _delete_traces(self, rows: list[tuple[int, str, str]]) -> None:
-        """Delete traces given as (pk, annotations JSON, services JSON) rows."""
-        annotations, services = [], []
-        for tpk, notes, names in rows:
-            for key, value in orjson.loads(notes).items():
-                stored, tag = annotation_value(value)
-                annotations.append((tpk >> schema.BUCKET_BITS, key, tag, stored, tpk))
-            services.extend((name, tpk) for name in orjson.loads(names))
+    def _delete_traces(self, rows: list[tuple[int, str]]) -> None:
+        """Delete traces given as (pk, services JSON) rows. Annotations go by bucket (the
+        trace row's JSON keeps only the last value of each key, so it cannot name them all)."""
+        services = [(name, tpk) for tpk, names in rows for name in orjson.loads(names)]
         keys = [(row[0],) for row in rows]
+        buckets: dict[int, list[int]] = {}
+        for tpk, _names in rows:
+            buckets.setdefault(tpk >> schema.BUCKET_BITS, []).append(tpk)
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.executemany("DELETE FROM annotations WHERE bucket = ? AND key = ? AND typ = ? "
-                              "AND val = ? AND tpk = ?", annotations)
+        self.conn.executemany(
+            "DELETE FROM annotations WHERE bucket = ? AND tpk IN (SELECT value FROM json_each(?))",
+            [(bucket, orjson.dumps(tpks).decode()) for bucket, tpks in buckets.items()])
         self.conn.executemany("DELETE FROM services WHERE name = ? AND tpk = ?", services)
         self.conn.executemany("DELETE FROM segments WHERE tpk = ?", keys)
         self.conn.executemany("DELETE FROM traces WHERE pk = ?", keys)
@@ -493,7 +495,7 @@ class StoreWriter:
         cutoff = self.clock() - self.retention.hours * 3600.0
         while True:
             rows = self.conn.execute(
-                "SELECT pk, annotations, services FROM traces WHERE start < ? LIMIT ?",
+                "SELECT pk, services FROM traces WHERE start < ? LIMIT ?",
                 (cutoff, DELETE_CHUNK)).fetchall()
             if not rows:
                 break
@@ -510,7 +512,7 @@ class StoreWriter:
                     break
                 chunk = max(1, min(DELETE_CHUNK, total // 10))
                 rows = self.conn.execute(
-                    "SELECT pk, annotations, services FROM traces ORDER BY start LIMIT ?",
+                    "SELECT pk, services FROM traces ORDER BY start LIMIT ?",
                     (chunk,)).fetchall()
                 self._delete_traces(rows)
                 self.conn.execute(
