@@ -367,18 +367,24 @@ class StoreWriter:
 
     def _load_keys(self) -> TraceKeys:
         """Trace keys: new traces get the next number (arrival order keeps the child tables'
-        indexes append-only); the committer looks older trace ids up. The cache starts with
-        every stored trace whose id is from this second on (future ones, from a client whose
-        clock runs ahead), so that live traffic needs no look-up however far ahead that clock
-        was. Fixed-width hex compares as its number once lower-cased."""
-        now = f"{min(int(self.clock()), 0xFFFFFFFF):08x}"
-        next_pk = 1 + self.conn.execute("SELECT coalesce(max(pk), 0) FROM traces").fetchone()[0]
+        indexes append-only); the committer looks older trace ids up. Every stored trace is
+        older than the newest stored epoch + 1, so ids from there on need no look-up; if that
+        is in the future (a client whose clock runs ahead), the horizon is this second and the
+        cache starts with the stored traces from it on. Fixed-width hex compares as its number
+        once lower-cased."""
+        next_pk, newest = self.conn.execute(
+            "SELECT coalesce(max(pk), 0) + 1, max(lower(substr(trace_id, 3, 8))) FROM traces"
+        ).fetchone()
+        now = min(int(self.clock()), 0xFFFFFFFF)
+        if newest is None or int(newest, 16) < now:
+            horizon = 0 if newest is None else int(newest, 16) + 1
+            return TraceKeys(next_pk, horizon, self._stored_keys, PK_CACHE_SIZE)
         ahead = self.conn.execute(
             "SELECT trace_id, pk FROM traces WHERE lower(substr(trace_id, 3, 8)) >= ? LIMIT ?",
-            (now, PK_CACHE_SIZE // 2 + 1)).fetchall()
+            (f"{now:08x}", PK_CACHE_SIZE // 2 + 1)).fetchall()
         if len(ahead) > PK_CACHE_SIZE // 2:  # a clock far behind: look every id up
             return TraceKeys(next_pk, 1 << 32, self._stored_keys, PK_CACHE_SIZE)
-        keys = TraceKeys(next_pk, int(now, 16), self._stored_keys, PK_CACHE_SIZE)
+        keys = TraceKeys(next_pk, now, self._stored_keys, PK_CACHE_SIZE)
         keys.preload(ahead)
         return keys
 
