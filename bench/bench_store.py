@@ -94,6 +94,20 @@ def documents(count: int, now: float, order: str, disorder: int) -> list[bytes]:
     return [docs[i] for i in arrival]
 
 
+def speed_probe() -> str:
+    """How fast this (shared) machine runs Python right now: the best of three runs of a fixed
+    loop, in ms. On the 2-vCPU guest of docs/benchmarks.md it moved between ~150 and ~280 ms
+    within seconds, and the store's figures moved with it."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i * 2
+        best = min(best, time.perf_counter() - started)
+    return f"speed probe {best * 1000:.0f} ms (lower is faster)"
+
+
 def thread_cpu(names: tuple[str, ...]) -> dict[str, float]:
     """CPU seconds of this process's threads whose names start with one of ``names``."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -289,6 +303,7 @@ def main() -> None:
     docs = documents(args.segments, now, args.order, args.disorder)
     size = sum(map(len, docs)) / len(docs)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{speed_probe()}; "
           f"order: {args.order}" + (f", disorder {args.disorder}"
                                     if args.order == "arrival" else ""))
     sys.setswitchinterval(0.0005)  # as the daemon runs
@@ -342,7 +357,7 @@ def main() -> None:
         if args.udp_rate:
             count = args.udp_rate * args.udp_seconds
             print(f"load average before the stream: "
-                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {speed_probe()}")
             result = stream(documents(count, time.time(), args.order, args.disorder), tmp,
                             args.udp_rate)
             worst = max((lag for _, lag in result.lags), default=0)
