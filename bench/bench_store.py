@@ -96,7 +96,7 @@ def documents(count: int, now: float, order: str, disorder: int) -> list[bytes]:
 
 def speed_probe() -> str:
     """How fast this (shared) machine runs Python right now: the best of three runs of a fixed
-    loop, in ms. On the 2-vCPU guest of docs/benchmarks.md it moved between ~150 and ~280 ms
+    loop, in ms. On the 2-vCPU guest of docs/benchmarks.md it moved between ~50 and ~100 ms
     within seconds, and the store's figures moved with it."""
     best = float("inf")
     for _ in range(3):
