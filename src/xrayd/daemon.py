@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # The shutdown drain time is Config.drain_seconds (default 20 s: a few rounds of 2-second
 # attempts, well under the 30 s a container platform waits before SIGKILL).
 REPLAY_THREADS = 4
+SIGNAL_POLL_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -311,7 +312,9 @@ class Daemon:
             signal.signal(signal.SIGHUP, lambda _s, _f: log_file.reopen())
 
     def wait(self) -> None:
-        while not self.shutdown.requested.wait(3600):
+        # Short waits: a signal the kernel delivers to another thread only runs its Python
+        # handler once the main thread executes bytecode again.
+        while not self.shutdown.requested.wait(SIGNAL_POLL_SECONDS):
             pass
         self.log.info("Got shutdown signal: %s", self.shutdown.signal_name)
 

@@ -133,7 +133,9 @@ class SegmentQueue:
                 left = deadline - self.clock()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                # At most a second at a time: the shutdown drain runs in the main thread,
+                # which must get to run a second signal's handler (see Daemon.wait).
+                self._cond.wait(min(left, 1.0))
             return True
 
     def snapshot(self) -> tuple[int, int, int]:
