@@ -318,6 +318,18 @@ class Daemon:
             pass
         self.log.info("Got shutdown signal: %s", self.shutdown.signal_name)
 
+    def _wait_drained(self, timeout: float) -> bool:
+        """The queue's wait_drained, a second at a time: the drain runs in the main thread,
+        which must get to run a second signal's handler (see wait)."""
+        assert self.queue is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self.queue.wait_drained(max(0.0, min(left, SIGNAL_POLL_SECONDS))):
+                return True
+            if left <= SIGNAL_POLL_SECONDS:
+                return False
+
     def stop(self, drain_seconds: float | None = None) -> None:
         """Stop intake, upload what is buffered within ``drain_seconds``, spool what is left
         when a spool is configured, then return."""
@@ -340,11 +352,11 @@ class Daemon:
             reserve = min(3.0, drain_seconds / 4) if self.spool is not None else 0.0
             if self.spool is not None:
                 self.uploader.stop_replay()
-            drained = self.queue.wait_drained(drain_seconds - reserve)
+            drained = self._wait_drained(drain_seconds - reserve)
             if not drained and self.spool is not None:
                 log.info("Shutdown drain: spooling what is still buffered")
                 self.uploader.divert()
-                drained = self.queue.wait_drained(reserve)
+                drained = self._wait_drained(reserve)
             if not drained:
                 queued = self.queue.abandon()
                 in_flight = self.queue.snapshot()[2]

@@ -133,9 +133,7 @@ class SegmentQueue:
                 left = deadline - self.clock()
                 if left <= 0:
                     return False
-                # At most a second at a time: the shutdown drain runs in the main thread,
-                # which must get to run a second signal's handler (see Daemon.wait).
-                self._cond.wait(min(left, 1.0))
+                self._cond.wait(left)
             return True
 
     def snapshot(self) -> tuple[int, int, int]:

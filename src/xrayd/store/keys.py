@@ -40,7 +40,7 @@ class TraceKeys:
         for trace_id in trace_ids:
             if trace_id in keys:
                 continue
-            epoch = int(trace_id[2:10], 16)
+            epoch = epoch_of(trace_id)
             known = epochs.get(epoch)
             pk = None if known is None else known.get(trace_id)
             if pk is not None:

@@ -8,10 +8,10 @@ stdin and writes back their rows (``rows.build``) on its stdout; the committer t
 them, gives the traces their keys and writes them.
 
 Messages are a 4-byte length and MessagePack (msgspec: several times faster than pickle at
-encoding the rows' many small values). The
-writer starts the helper when a batch is large (the writer has fallen behind), stops it after
-a spell without large batches, and builds rows in-process whenever the helper is not there or
-fails (it is then started again at most once a minute).
+encoding the rows' many small values). The writer starts the helper when a batch is large (the
+writer has fallen behind), stops it after a spell without large batches, and builds rows
+in-process whenever the helper is not there or fails (it is then started again at most once a
+minute).
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def _grow_pipe(fd: int) -> None:
 
 
 def _write(fd: int, payload: bytes) -> None:
-    data = memoryview(_LENGTH.pack(len(payload)) + payload)
-    while data:
-        data = data[os.write(fd, data):]
+    for data in (memoryview(_LENGTH.pack(len(payload))), memoryview(payload)):
+        while data:  # no joined copy: a request is megabytes
+            data = data[os.write(fd, data):]
 
 
 def _read(fd: int, deadline: float | None = None) -> bytes | None:
@@ -135,7 +135,7 @@ class ParseHelper:
         self._failed_at = float("-inf")
 
     def submit(self, jobs: Jobs) -> Ticket:
-        remote = False
+        """Called by one thread only (the writer), so requests go out in submission order."""
         with self._lock:
             now = self.clock()
             size = sum(len(docs) for docs, _ in jobs)
@@ -143,15 +143,18 @@ class ParseHelper:
                 self._last_large = now
                 if self.process is None and now - self._failed_at >= RETRY_SECONDS:
                     self._start()
-            elif (self.process is not None and not self._outstanding
-                  and now - self._last_large >= IDLE_SECONDS):
-                self.close()
-            if self.process is not None and size:
-                remote = True
-                ticket = Ticket(jobs, None)
-                self._outstanding.append(ticket)
-                self._requests.put(_encode([(list(docs), received) for docs, received in jobs]))
-        return ticket if remote else Ticket.local(jobs)
+            else:
+                self._stop_if_idle(now)
+            if self.process is None or not size:
+                remote = None
+            else:
+                remote = Ticket(jobs, None)
+                self._outstanding.append(remote)
+                requests = self._requests
+        if remote is None:
+            return Ticket.local(jobs)
+        requests.put(_encode([(list(docs), received) for docs, received in jobs]))
+        return remote
 
     def result(self, ticket: Ticket) -> Built:
         """The rows of ``ticket``; tickets are taken in the order they were submitted (by one
@@ -183,9 +186,12 @@ class ParseHelper:
         """Stop the helper after IDLE_SECONDS without a large batch (the writer calls this
         when it wakes with nothing to do)."""
         with self._lock:
-            if (self.process is not None and not self._outstanding
-                    and self.clock() - self._last_large >= IDLE_SECONDS):
-                self.close()
+            self._stop_if_idle(self.clock())
+
+    def _stop_if_idle(self, now: float) -> None:
+        if (self.process is not None and not self._outstanding
+                and now - self._last_large >= IDLE_SECONDS):
+            self.close()
 
     @staticmethod
     def _receive(process: subprocess.Popen[bytes] | None) -> Built:

@@ -1,7 +1,8 @@
-"""The store's one writer. Callers (the upload workers) queue documents; a writer thread parses
-them and builds their rows, a committer thread writes each batch in a transaction while the
-writer prepares the next one, and the writer thread enforces retention. A caller that waits
-counts its documents as sent only once they are committed."""
+"""The store's one writer. Callers (the upload workers) queue documents; a writer thread takes
+them in batches and has their rows built (by the parse helper process under load, else at once
+in its own thread); a committer thread gives the traces their keys and writes each batch in a
+transaction while the next one is parsed; the writer thread enforces retention. A caller that
+waits counts its documents as sent only once they are committed."""
 
 from __future__ import annotations
 
@@ -243,8 +244,7 @@ class StoreWriter:
         MAX_PENDING records wait; beyond that the caller is held back) and rejections go to
         ``on_reject`` only.
 
-        The writer thread parses the documents and builds their rows while the committer
-        thread writes the previous batch."""
+        The documents are parsed while the committer thread writes the previous batch."""
         job = _Job(docs, self.clock())
         deadline = time.monotonic() + timeout
         with self._cond:
