@@ -39,6 +39,9 @@ from dataclasses import dataclass
 
 import orjson
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+# The tests' safe environment (dummy credentials, no instance metadata) and loopback port helper.
+from conftest import SAFE_ENV, free_udp_tcp_port
 from xrayd.exporters.local import LocalExporter
 from xrayd.sampling.engine import SamplingEngine
 from xrayd.server.xray_api import StoreReader, XRayApi, make_server
@@ -194,10 +197,8 @@ def stream(docs: list[bytes], tmp: str, rate: int) -> Stream:
     import socket
     import subprocess
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    port = free_udp_tcp_port()
+    env = {**os.environ, **SAFE_ENV}
     log = open(os.path.join(tmp, "xrayd.log"), "wb")  # noqa: SIM115
     daemon = subprocess.Popen(
         [sys.executable, "-m", "xrayd", "--offline", "--store", os.path.join(tmp, "udp.db"),
