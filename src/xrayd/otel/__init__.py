@@ -1,0 +1,1 @@
+"""Conversions between OpenTelemetry spans and X-Ray segment documents: pure functions, no I/O."""
