@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from xrayd.store import queries, schema
-from xrayd.store.filters import FilterError, compile_filter, tokenize
+from xrayd.store.filters import FilterError, compile_filter, parse, tokenize
 from xrayd.store.writer import StoreWriter
 
 
@@ -20,13 +20,13 @@ def test_tokens():
 
 
 @pytest.mark.parametrize("text", [
-    "", "bogus", "annotation.k ==", "service()", "service(name)", "responsetime > \"x\"",
+    "", "bogus", "annotation.k ==", "service(", "service(name", "responsetime > \"x\"",
     "error AND", "(fault", "annotation.bad-key = 1", "http.url CONTAINS 5",
     "annotation.k > true", "fault = maybe", "x" * 3000, "annotation.k = 1 ) ",
 ])
 def test_bad_expressions(text):
     with pytest.raises(FilterError):
-        compile_filter(text)
+        parse(text)
 
 
 def test_parameters_are_bound_not_inlined():
@@ -71,7 +71,8 @@ def store(tmp_path):
     ('annotation.user != "bob"', {1}),
     ("annotation.tier > 1", {1, 2}),
     ("annotation.tier <= 1 OR annotation.tier >= 3", {0, 2}),
-    ("annotation.vip", {0}),
+    ("annotation.vip", {0, 2}),  # the guide: "annotation is set"
+    ("!annotation.vip", {1, 3}),
     ("annotation.vip = false", {2}),
     ("annotation[tier] = 2", {1}),
     ('annotation.user CONTAINS "li"', {1}),

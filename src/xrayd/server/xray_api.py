@@ -17,7 +17,7 @@ import orjson
 from xrayd.sampling.engine import SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, queries, schema
-from xrayd.store.filters import FilterError
+from xrayd.store.filters import FilterError, GroupResolver
 from xrayd.store.queries import QueryError
 from xrayd.store.writer import StoreWriter
 
@@ -109,11 +109,12 @@ def trace_ids(body: dict[str, Any], limit: int | None) -> list[str]:
 
 
 class XRayApi:
-    def __init__(self, writer: StoreWriter, reader: StoreReader, sampling: SamplingEngine
-                 ) -> None:
+    def __init__(self, writer: StoreWriter, reader: StoreReader, sampling: SamplingEngine,
+                 groups: GroupResolver | None = None) -> None:
         self.writer = writer
         self.reader = reader
         self.sampling = sampling
+        self.groups = groups  # a group's name or ARN to its filter expression
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The operations by path (all POST)."""
@@ -186,8 +187,16 @@ class XRayApi:
         token = body.get("NextToken")
         if token is not None and not isinstance(token, str):
             raise ApiError("InvalidRequestException", "NextToken must be a string")
+        range_type = body.get("TimeRangeType")
+        if range_type is not None and range_type not in ("TraceId", "Event", "Service"):
+            raise ApiError("InvalidRequestException",
+                           "TimeRangeType must be one of TraceId, Event, Service")
+        if body.get("Sampling") is True or body.get("SamplingStrategy") is not None:
+            raise ApiError("InvalidRequestException",
+                           "Sampling and SamplingStrategy are not supported offline: every "
+                           "trace of the range is scanned")
         return self.reader.run(queries.trace_summaries, start, end, expression or None,
-                                     token or None)
+                               token or None, queries.PAGE_SIZE, range_type, self.groups)
 
     def batch_get_traces(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.reader.run(queries.batch_get_traces, trace_ids(body, MAX_TRACE_IDS))

@@ -56,6 +56,7 @@ class Record:
     http_status: int | None = None
     http_url: str | None = None
     user: str | None = None
+    own_flags: int = 0  # the document's own error (1), fault (2) and throttle (4) flags
     annotations: list[tuple[str, Any]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     doc: bytes = b""
@@ -227,6 +228,8 @@ def parse(doc: bytes) -> Record:
     record = Record(trace_id, seg_id, parent_id or None, kind, name,
                     origin if type(origin) is str else None, start, end, in_progress,
                     False, False, False, doc=doc)
+    record.own_flags = ((data.error is True) + 2 * (data.fault is True)
+                        + 4 * (data.throttle is True))
     if kind == "segment":
         _http(data, record)
         if type(data.user) is str:

@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
-from xrayd.store.filters import compile_filter
+from xrayd.store.filters import GroupResolver, Sql, parse
 from xrayd.store.merge import merge
+from xrayd.store.summary import Trace
 
 PAGE_SIZE = 100
 MAX_BATCH_TRACE_IDS = 5
@@ -34,6 +35,30 @@ def decode_token(token: str) -> tuple[float, str]:
         raise QueryError("Invalid NextToken") from None
 
 
+# Traces whose documents a filter is checked on, per call at most: past that the page ends
+# early with a NextToken (as the service answers a partial scan), so a call stays short.
+MAX_CHECKED = 2000
+# How GetTraceSummaries' TimeRangeType picks traces: (condition, the matched time).
+TIME_RANGES = {
+    None: ("t.start >= ? AND t.start <= ?", "t.start"),
+    "Event": ("t.updated >= ? AND t.updated <= ?", "t.updated"),
+    "Service": ("t.end >= ? AND t.end <= ?", "t.end"),
+    "TraceId": ("t.trace_id >= ? AND t.trace_id < ?", "t.start"),
+}
+
+
+def _range(kind: str | None, start: float, end: float) -> tuple[str, list[Any], str]:
+    if kind not in TIME_RANGES:
+        raise QueryError(f"TimeRangeType {kind!r} is not one of TraceId, Event, Service")
+    where, matched = TIME_RANGES[kind]
+    if kind == "TraceId":  # trace ids start with their epoch second in 8 hex digits
+        low = max(0, min(int(start), 0xFFFFFFFF))
+        high = max(0, min(int(end) + 1, 0xFFFFFFFF + 1))
+        return where, [f"1-{low:08x}", f"1-{high:08x}" if high <= 0xFFFFFFFF else "1-~"], \
+            matched
+    return where, [start, end], matched
+
+
 def trace_summaries(
     conn: sqlite3.Connection,
     start: float,
@@ -41,88 +66,61 @@ def trace_summaries(
     filter_expression: str | None = None,
     next_token: str | None = None,
     page_size: int = PAGE_SIZE,
+    time_range_type: str | None = None,
+    groups: GroupResolver | None = None,
 ) -> dict[str, Any]:
-    where = ["t.start >= ?", "t.start <= ?"]
-    params: list[Any] = [start, end]
-    if filter_expression:
-        sql, extra = compile_filter(filter_expression)
-        where.append(sql)
-        params.extend(extra)
-    count_sql = "SELECT count(*) FROM traces t WHERE t.start >= ? AND t.start <= ?"
-    processed = conn.execute(count_sql, (start, end)).fetchone()[0]
+    where, range_params, matched_column = _range(time_range_type, start, end)
+    node = parse(filter_expression, groups) if filter_expression else None
+    condition = node.sql() if node is not None else Sql.exact("1")
+    processed = conn.execute(f"SELECT count(*) FROM traces t WHERE {where}",
+                             range_params).fetchone()[0]
+    token_sql, token_params = "", []
     if next_token:
         after_start, after_id = decode_token(next_token)
-        where.append("(t.start < ? OR (t.start = ? AND t.trace_id < ?))")
-        params.extend([after_start, after_start, after_id])
-    rows = conn.execute(
-        "SELECT t.trace_id, t.start, t.end, t.root_start, t.root_end, t.error, t.fault, "
-        "t.throttle, t.http_method, t.http_status, t.http_url, t.user, t.root_name, t.documents, "
-        "t.annotations, t.services, t.pk "
-        f"FROM traces t WHERE {' AND '.join(where)} "
-        "ORDER BY t.start DESC, t.trace_id DESC LIMIT ?",
-        (*params, page_size + 1),
-    ).fetchall()
-    more = len(rows) > page_size
-    rows = rows[:page_size]
-    partial = _partial_of(conn, [row[-1] for row in rows])
+        token_sql = " AND (t.start < ? OR (t.start = ? AND t.trace_id < ?))"
+        token_params = [after_start, after_start, after_id]
+    cursor = conn.execute(
+        f"SELECT t.pk, t.trace_id, t.start, t.documents, {matched_column}, "
+        f"{condition.sure} FROM traces t WHERE {where} AND {condition.maybe}{token_sql} "
+        "ORDER BY t.start DESC, t.trace_id DESC",
+        (*condition.sure_params, *range_params, *condition.maybe_params, *token_params))
+    found: list[tuple[Any, ...]] = []
+    models: dict[int, Trace] = {}
+    checked = 0
+    last: tuple[float, str] | None = None
+    more = False
+    for row in cursor:
+        tkey, trace_id, t_start, documents, matched_time, sure = row
+        if len(found) == page_size or checked >= MAX_CHECKED:
+            more = True
+            break
+        last = (t_start, trace_id)
+        if not sure:
+            checked += 1
+            model = trace_model(conn, tkey, trace_id, documents)
+            if node is None or not node.match(model):
+                continue
+            models[tkey] = model
+        found.append(row)
+    cursor.close()
     summaries = []
-    for (trace_id, t_start, t_end, r_start, r_end, error, fault, throttle, method, status, url,
-         user, root_name, documents, notes, names, tkey) in rows:
-        http: dict[str, Any] = {}
-        if url is not None:
-            http["HttpURL"] = url
-        if status is not None:
-            http["HttpStatus"] = status
-        if method is not None:
-            http["HttpMethod"] = method
-        summary: dict[str, Any] = {
-            "Id": trace_id,
-            "StartTime": t_start,
-            "Duration": (t_end - t_start) if t_end is not None else 0.0,
-            "ResponseTime": ((r_end - r_start)
-                             if r_end is not None and r_start is not None else 0.0),
-            "HasFault": bool(fault),
-            "HasError": bool(error),
-            "HasThrottle": bool(throttle),
-            "IsPartial": tkey in partial,
-            "Http": http,
-            "Annotations": {
-                key: [{"AnnotationValue": _annotation_json(value), "ServiceIds": []}]
-                for key, value in orjson.loads(notes).items()
-            },
-            "Users": [{"UserName": user, "ServiceIds": []}] if user else [],
-            "ServiceIds": [{"Name": name, "Names": [name]}
-                           for name in sorted(orjson.loads(names))],
-            "Revision": documents,
-        }
-        if root_name:
-            summary["EntryPoint"] = {"Name": root_name, "Names": [root_name]}
-        summaries.append(summary)
+    for tkey, trace_id, _start, documents, matched_time, _sure in found:
+        model = models.get(tkey) or trace_model(conn, tkey, trace_id, documents)
+        summaries.append(model.summary(matched_time))
     answer: dict[str, Any] = {
         "TraceSummaries": summaries,
         "ApproximateTime": end,
         "TracesProcessedCount": processed,
     }
-    if more and rows:
-        last = rows[-1]
-        answer["NextToken"] = encode_token(last[1], last[0])
+    if more and last is not None:
+        answer["NextToken"] = encode_token(*last)
     return answer
 
 
-def _annotation_json(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"BooleanValue": value}
-    if isinstance(value, int | float):
-        return {"NumberValue": float(value)}
-    return {"StringValue": str(value)}
-
-
-def _partial_of(conn: sqlite3.Connection, keys: list[int]) -> set[int]:
-    if not keys:
-        return set()
-    return {row[0] for row in conn.execute(
-        "SELECT DISTINCT tpk FROM segments WHERE in_progress = 1 "
-        "AND tpk IN (SELECT value FROM json_each(?))", (orjson.dumps(keys).decode(),))}
+def trace_model(conn: sqlite3.Connection, tkey: int, trace_id: str, revision: int) -> Trace:
+    """The stored trace as X-Ray describes it (root, services, root causes)."""
+    segments, orphans = documents_of(conn, tkey)
+    return Trace(trace_id, segments, orphans, revision)
 
 
 def known_trace_key(conn: sqlite3.Connection, trace_id: str) -> int | None:
@@ -134,11 +132,16 @@ def known_trace_key(conn: sqlite3.Connection, trace_id: str) -> int | None:
 def trace_documents(conn: sqlite3.Connection, trace_id: str
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(segments with their separately sent subsegments merged in, orphan subsegments)."""
-    segments: list[dict[str, Any]] = []
-    subsegments: list[dict[str, Any]] = []
     tkey = known_trace_key(conn, trace_id)
     if tkey is None:
         return [], []
+    return documents_of(conn, tkey)
+
+
+def documents_of(conn: sqlite3.Connection, tkey: int
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    segments: list[dict[str, Any]] = []
+    subsegments: list[dict[str, Any]] = []
     for kind, doc in conn.execute(
         "SELECT kind, doc FROM segments WHERE tpk = ? ORDER BY start, pk", (tkey,)
     ):

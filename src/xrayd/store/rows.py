@@ -57,7 +57,10 @@ class Rows:
         tpk = trace_ids.setdefault(r.trace_id, len(trace_ids))
         calls = r.calls
         names = {call[2]: 1 for call in calls} if calls else {}
-        flags = r.error + 2 * r.fault + 4 * r.throttle  # bits as the statements read them
+        # Bits as the statements read them. A segment row has the document's own flags (a
+        # faulted subsegment does not fault its service); the trace row has the root
+        # segment's error and fault (HasError, HasFault) and any entity's throttle.
+        flags = r.own_flags
         start = r.start
         end = NULL_NUMBER if r.end is None else r.end
         segment = r.kind == "segment"
@@ -66,10 +69,11 @@ class Rows:
             NULL_TEXT if r.origin is None else r.origin, start, end,
             flags + 8 * r.in_progress + (0 if segment else 16), now,
             dumps(calls).decode() if calls else NULL_TEXT, NULL_TEXT))  # set_docs fills it
+        trace_flags = 4 * r.throttle
         if segment:
             names[r.name] = 1
             if r.parent_id is None:
-                flags += 8  # the root segment
+                trace_flags += (flags & 3) + 8  # the root segment
         services = self.services
         for name in names:
             services.append(tpk)
@@ -92,7 +96,7 @@ class Rows:
             notes_json = "{}"
         method, status, url, user = r.http_method, r.http_status, r.http_url, r.user
         self.traces.extend((
-            tpk, r.trace_id, start, end, flags, NULL_TEXT if method is None else method,
+            tpk, r.trace_id, start, end, trace_flags, NULL_TEXT if method is None else method,
             NULL_NUMBER if status is None else status, NULL_TEXT if url is None else url,
             NULL_TEXT if user is None else user, r.name, now, notes_json,
             dumps(names).decode()))
