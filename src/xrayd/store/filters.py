@@ -181,7 +181,9 @@ class Compare(Node):
                 found, wanted = found.lower(), wanted.lower()
                 return (wanted in found if op == "CONTAINS" else found.startswith(wanted)
                         if op == "BEGINSWITH" else found.endswith(wanted))
-            return (found == wanted) == (op == "=")
+            same = found == wanted or (self.keyword == "type" and found.startswith(
+                wanted + "::"))  # the guide writes "AWS::DynamoDB" for AWS::DynamoDB::Table
+            return same == (op == "=")
         if self.kind == BOOLEAN:
             return (bool(found) == value) == (op == "=")
         return _numeric(float(found), op, float(value))
@@ -232,7 +234,7 @@ def _column_sql(column: str, kind: str, op: str | None, value: Any) -> tuple[str
     if op is None:
         return f"{column} IS NOT NULL", []
     if op in _STRING_OPS:
-        return f"coalesce({column}, '') LIKE ? ESCAPE '\\'", [_like(op, value)]
+        return f"coalesce({column} LIKE ? ESCAPE '\\', 0)", [_like(op, value)]
     if op == "!=":
         return f"coalesce({column} != ?, 1)", [value]
     return f"coalesce({column} {op} ?, 0)", [value]
@@ -408,8 +410,8 @@ class RootCause(Node):
 class _Item:
     """An element of a root cause's list, with its place in the list."""
 
-    def __init__(self, values: dict[str, Any], index: int, count: int) -> None:
-        self.values = values
+    def __init__(self, fields: dict[str, Any], index: int, count: int) -> None:
+        self.fields = fields
         self.index = index
         self.count = count
 
@@ -420,7 +422,7 @@ class _Item:
             return self.index == 0
         if keyword == "last":
             return self.index == self.count - 1
-        return self.values.get(keyword)
+        return self.fields.get(keyword)
 
 
 def _items(cause: dict[str, Any], level: str) -> list[_Item]:

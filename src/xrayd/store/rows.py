@@ -95,6 +95,8 @@ class Rows:
         else:
             notes_json = "{}"
         method, status, url, user = r.http_method, r.http_status, r.http_url, r.user
+        if not trace_flags & 8:  # HTTP is the root segment's: a root that has none, has none
+            method = status = url = None
         self.traces.extend((
             tpk, r.trace_id, start, end, trace_flags, NULL_TEXT if method is None else method,
             NULL_NUMBER if status is None else status, NULL_TEXT if url is None else url,

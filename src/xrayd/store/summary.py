@@ -31,6 +31,21 @@ AWS_TYPES = {
 }
 
 
+# The resource fields of an AWS SDK call's subsegment, by the service they name.
+_RESOURCE_FIELDS = (("table_name", "dynamodb"), ("bucket_name", "s3"), ("queue_url", "sqs"),
+                    ("topic_arn", "sns"), ("function_name", "lambda"))
+
+
+def _inferred_type(e: Entity) -> str:
+    if e.namespace != "aws":
+        return "remote"
+    aws = _dict(e.doc.get("aws"))
+    for key, service in _RESOURCE_FIELDS:
+        if key in aws:
+            return AWS_TYPES[service]
+    return AWS_TYPES.get(e.name.lower(), f"AWS::{e.name}")
+
+
 def _num(value: Any) -> float | None:
     return float(value) if type(value) in (int, float) else None
 
@@ -232,10 +247,7 @@ class Trace:
                 self.edges.append(Edge(parent.service, segment.service, parent))
         for e in self.all:
             if e.remote and id(e) not in continued:
-                ns = e.namespace or ""
-                type_ = AWS_TYPES.get(e.name.lower(), f"AWS::{e.name}") if ns == "aws" \
-                    else "remote"
-                node = Service(e.name, type_, None, True, e)
+                node = Service(e.name, _inferred_type(e), None, True, e)
                 self.services.append(node)
                 if e.service is not None:
                     self.edges.append(Edge(e.service, node, e))
@@ -369,8 +381,8 @@ class Trace:
                 yield value
 
     def duration(self) -> float:
-        starts = [e.start for e in self.segments + self.orphans if e.start is not None]
-        ends = [e.end for e in self.segments + self.orphans if e.end is not None]
+        starts = [e.start for e in self.all if e.start is not None]
+        ends = [e.end for e in self.all if e.end is not None]
         return (max(ends) - min(starts)) if starts and ends else 0.0
 
     def partial(self) -> bool:
@@ -380,6 +392,13 @@ class Trace:
         return any(e.throttle for e in self.all)
 
     # --- the summary -----------------------------------------------------------------
+    def _client(self) -> list[Service]:
+        """The node of the client that sent the request entering the trace (X-Ray lists it in
+        ServiceIds under the root segment's name, type ``client``)."""
+        if self.root is None:
+            return []
+        return [Service(self.root.name, "client", None, False, self.root)]
+
     def service_ids(self, services: list[Service]) -> list[dict[str, Any]]:
         unique: dict[tuple, Service] = {}
         for s in services:
@@ -400,7 +419,7 @@ class Trace:
             "Http": {},
             "Annotations": self._annotations(),
             "Users": self._users(),
-            "ServiceIds": self.service_ids(self.services),
+            "ServiceIds": self.service_ids(self.services + self._client()),
             "ResourceARNs": [{"ARN": v} for v in self._each("resource.arn")],
             "InstanceIds": [{"Id": v} for v in self._each("instance.id")],
             "AvailabilityZones": [{"Name": v} for v in self._each("availabilityzone")],
