@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -99,3 +100,77 @@ def test_filters_select_the_right_traces(store, expression, expected):
     conn, now = store
     found = queries.trace_summaries(conn, now - 60, now + 60, expression)["TraceSummaries"]
     assert {int(s["Id"][-24:], 16) for s in found} == expected
+
+
+@pytest.fixture
+def guide_store(tmp_path):
+    from test_xray_reference import corpus
+
+    writer = StoreWriter(str(tmp_path / "guide.db"))
+    assert writer.write([orjson.dumps(doc) for doc in corpus()]) == []
+    conn = schema.connect(writer.path, readonly=True)
+    yield conn
+    conn.close()
+    writer.close()
+
+
+def test_sql_and_documents_agree_on_every_guide_example(guide_store):
+    """The SQL (sure/maybe) and the evaluation on the documents give the same traces."""
+    from test_xray_reference import EXAMPLES, NOW
+
+    conn = guide_store
+    rows = conn.execute("SELECT pk, trace_id, documents FROM traces").fetchall()
+    models = [queries.trace_model(conn, pk, tid, docs) for pk, tid, docs in rows]
+    for expression, _expected in EXAMPLES:
+        node = parse(expression)
+        by_documents = {m.id for m in models if node.match(m)}
+        sql = node.sql()
+        sure = {row[0] for row in conn.execute(
+            f"SELECT trace_id FROM traces t WHERE {sql.sure}", sql.sure_params)}
+        maybe = {row[0] for row in conn.execute(
+            f"SELECT trace_id FROM traces t WHERE {sql.maybe}", sql.maybe_params)}
+        assert sure <= by_documents <= maybe, expression
+        found = queries.trace_summaries(conn, NOW - 60, NOW + 60, expression)["TraceSummaries"]
+        assert {s["Id"] for s in found} == by_documents, expression
+
+
+def test_group_references_go_through_the_resolver(guide_store):
+    from test_xray_reference import NOW, TRACES
+
+    groups = {"high_response_time": "responseTime > 3",
+              "arn:aws:xray:us-east-1:000000000000:group/slow/1": "duration > 5",
+              "loop": 'group.name = "loop"'}
+
+    def find(expression):
+        answer = queries.trace_summaries(guide_store, NOW - 60, NOW + 60, expression,
+                                         groups=groups.get)
+        return {s["Id"] for s in answer["TraceSummaries"]}
+
+    # The guide's example: requests in the group (responseTime > 3) whose user is alice.
+    assert find('group.name = "high_response_time" AND user = "alice"') == {TRACES["slow"]}
+    assert find('group.arn = "arn:aws:xray:us-east-1:000000000000:group/slow/1"') == {
+        TRACES["slow"], TRACES["async"]}
+    assert TRACES["slow"] not in find('group.name != "high_response_time"')
+    with pytest.raises(FilterError, match="No group 'nope'"):
+        find('group.name = "nope"')
+    with pytest.raises(FilterError, match="more than 4 deep"):
+        find('group.name = "loop"')
+    with pytest.raises(FilterError, match="groups are not available"):
+        parse('group.name = "x"')
+
+
+@pytest.mark.parametrize("text, message", [
+    ("(" * 40 + "ok" + ")" * 40, "nested too deeply"),
+    ("NOT " * 40 + "ok", "nested too deeply"),
+    ("!" * 1000 + "ok", "nested too deeply"),
+    ("root", "applies only in service()"),
+    ("coverage > 1", "applies only in rootcause.responsetime.entity"),
+    ('service("a") { annotation.x = 1 }', "cannot be used inside"),
+    ("rootcause.responsetime.exception { name = \"x\" }", "no exceptions"),
+    ("rootcause.fault.bogus", "Expected rootcause."),
+    ("id(name: \"a\")", "not supported here"),
+    ("http.status CONTAINS 5", "does not apply to the number keyword"),
+])
+def test_clear_errors(text, message):
+    with pytest.raises(FilterError, match=re.escape(message)):
+        parse(text)
