@@ -316,8 +316,8 @@ class Selector:
 
 
 # A service of that name, in any case (the index has names as sent; JSON keys end at a NUL).
-_PRESENT = ("(t.pk IN (SELECT tpk FROM services WHERE name = ?) OR EXISTS (SELECT 1 FROM "
-            "json_each(t.services) j WHERE j.key = ? COLLATE NOCASE))")
+_PRESENT = ("(EXISTS (SELECT 1 FROM services v WHERE v.name = ? AND v.tpk = t.pk) OR EXISTS "
+            "(SELECT 1 FROM json_each(t.services) j WHERE j.key = ? COLLATE NOCASE))")
 
 
 @dataclass
@@ -336,14 +336,21 @@ class ServiceFilter(Node):
         maybe, maybe_params = (_PRESENT, [name, name]) if name is not None else ("1", [])
         flags = _flags_sql(self.inner, "s.error", "s.fault", "s.throttle") \
             if self.inner is not None else "1"
-        if flags is None or not self.selector.by_name_only:
+        calls = _flags_sql(self.inner, "(c.value ->> 6)", "(c.value ->> 7)",
+                           "(c.value ->> 8)") if self.inner is not None else "1"
+        if flags is None or calls is None or not self.selector.by_name_only:
             return Sql("0", maybe, [], maybe_params)
-        # A segment of the service with those flags is enough; an inferred node (a call) is
-        # checked on the documents (the call may lead to a segment of another name).
+        # A segment of the service with those flags is enough. A call of that name with those
+        # flags may be an inferred node (or lead to a segment of another name): the documents
+        # decide.
         named = "AND s.name = ? COLLATE NOCASE " if name is not None else ""
         sure = ("EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND s.kind = 'segment' "
                 f"{named}AND {flags})")
-        return Sql(sure, maybe, [name] if name is not None else [], maybe_params)
+        called = "AND (c.value ->> 2) = ? COLLATE NOCASE " if name is not None else ""
+        call = ("EXISTS (SELECT 1 FROM segments s, json_each(s.calls) c WHERE s.tpk = t.pk "
+                f"AND s.calls IS NOT NULL {called}AND {calls})")
+        params = [name] if name is not None else []
+        return Sql(sure, f"({sure} OR {call})", params, params * 2)
 
 
 def _flags_sql(node: Node, error: str, fault: str, throttle: str) -> str | None:
@@ -397,14 +404,27 @@ class RootCause(Node):
         return False
 
     def sql(self) -> Sql:
+        # A service named in the sub-filter (``{ name = "x" and ... }``) is in the trace.
+        names = _required_names(self.inner) if self.level == "service" else []
+        present = "".join(f" AND {_PRESENT}" for _ in names)
+        named = [x for name in names for x in (name, name)]
         if self.kind == "responsetime":
-            return Sql("0", "t.root_start IS NULL OR t.root_end IS NOT NULL")
+            return Sql("0", f"(t.root_end IS NOT NULL{present})", [], named)
         # A fault (error) root cause needs a faulted (errored) segment or call.
         flag = 2 if self.kind == "fault" else 1
         column = "s.fault" if self.kind == "fault" else "s.error"
-        return Sql("0", f"EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND ({column} = 1 "
+        return Sql("0", f"(EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND ({column} = 1 "
                         f"OR (s.calls IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(s.calls) c "
-                        f"WHERE (c.value ->> {5 + flag}) = 1))))")
+                        f"WHERE (c.value ->> {5 + flag}) = 1)))){present})", [], named)
+
+
+def _required_names(node: Node | None) -> list[str]:
+    """The names a sub-filter requires (``name = "x"``, alone or in an AND)."""
+    if isinstance(node, And):
+        return [n for part in node.parts for n in _required_names(part)]
+    if isinstance(node, Compare) and node.keyword == "name" and node.op == "=":
+        return [str(node.value)]
+    return []
 
 
 class _Item:

@@ -197,6 +197,7 @@ class Trace:
         self.all: list[Entity] = []
         self.services: list[Service] = []
         self.edges: list[Edge] = []
+        self._causes: dict[str, list[dict[str, Any]]] = {}
         for segment in self.segments:
             segment.service = Service(segment.name, _str(segment.doc.get("origin")),
                                       _str(_dict(segment.doc.get("aws")).get("account_id")),
@@ -256,7 +257,7 @@ class Trace:
     # --- walking ---------------------------------------------------------------------
     def _paths(self, flagged: str) -> list[list[Entity]]:
         """Paths from the root to each deepest entity with ``flagged`` set."""
-        if self.root is None:
+        if self.root is None or not any(getattr(e, flagged) for e in self.all):
             return []
         found: list[list[Entity]] = []
         seen: set[int] = set()
@@ -311,8 +312,15 @@ class Trace:
 
     def root_causes(self, kind: str) -> list[dict[str, Any]]:
         """FaultRootCauses, ErrorRootCauses (kind fault, error) or ResponseTimeRootCauses."""
+        causes = self._causes.get(kind)
+        if causes is None:
+            causes = self._causes[kind] = self._root_causes(kind)
+        return causes
+
+    def _root_causes(self, kind: str) -> list[dict[str, Any]]:
         if kind == "responsetime":
-            paths = [self._slowest_path()] if self._slowest_path() else []
+            slowest = self._slowest_path()
+            paths = [slowest] if slowest else []
         else:
             paths = self._paths(kind)
         root = self.root
