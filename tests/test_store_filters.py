@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from xrayd.store import queries, schema
-from xrayd.store.filters import FilterError, compile_filter, parse, tokenize
+from xrayd.store.filters import MAX_EXPRESSION, FilterError, compile_filter, parse, tokenize
 from xrayd.store.writer import StoreWriter
 
 
@@ -174,3 +174,15 @@ def test_group_references_go_through_the_resolver(guide_store):
 def test_clear_errors(text, message):
     with pytest.raises(FilterError, match=re.escape(message)):
         parse(text)
+
+
+@pytest.mark.parametrize("text", [
+    "ok " * 666, "ok||" * 499 + "ok", "!ok&&" * 399 + "ok", "annotation.a = 1 OR " * 99 + "ok",
+    'service("a") { fault } ' * 90, "(" * 32 + "ok" + ")" * 32,
+])
+def test_the_longest_flat_expressions_run(store, text):
+    """Within the length limit, chains of any length compile to SQL SQLite accepts (no
+    "Expression tree is too large") and evaluate without deep recursion."""
+    conn, now = store
+    answer = queries.trace_summaries(conn, now - 60, now + 60, text[:MAX_EXPRESSION])
+    assert answer["TracesProcessedCount"] == 4

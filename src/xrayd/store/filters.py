@@ -350,7 +350,9 @@ class ServiceFilter(Node):
         call = ("EXISTS (SELECT 1 FROM segments s, json_each(s.calls) c WHERE s.tpk = t.pk "
                 f"AND s.calls IS NOT NULL {called}AND {calls})")
         params = [name] if name is not None else []
-        return Sql(sure, f"({sure} OR {call})", params, params * 2)
+        # The cheap look-up of the name first: most traces end there.
+        return Sql(sure, f"({maybe} AND ({sure} OR {call}))", params,
+                   maybe_params + params * 2)
 
 
 def _flags_sql(node: Node, error: str, fault: str, throttle: str) -> str | None:
@@ -406,16 +408,16 @@ class RootCause(Node):
     def sql(self) -> Sql:
         # A service named in the sub-filter (``{ name = "x" and ... }``) is in the trace.
         names = _required_names(self.inner) if self.level == "service" else []
-        present = "".join(f" AND {_PRESENT}" for _ in names)
+        present = "".join(f"{_PRESENT} AND " for _ in names)
         named = [x for name in names for x in (name, name)]
         if self.kind == "responsetime":
-            return Sql("0", f"(t.root_end IS NOT NULL{present})", [], named)
+            return Sql("0", f"({present}t.root_end IS NOT NULL)", [], named)
         # A fault (error) root cause needs a faulted (errored) segment or call.
         flag = 2 if self.kind == "fault" else 1
         column = "s.fault" if self.kind == "fault" else "s.error"
-        return Sql("0", f"(EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND ({column} = 1 "
-                        f"OR (s.calls IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(s.calls) c "
-                        f"WHERE (c.value ->> {5 + flag}) = 1)))){present})", [], named)
+        return Sql("0", f"({present}EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND "
+                        f"({column} = 1 OR (s.calls IS NOT NULL AND EXISTS (SELECT 1 FROM "
+                        f"json_each(s.calls) c WHERE (c.value ->> {5 + flag}) = 1)))))", [], named)
 
 
 def _required_names(node: Node | None) -> list[str]:
