@@ -186,3 +186,22 @@ def test_the_longest_flat_expressions_run(store, text):
     conn, now = store
     answer = queries.trace_summaries(conn, now - 60, now + 60, text[:MAX_EXPRESSION])
     assert answer["TracesProcessedCount"] == 4
+
+
+def test_trace_keys_matching_for_a_groups_graph(guide_store):
+    from test_xray_reference import NOW, TRACES
+
+    conn = guide_store
+    ids = dict(conn.execute("SELECT pk, trace_id FROM traces"))
+
+    def keys(expression, **limits):
+        return [ids[k] for k in queries.trace_keys_matching(conn, NOW - 60, NOW + 60,
+                                                            expression, **limits)]
+
+    assert set(keys("rootcause.fault.service { name = \"Auth\" } OR responsetime > 5")) == {
+        TRACES["auth"], TRACES["slow"]}
+    assert len(keys("ok", limit=3)) == 3
+    # Two checked on their documents at most: root causes are not in SQL.
+    assert len(keys("rootcause.responsetime.entity { coverage > 0 }", max_checked=2)) == 2
+    with pytest.raises(FilterError):
+        keys("service(")

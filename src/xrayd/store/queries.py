@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
+from collections.abc import Generator
 from typing import Any
 
 import orjson
 
-from xrayd.store.filters import GroupResolver, Sql, parse
+from xrayd.store.filters import GroupResolver, Node, Sql, parse
 from xrayd.store.merge import merge
 from xrayd.store.summary import Trace
 
@@ -79,30 +80,26 @@ def trace_summaries(
         after_start, after_id = decode_token(next_token)
         token_sql = " AND (t.start < ? OR (t.start = ? AND t.trace_id < ?))"
         token_params = [after_start, after_start, after_id]
-    cursor = conn.execute(
-        f"SELECT t.pk, t.trace_id, t.start, t.documents, {matched_column}, "
-        f"{condition.sure} FROM traces t WHERE {where} AND {condition.maybe}{token_sql} "
-        "ORDER BY t.start DESC, t.trace_id DESC",
-        (*condition.sure_params, *range_params, *condition.maybe_params, *token_params))
     found: list[tuple[Any, ...]] = []
     models: dict[int, Trace] = {}
     checked = 0
     last: tuple[float, str] | None = None
     more = False
-    for row in cursor:
-        tkey, trace_id, t_start, documents, matched_time, sure = row
+    candidates = _candidates(conn, node, condition, f"{where}{token_sql}",
+                             [*range_params, *token_params], matched_column)
+    for row, model in candidates:
+        tkey, trace_id, t_start, _documents, _matched, _sure = row
         if len(found) == page_size or checked >= MAX_CHECKED:
             more = True
             break
         last = (t_start, trace_id)
-        if not sure:
+        if model is not None:
             checked += 1
-            model = trace_model(conn, tkey, trace_id, documents)
             if node is None or not node.match(model):
                 continue
             models[tkey] = model
         found.append(row)
-    cursor.close()
+    candidates.close()
     summaries = []
     for tkey, trace_id, _start, documents, matched_time, _sure in found:
         model = models.get(tkey) or trace_model(conn, tkey, trace_id, documents)
@@ -115,6 +112,48 @@ def trace_summaries(
     if more and last is not None:
         answer["NextToken"] = encode_token(*last)
     return answer
+
+
+def _candidates(conn: sqlite3.Connection, node: Node | None, condition: Sql, where: str,
+                params: list[Any], extra: str = "NULL"
+                ) -> Generator[tuple[tuple[Any, ...], Trace | None], None, None]:
+    """Traces that may match, newest first, as (row, None) when SQL decided they match, else
+    (row, their model) for the caller to check. Rows: key, id, start, documents, extra, sure."""
+    cursor = conn.execute(
+        f"SELECT t.pk, t.trace_id, t.start, t.documents, {extra}, {condition.sure} "
+        f"FROM traces t WHERE {where} AND {condition.maybe} "
+        "ORDER BY t.start DESC, t.trace_id DESC",
+        (*condition.sure_params, *params, *condition.maybe_params))
+    try:
+        for row in cursor:
+            tkey, trace_id, _start, documents, _extra, sure = row
+            yield row, None if sure or node is None else trace_model(conn, tkey, trace_id,
+                                                                     documents)
+    finally:
+        cursor.close()
+
+
+def trace_keys_matching(conn: sqlite3.Connection, start: float, end: float, expression: str,
+                        groups: GroupResolver | None = None, limit: int = GRAPH_TRACE_LIMIT,
+                        max_checked: int = GRAPH_TRACE_LIMIT) -> list[int]:
+    """Keys of the newest traces (by start time, in [start, end]) that a filter expression
+    selects, at most ``limit``; at most ``max_checked`` are checked on their documents (for a
+    group's service graph). FilterError for a bad expression."""
+    node = parse(expression, groups)
+    keys: list[int] = []
+    checked = 0
+    candidates = _candidates(conn, node, node.sql(), "t.start >= ? AND t.start <= ?",
+                             [start, end])
+    for row, model in candidates:
+        if len(keys) >= limit or checked >= max_checked:
+            break
+        if model is not None:
+            checked += 1
+            if not node.match(model):
+                continue
+        keys.append(row[0])
+    candidates.close()
+    return keys
 
 
 def trace_model(conn: sqlite3.Connection, tkey: int, trace_id: str, revision: int) -> Trace:
