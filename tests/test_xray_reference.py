@@ -397,13 +397,17 @@ def test_time_range_by_trace_id_and_sampling_strategy(xray):
     client, _port = xray
     old_epoch = int(time.time()) - 20000
     tid = trace_id(0x1303, old_epoch)
+    sent = time.time()
     put(client, {"name": "clock-skew", "id": "2000000000000001", "trace_id": tid,
-                 "start_time": time.time() - 5, "end_time": time.time() - 4})
+                 "start_time": sent - 5, "end_time": sent - 4})
     summary_of(client, tid)
     by_id = summaries(client, start=old_epoch - 5, end=old_epoch + 5, TimeRangeType="TraceId")
     assert [s["Id"] for s in by_id] == [tid]
     assert summaries(client, start=old_epoch - 5, end=old_epoch + 5) == []
     assert tid in {s["Id"] for s in summaries(client, TimeRangeType="Event")}
+    by_end = summaries(client, start=sent - 4.5, TimeRangeType="Service")
+    assert tid in {s["Id"] for s in by_end}  # it ended after sent - 4.5, started before
+    assert tid not in {s["Id"] for s in summaries(client, start=sent - 4.5)}
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         summaries(client, SamplingStrategy={"Name": "FixedRate", "Value": 0.5})
     assert caught.value.response["Error"]["Code"] == "InvalidRequestException"
