@@ -402,3 +402,39 @@ def test_a_trace_from_a_clock_ahead_keeps_its_key_across_a_restart(tmp_path):
     conn = schema.connect(str(tmp_path / "t.db"), readonly=True)
     assert conn.execute("SELECT count(*), max(documents) FROM traces").fetchone() == (1, 2)
     assert conn.execute("SELECT count(DISTINCT tpk) FROM segments").fetchone() == (1,)
+
+
+def test_a_version_4_store_gets_own_and_root_flags(tmp_path):
+    path = str(tmp_path / "v4.db")
+    writer = StoreWriter(path)
+    now = time.time()
+    tid = f"1-{int(now):08x}-{7:024x}"
+    root = {"name": "web", "id": "a" * 16, "trace_id": tid, "start_time": now,
+            "end_time": now + 1, "http": {"request": {"method": "GET", "url": "http://w/"},
+                                          "response": {"status": 200}},
+            "subsegments": [{"name": "S3", "id": "b" * 16, "start_time": now,
+                             "end_time": now + 0.5, "namespace": "aws", "fault": True}]}
+    child = {"name": "api", "id": "c" * 16, "trace_id": tid, "parent_id": "d" * 16,
+             "start_time": now, "end_time": now + 0.2, "error": True,
+             "http": {"request": {"method": "POST", "url": "http://api/"},
+                      "response": {"status": 404}}}
+    assert writer.write([orjson.dumps(child), orjson.dumps(root)]) == []
+    writer.close()
+    old = sqlite3.connect(path)  # as version 4 had it: flags of anywhere, HTTP of any document
+    old.executescript("""
+        UPDATE segments SET fault = 1 WHERE name = 'web';
+        UPDATE traces SET error = 1, fault = 1, http_method = 'POST', http_url = 'http://api/',
+                          http_status = 404;
+        PRAGMA user_version=4;
+    """)
+    old.close()
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+    assert sorted(conn.execute("SELECT name, error, fault, throttle FROM segments")) == [
+        ("api", 1, 0, 0), ("web", 0, 0, 0)]
+    assert conn.execute("SELECT error, fault, http_method, http_url, http_status "
+                        "FROM traces").fetchone() == (0, 0, "GET", "http://w/", 200)
+    for expression, found in (("fault", []), ("ok", [tid]), ('http.method = "POST"', []),
+                              ('service("web") { fault }', [])):
+        answer = queries.trace_summaries(conn, now - 10, now + 10, expression)
+        assert [s["Id"] for s in answer["TraceSummaries"]] == found, expression

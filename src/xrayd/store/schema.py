@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+# 5: a segment row's error/fault/throttle are the document's own (4: anywhere in it); a trace
+# row's error, fault and HTTP fields are its root segment's (4: any document's).
 # Annotations are indexed within buckets of 2**BUCKET_BITS consecutive trace keys: a commit's
 # rows then land in the newest bucket's few pages. Keyed by (key, value) alone, each of a
 # thousand values of an annotation had its own insertion point, so every commit rewrote a
@@ -110,6 +113,12 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 3:
         _migrate_from_3(conn)
+        version = 4
+    if version == 4:
+        logging.getLogger("xrayd").warning(
+            "Converting the trace store %s to schema %d (once; about a minute a million "
+            "traces)", path, SCHEMA_VERSION)
+        _migrate_from_4(conn)
         version = SCHEMA_VERSION
     if version and version != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
@@ -129,6 +138,34 @@ def _migrate_from_3(conn: sqlite3.Connection) -> None:
         conn.execute(f"INSERT INTO annotations SELECT tpk >> {BUCKET_BITS}, key, typ, val, tpk "
                      "FROM annotations_v3")
         conn.execute("DROP TABLE annotations_v3")
+        conn.execute("PRAGMA user_version=4")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _own(flag: str) -> str:
+    return f"coalesce(json_type(CAST(doc AS TEXT), '$.{flag}') = 'true', 0)"
+
+
+def _migrate_from_4(conn: sqlite3.Connection) -> None:
+    """Version 4 kept flags of anywhere in a document on its segment row, and the error, fault
+    and HTTP of any document on the trace row: recomputed from the stored documents."""
+    root = ("(SELECT {what} FROM segments s WHERE s.tpk = traces.pk AND s.kind = 'segment' "
+            "AND s.parent_id IS NULL ORDER BY s.start LIMIT 1)")
+    http = "json_extract(CAST(s.doc AS TEXT), '$.http.{path}')"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"UPDATE segments SET error = {_own('error')}, fault = {_own('fault')}, "
+                     f"throttle = {_own('throttle')}")
+        conn.execute(
+            "UPDATE traces SET "
+            f"error = coalesce({root.format(what='s.error')}, 0), "
+            f"fault = coalesce({root.format(what='s.fault')}, 0), "
+            f"http_method = {root.format(what=http.format(path='request.method'))}, "
+            f"http_url = {root.format(what=http.format(path='request.url'))}, "
+            f"http_status = {root.format(what=http.format(path='response.status'))}")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
