@@ -205,3 +205,35 @@ def test_trace_keys_matching_for_a_groups_graph(guide_store):
     assert len(keys("rootcause.responsetime.entity { coverage > 0 }", max_checked=2)) == 2
     with pytest.raises(FilterError):
         keys("service(")
+
+
+def test_a_call_that_a_segment_continues_is_not_a_service(tmp_path):
+    """X-Ray draws the downstream segment's node, not one for the call subsegment that led to
+    it; an uncontinued call is an inferred node with the call's flags."""
+    writer = StoreWriter(str(tmp_path / "t.db"))
+    now = time.time()
+    tid = f"1-{int(now):08x}-{1:024x}"
+    front = {"name": "front", "id": "a" * 16, "trace_id": tid, "start_time": now,
+             "end_time": now + 1, "subsegments": [
+                 {"name": "backend.local", "id": "b" * 16, "namespace": "remote",
+                  "start_time": now, "end_time": now + 0.5, "fault": True},
+                 {"name": "Caf\u00c9", "id": "e" * 16, "namespace": "remote",
+                  "start_time": now, "end_time": now + 0.5, "error": True}]}
+    back = {"name": "backend", "id": "c" * 16, "trace_id": tid, "parent_id": "b" * 16,
+            "start_time": now, "end_time": now + 0.4}
+    assert writer.write([orjson.dumps(front), orjson.dumps(back)]) == []
+    conn = schema.connect(writer.path, readonly=True)
+    for expression, found in (('service("backend.local")', False),
+                              ('service("backend.local") { fault }', False),
+                              ('service("BACKEND")', True), ('service("backend") { fault }', False),
+                              ('service("caf\u00c9") { error }', True),
+                              ('service("CAF\u00e9")', False),  # only ASCII letters fold
+                              ("service() { fault }", False), ("service() { error }", True)):
+        node = parse(expression)
+        assert node.sql().is_exact, expression
+        answer = queries.trace_summaries(conn, now - 10, now + 10, expression)
+        assert bool(answer["TraceSummaries"]) is found, expression
+        model = queries.trace_model(conn, 1, tid, 2)
+        assert node.match(model) is found, expression
+    conn.close()
+    writer.close()

@@ -295,6 +295,14 @@ def _string_compare(found: str, op: str, value: str) -> bool:
             ">": found > value, ">=": found >= value}.get(op, False)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(text: str) -> str:
+    """Case folded as SQLite's NOCASE does: ASCII letters only."""
+    return text.translate(_ASCII_LOWER)
+
+
 @dataclass
 class Selector:
     """A service chosen by name (case-insensitive) or by id(name:, type:, account.id:)."""
@@ -304,7 +312,7 @@ class Selector:
     account: str | None = None
 
     def accepts(self, service: Any) -> bool:
-        if self.name is not None and service.name.lower() != self.name.lower():
+        if self.name is not None and _fold(service.name) != _fold(self.name):
             return False
         if self.type is not None and (service.type or "") != self.type:
             return False
@@ -331,28 +339,25 @@ class ServiceFilter(Node):
 
     def sql(self) -> Sql:
         name = self.selector.name
-        if self.inner is None and self.selector.by_name_only:
-            return Sql.exact(_PRESENT, [name, name]) if name is not None else Sql.exact("1")
-        maybe, maybe_params = (_PRESENT, [name, name]) if name is not None else ("1", [])
-        flags = _flags_sql(self.inner, "s.error", "s.fault", "s.throttle") \
-            if self.inner is not None else "1"
-        calls = _flags_sql(self.inner, "(c.value ->> 6)", "(c.value ->> 7)",
-                           "(c.value ->> 8)") if self.inner is not None else "1"
+        present, present_params = (_PRESENT, [name, name]) if name is not None else ("1", [])
+        inner = self.inner
+        flags = "1" if inner is None else _flags_sql(inner, "s.error", "s.fault", "s.throttle")
+        calls = "1" if inner is None else _flags_sql(
+            inner, "(c.value ->> 6)", "(c.value ->> 7)", "(c.value ->> 8)")
         if flags is None or calls is None or not self.selector.by_name_only:
-            return Sql("0", maybe, [], maybe_params)
-        # A segment of the service with those flags is enough. A call of that name with those
-        # flags may be an inferred node (or lead to a segment of another name): the documents
-        # decide.
+            return Sql("0", present, [], present_params)
+        # The nodes: segments (their own flags), and calls that no segment of the trace
+        # continues (inferred nodes, the call's flags). The cheap name look-up goes first.
         named = "AND s.name = ? COLLATE NOCASE " if name is not None else ""
-        sure = ("EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND s.kind = 'segment' "
-                f"{named}AND {flags})")
         called = "AND (c.value ->> 2) = ? COLLATE NOCASE " if name is not None else ""
-        call = ("EXISTS (SELECT 1 FROM segments s, json_each(s.calls) c WHERE s.tpk = t.pk "
-                f"AND s.calls IS NOT NULL {called}AND {calls})")
         params = [name] if name is not None else []
-        # The cheap look-up of the name first: most traces end there.
-        return Sql(sure, f"({maybe} AND ({sure} OR {call}))", params,
-                   maybe_params + params * 2)
+        segment = ("EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND s.kind = 'segment' "
+                   f"{named}AND {flags})")
+        inferred = ("EXISTS (SELECT 1 FROM segments s, json_each(s.calls) c WHERE s.tpk = t.pk "
+                    f"AND s.calls IS NOT NULL {called}AND {calls} AND NOT EXISTS (SELECT 1 FROM "
+                    "segments d WHERE d.tpk = t.pk AND d.parent_id = (c.value ->> 0)))")
+        return Sql.exact(f"({present} AND ({segment} OR {inferred}))",
+                         present_params + params * 2)
 
 
 def _flags_sql(node: Node, error: str, fault: str, throttle: str) -> str | None:
