@@ -329,6 +329,11 @@ def test_fault_only_in_a_subsegment_is_not_the_traces_fault(xray):
     assert summary["ErrorRootCauses"][0]["Services"][-1]["Name"] == "SQS"
     assert tid not in {s["Id"] for s in summaries(client, "fault")}
     assert tid not in {s["Id"] for s in summaries(client, "error")}
+    # The service graph counts the segment's own fault, not its subsegment's, against it.
+    graph = client.get_trace_graph(TraceIds=[tid])["Services"]
+    [node] = [n for n in graph if n["Name"] == "photos" and n.get("Type") != "client"]
+    assert node["SummaryStatistics"]["FaultStatistics"]["TotalCount"] == 0
+    assert node["SummaryStatistics"]["OkCount"] == 1
     for expression in ("throttle", "ok", 'service("s3") { fault }',
                        'edge("photos", "SQS") { throttle }',
                        'rootcause.fault.service { inferred and name = "S3" }'):
