@@ -125,11 +125,7 @@ class And(Node):
         return all(p.match(obj) for p in self.parts)
 
     def sql(self) -> Sql:
-        parts = [p.sql() for p in self.parts]
-        return Sql("(" + " AND ".join(p.sure for p in parts) + ")",
-                   "(" + " AND ".join(p.maybe for p in parts) + ")",
-                   [x for p in parts for x in p.sure_params],
-                   [x for p in parts for x in p.maybe_params])
+        return _joined(" AND ", self.parts)
 
 
 @dataclass
@@ -140,11 +136,15 @@ class Or(Node):
         return any(p.match(obj) for p in self.parts)
 
     def sql(self) -> Sql:
-        parts = [p.sql() for p in self.parts]
-        return Sql("(" + " OR ".join(p.sure for p in parts) + ")",
-                   "(" + " OR ".join(p.maybe for p in parts) + ")",
-                   [x for p in parts for x in p.sure_params],
-                   [x for p in parts for x in p.maybe_params])
+        return _joined(" OR ", self.parts)
+
+
+def _joined(joiner: str, nodes: list[Node]) -> Sql:
+    parts = [p.sql() for p in nodes]
+    return Sql("(" + joiner.join(p.sure for p in parts) + ")",
+               "(" + joiner.join(p.maybe for p in parts) + ")",
+               [x for p in parts for x in p.sure_params],
+               [x for p in parts for x in p.maybe_params])
 
 
 @dataclass
