@@ -16,8 +16,9 @@ import orjson
 
 from xrayd.sampling.engine import SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
-from xrayd.store import graph, queries, schema
-from xrayd.store.filters import FilterError
+from xrayd.store import graph, queries, schema, timeseries
+from xrayd.store.filters import FilterError, compile_filter
+from xrayd.store.groups import GroupError, GroupStore
 from xrayd.store.queries import QueryError
 from xrayd.store.writer import StoreWriter
 
@@ -114,6 +115,7 @@ class XRayApi:
         self.writer = writer
         self.reader = reader
         self.sampling = sampling
+        self.groups = GroupStore(reader.path)
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The operations by path (all POST)."""
@@ -124,6 +126,12 @@ class XRayApi:
             "/Traces": self.batch_get_traces,
             "/ServiceGraph": self.get_service_graph,
             "/TraceGraph": self.get_trace_graph,
+            "/TimeSeriesServiceStatistics": self.get_time_series_service_statistics,
+            "/CreateGroup": self.create_group,
+            "/GetGroup": self.get_group,
+            "/Groups": self.get_groups,
+            "/UpdateGroup": self.update_group,
+            "/DeleteGroup": self.delete_group,
             "/GetSamplingRules": self.get_sampling_rules,
             "/SamplingTargets": self.get_sampling_targets,
             "/CreateSamplingRule": self.create_sampling_rule,
@@ -148,6 +156,8 @@ class XRayApi:
             return error_response("InvalidRequestException", str(exc))
         except SamplingError as exc:
             return error_response(exc.code, str(exc))
+        except GroupError as exc:
+            return error_response("InvalidRequestException", str(exc))
 
     # --- traces ----------------------------------------------------------------------
     def put_trace_segments(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -192,19 +202,61 @@ class XRayApi:
     def batch_get_traces(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.reader.run(queries.batch_get_traces, trace_ids(body, MAX_TRACE_IDS))
 
+    def _group_condition(self, body: dict[str, Any]) -> tuple[str, list[Any]] | None:
+        """The SQL condition of the group a request names (GroupName or GroupARN), if any."""
+        expression = self.groups.filter_of(body.get("GroupName"), body.get("GroupARN"))
+        if not expression:
+            return None
+        sql, params = compile_filter(expression)
+        return sql, params
+
     def get_service_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         start, end = time_range(body)
-
-        def build(conn):
-            return graph.build(conn, queries.trace_keys_between(conn, start, end))
-
-        services = self.reader.run(build)
+        condition = self._group_condition(body)
+        services = self.reader.run(graph.build_between, start, end, condition)
         return {"StartTime": start, "EndTime": end, "Services": services,
                 "ContainsOldGroupVersions": False}
 
     def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = trace_ids(body, None)
         return {"Services": self.reader.run(graph.build_for_ids, ids)}
+
+    def get_time_series_service_statistics(self, body: dict[str, Any]) -> dict[str, Any]:
+        start, end = time_range(body)
+        selector_text = body.get("EntitySelectorExpression")
+        if selector_text is not None and (not isinstance(selector_text, str)
+                                          or not 1 <= len(selector_text) <= 500):
+            raise ApiError("InvalidRequestException",
+                           "EntitySelectorExpression must be a string of 1 to 500 characters")
+        selector = timeseries.parse_selector(selector_text)
+        period = timeseries.check_period(body.get("Period"))
+        forecast = body.get("ForecastStatistics")
+        if forecast is not None and not isinstance(forecast, bool):
+            raise ApiError("InvalidRequestException", "ForecastStatistics must be a boolean")
+        condition = self._group_condition(body)
+
+        def build(conn):
+            return graph.fill(graph.Graph(period), graph.select(conn, start, end, condition))
+
+        return {"TimeSeriesServiceStatistics": timeseries.series(self.reader.run(build),
+                                                                 selector),
+                "ContainsOldGroupVersions": False}
+
+    # --- groups ----------------------------------------------------------------------
+    def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.create(body)
+
+    def get_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.get(body)
+
+    def get_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.list(body)
+
+    def update_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.update(body)
+
+    def delete_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.delete(body)
 
     # --- sampling --------------------------------------------------------------------
     def get_sampling_rules(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,28 +1,67 @@
-"""Service graphs (GetServiceGraph, GetTraceGraph): nodes are services (segments by name and
-origin, downstream calls by name), edges are calls between them, with the service's summary
-statistics. The graph is built from indexed columns, never from the documents."""
+"""Service graphs (GetServiceGraph, GetTraceGraph) as X-Ray draws them, from the store's indexed
+columns (and each segment's own flags and account id, read from its document).
+
+Nodes: a ``client`` node for the requests that enter a trace (at each root segment: no parent,
+or a parent that is not in the trace); a node per segment name and ``origin``; an inferred node
+per downstream call that no instrumented segment answered (subsegments with namespace ``aws``
+typed as X-Ray types AWS resources, ``remote`` ones typed ``remote``). Edges: from a caller's
+node to the callee's, counted once a call: from the calling subsegment when there is one (the
+client's view, as X-Ray's edge statistics are), else from the callee's segment. A service's
+statistics come from its own segments' flags: a fault recorded only on a subsegment counts
+against the edge and the downstream node, not against the service that made the call.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+CLIENT = ("client", "client")
+# Subsegment names the SDKs give AWS calls, and the resource type X-Ray gives their inferred
+# node; other AWS services are typed AWS::<name> (as AWS::SimpleSystemsManagement).
+AWS_RESOURCE_TYPES = {
+    "DynamoDB": "AWS::DynamoDB::Table",
+    "S3": "AWS::S3::Bucket",
+    "SQS": "AWS::SQS::Queue",
+    "SNS": "AWS::SNS::Topic",
+    "Lambda": "AWS::Lambda",
+    "Kinesis": "AWS::Kinesis::Stream",
+}
+MAX_PARENT_HOPS = 64
+CHUNK = 500
 
-@dataclass
+
+def aws_type(name: str) -> str:
+    return AWS_RESOURCE_TYPES.get(name, f"AWS::{name}")
+
+
+def histogram(counts: Counter[float]) -> list[dict[str, Any]]:
+    """X-Ray's histogram: each value (seconds, to the millisecond) with how many times."""
+    return [{"Value": value, "Count": count} for value, count in sorted(counts.items())]
+
+
+@dataclass(slots=True)
 class Stats:
+    """Requests, by outcome, with their response times; in-progress requests are left out
+    (TotalCount counts completed requests), so histogram counts sum to TotalCount."""
+
     ok: int = 0
     error: int = 0
     throttle: int = 0
     fault: int = 0
-    total: int = 0
     response_time: float = 0.0
+    times: Counter[float] = field(default_factory=Counter)
 
-    def add(self, error: int, fault: int, throttle: int, seconds: float | None) -> None:
-        self.total += 1
+    @property
+    def total(self) -> int:
+        return self.ok + self.error + self.throttle + self.fault
+
+    def add(self, error: bool, fault: bool, throttle: bool, seconds: float) -> None:
         if fault:
             self.fault += 1
         elif throttle:
@@ -31,8 +70,17 @@ class Stats:
             self.error += 1
         else:
             self.ok += 1
-        if seconds is not None:
-            self.response_time += max(0.0, seconds)
+        seconds = max(0.0, seconds)
+        self.response_time += seconds
+        self.times[round(seconds, 3)] += 1
+
+    def merge(self, other: Stats) -> None:
+        self.ok += other.ok
+        self.error += other.error
+        self.throttle += other.throttle
+        self.fault += other.fault
+        self.response_time += other.response_time
+        self.times.update(other.times)
 
     def shape(self) -> dict[str, Any]:
         return {
@@ -45,149 +93,263 @@ class Stats:
         }
 
 
-@dataclass
-class Node:
-    ref: int
-    name: str
-    type: str
-    root: bool = False
+@dataclass(slots=True)
+class Span:
+    """First start and last end of what a node or an edge saw."""
+
     start: float | None = None
     end: float | None = None
-    stats: Stats = field(default_factory=Stats)
-    edges: dict[int, Stats] = field(default_factory=dict)
-    edge_times: dict[int, list[float]] = field(default_factory=dict)
 
     def seen(self, start: float, end: float | None) -> None:
         self.start = start if self.start is None else min(self.start, start)
-        stop = end if end is not None else start
+        stop = start if end is None else end
         self.end = stop if self.end is None else max(self.end, stop)
 
 
-class _Graph:
-    def __init__(self) -> None:
+@dataclass(slots=True)
+class Edge:
+    span: Span = field(default_factory=Span)
+    stats: Stats = field(default_factory=Stats)
+    series: dict[float, Stats] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Node:
+    ref: int
+    name: str
+    type: str  # "" for a segment without origin: the Service then has no Type
+    inferred: bool = False
+    root: bool = False
+    account: str | None = None
+    span: Span = field(default_factory=Span)
+    stats: Stats = field(default_factory=Stats)
+    durations: Counter[float] = field(default_factory=Counter)
+    series: dict[float, Stats] = field(default_factory=dict)
+    edges: dict[int, Edge] = field(default_factory=dict)
+
+
+class Graph:
+    """Nodes and edges, with statistics over the whole range and, given a period, per period
+    (by the start time of each request)."""
+
+    def __init__(self, period: float | None = None) -> None:
+        self.period = period
         self.nodes: dict[tuple[str, str], Node] = {}
 
-    def node(self, name: str, kind: str) -> Node:
+    def node(self, name: str, kind: str, inferred: bool = False) -> Node:
         key = (name, kind)
-        if key not in self.nodes:
-            self.nodes[key] = Node(len(self.nodes), name, kind)
-        return self.nodes[key]
+        found = self.nodes.get(key)
+        if found is None:
+            found = self.nodes[key] = Node(len(self.nodes), name, kind, inferred)
+        return found
 
-    def edge(self, source: Node, target: Node, start: float, end: float | None,
-             flags: tuple[int, int, int]) -> None:
-        stats = source.edges.setdefault(target.ref, Stats())
-        stats.add(*flags, (end - start) if end is not None else None)
-        times = source.edge_times.setdefault(target.ref, [start, end or start])
-        times[0] = min(times[0], start)
-        times[1] = max(times[1], end or start)
+    def _bucket(self, series: dict[float, Stats], start: float) -> Stats | None:
+        if self.period is None:
+            return None
+        key = start - start % self.period
+        found = series.get(key)
+        if found is None:
+            found = series[key] = Stats()
+        return found
+
+    def request(self, node: Node, start: float, end: float | None, flags: tuple[bool, ...],
+                duration: float | None = None) -> None:
+        """A request that ``node`` served (end None: still in progress)."""
+        node.span.seen(start, end)
+        if end is None:
+            return
+        node.stats.add(*flags, end - start)
+        node.durations[round(max(0.0, end - start if duration is None else duration), 3)] += 1
+        bucket = self._bucket(node.series, start)
+        if bucket is not None:
+            bucket.add(*flags, end - start)
+
+    def call(self, source: Node, target: Node, start: float, end: float | None,
+             flags: tuple[bool, ...]) -> None:
+        edge = source.edges.get(target.ref)
+        if edge is None:
+            edge = source.edges[target.ref] = Edge()
+        edge.span.seen(start, end)
+        if end is None:
+            return
+        edge.stats.add(*flags, end - start)
+        bucket = self._bucket(edge.series, start)
+        if bucket is not None:
+            bucket.add(*flags, end - start)
 
     def services(self) -> list[dict[str, Any]]:
+        """The Service list of GetServiceGraph."""
         answer = []
         for node in self.nodes.values():
-            answer.append({
+            client = (node.name, node.type) == CLIENT
+            stats = node.stats
+            if client:  # the requests clients sent: those on its edges
+                stats = Stats()
+                for edge in node.edges.values():
+                    stats.merge(edge.stats)
+            service: dict[str, Any] = {
                 "ReferenceId": node.ref,
                 "Name": node.name,
                 "Names": [node.name],
                 "Root": node.root,
-                "Type": node.type,
-                "State": "active",
-                "StartTime": node.start,
-                "EndTime": node.end,
-                "SummaryStatistics": node.stats.shape(),
+                "State": "unknown" if node.inferred else "active",
+                "StartTime": node.span.start,
+                "EndTime": node.span.end,
                 "Edges": [
-                    {"ReferenceId": ref, "StartTime": node.edge_times[ref][0],
-                     "EndTime": node.edge_times[ref][1], "SummaryStatistics": stats.shape(),
-                     "ResponseTimeHistogram": [], "Aliases": []}
-                    for ref, stats in node.edges.items()
+                    {"ReferenceId": ref, "StartTime": edge.span.start, "EndTime": edge.span.end,
+                     "SummaryStatistics": edge.stats.shape(),
+                     "ResponseTimeHistogram": histogram(edge.stats.times), "Aliases": []}
+                    for ref, edge in node.edges.items()
                 ],
-                "DurationHistogram": [],
-                "ResponseTimeHistogram": [],
-            })
+                "SummaryStatistics": stats.shape(),
+                "DurationHistogram": histogram(stats.times if client else node.durations),
+                "ResponseTimeHistogram": histogram(stats.times),
+            }
+            if node.type:
+                service["Type"] = node.type
+            if node.account is not None:
+                service["AccountId"] = node.account
+            answer.append(service)
         return answer
 
 
-def _remote_type(name: str, namespace: str) -> str:
-    return f"AWS::{name}" if namespace == "aws" else "remote"
+# --- from rows --------------------------------------------------------------------------
+# A segment row as read: (tpk, id, parent_id, kind, name, origin, start, end, calls JSON,
+# own flags and account id as a JSON array or None, trace start, trace end).
+_COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
+            "CASE WHEN s.kind = 'segment' THEN json_extract(CAST(s.doc AS TEXT), '$.error', "
+            "'$.fault', '$.throttle', '$.aws.account_id') END, t.start, t.end")
+
+
+def _flags(own: str | None) -> tuple[tuple[bool, bool, bool], str | None]:
+    if not own:
+        return (False, False, False), None
+    try:
+        error, fault, throttle, account = orjson.loads(own)
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        return (False, False, False), None
+    return ((error is True, fault is True, throttle is True),
+            account if type(account) is str and account else None)
+
+
+def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
+    """Add one trace's segment rows to ``graph``."""
+    segments = [row for row in rows if row[3] == "segment"]
+    parents: dict[str, str | None] = {row[1]: row[2] for row in rows if row[3] != "segment"}
+    calls: dict[str, tuple] = {}
+    for row in rows:
+        if row[8]:
+            for call in orjson.loads(row[8]):
+                calls[call[0]] = call
+    owner: dict[str, Node] = {}
+    own: dict[str, tuple[tuple[bool, bool, bool], str | None]] = {}
+    for row in segments:
+        node = graph.node(row[4], row[5] or "")
+        flags, account = own[row[1]] = _flags(row[9])
+        if account is not None:
+            node.account = account
+        owner[row[1]] = node
+
+    def owner_of(entity_id: str | None) -> Node | None:
+        for _ in range(MAX_PARENT_HOPS):
+            if entity_id is None:
+                return None
+            found = owner.get(entity_id)
+            if found is not None:
+                return found
+            call = calls.get(entity_id)
+            entity_id = parents.get(entity_id) if call is None else call[1]
+        return None
+
+    answered: set[str] = set()
+    for row in segments:
+        _t, seg_id, parent_id, _k, _n, _o, start, end, _c, _own, t_start, t_end = row
+        node = owner[seg_id]
+        flags = own[seg_id][0]
+        duration = (t_end - t_start) if t_end is not None else None
+        graph.request(node, start, end, flags, duration)
+        if parent_id in calls:
+            call = calls[parent_id]
+            answered.add(parent_id)
+            source = owner_of(call[1])
+            if source is not None:
+                graph.call(source, node, call[4], call[5], (bool(call[6]), bool(call[7]),
+                                                              bool(call[8])))
+            continue
+        source = owner_of(parent_id) if parent_id in owner or parent_id in parents else None
+        if source is None:  # entered the trace here: no parent, or one this store never got
+            node.root = True
+            graph.call(graph.node(*CLIENT, inferred=True), node, start, end, flags)
+        elif source is not node:
+            graph.call(source, node, start, end, flags)
+    for call_id, (_i, owner_id, name, namespace, start, end, error, fault, throttle) in (
+            calls.items()):
+        if call_id in answered:
+            continue
+        source = owner_of(owner_id)
+        if source is None:
+            continue
+        target = graph.node(name, aws_type(name) if namespace == "aws" else "remote",
+                            inferred=True)
+        flags = (bool(error), bool(fault), bool(throttle))
+        graph.request(target, start, end, flags)
+        graph.call(source, target, start, end, flags)
+
+
+def _by_trace(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
+    """Rows ordered by trace key, grouped a trace at a time."""
+    current: list[tuple] = []
+    key = None
+    for row in rows:
+        if row[0] != key and current:
+            yield current
+            current = []
+        key = row[0]
+        current.append(row)
+    if current:
+        yield current
+
+
+def select(conn: sqlite3.Connection, start: float, end: float,
+           condition: tuple[str, list[Any]] | None = None) -> Iterable[tuple]:
+    """The segment rows of the traces that start in [start, end] (and match ``condition``, an
+    SQL condition on ``traces t`` with its parameters), ordered by trace."""
+    where = "t.start >= ? AND t.start <= ?"
+    params: list[Any] = [start, end]
+    if condition is not None:
+        where += f" AND {condition[0]}"
+        params.extend(condition[1])
+    return conn.execute(
+        f"SELECT {_COLUMNS} FROM traces t JOIN segments s ON s.tpk = t.pk WHERE {where} "
+        "ORDER BY s.tpk", params)
+
+
+def fill(graph: Graph, rows: Iterable[tuple]) -> Graph:
+    for trace in _by_trace(rows):
+        add_trace(graph, trace)
+    return graph
+
+
+def build_between(conn: sqlite3.Connection, start: float, end: float,
+                  condition: tuple[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """GetServiceGraph's services for the traces that start in [start, end]."""
+    return fill(Graph(), select(conn, start, end, condition)).services()
 
 
 def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str, Any]]:
     """The services and edges of the given traces (by store key)."""
-    graph = _Graph()
-    keys = list(trace_keys)
-    for i in range(0, len(keys), 500):
-        chunk = orjson.dumps(keys[i:i + 500]).decode()
-        segments = conn.execute(
-            "SELECT tpk, id, parent_id, kind, name, origin, start, end, error, fault, "
-            "throttle, calls FROM segments WHERE tpk IN (SELECT value FROM json_each(?)) "
-            "ORDER BY tpk", (chunk,)).fetchall()
-        calls = [(row[0], *call) for row in segments if row[-1]
-                 for call in orjson.loads(row[-1])]
-        _add(graph, [row[:-1] for row in segments], calls)
+    graph = Graph()
+    keys = sorted(set(trace_keys))
+    for i in range(0, len(keys), CHUNK):
+        chunk = orjson.dumps(keys[i:i + CHUNK]).decode()
+        fill(graph, conn.execute(
+            f"SELECT {_COLUMNS} FROM traces t JOIN segments s ON s.tpk = t.pk "
+            "WHERE t.pk IN (SELECT value FROM json_each(?)) ORDER BY s.tpk", (chunk,)))
     return graph.services()
 
 
 def build_for_ids(conn: sqlite3.Connection, trace_ids: Iterable[str]) -> list[dict[str, Any]]:
-    from xrayd.store.queries import known_trace_key
-
-    keys = [known_trace_key(conn, trace_id) for trace_id in trace_ids]
-    return build(conn, [k for k in keys if k is not None])
-
-
-def _add(graph: _Graph, segments: list[tuple], calls: list[tuple]) -> None:
-    by_trace: dict[str, tuple[list[tuple], list[tuple]]] = {}
-    for row in segments:
-        by_trace.setdefault(row[0], ([], []))[0].append(row)
-    for row in calls:
-        by_trace.setdefault(row[0], ([], []))[1].append(row)
-    for trace_segments, trace_calls in by_trace.values():
-        owner: dict[str, Node] = {}
-        parents: dict[str, str | None] = {}
-        for _t, seg_id, parent_id, kind, name, origin, start, end, error, fault, throttle in (
-                trace_segments):
-            if kind != "segment":
-                parents[seg_id] = parent_id
-                continue
-            node = graph.node(name, origin or "service")
-            node.seen(start, end)
-            node.stats.add(error, fault, throttle, (end - start) if end is not None else None)
-            owner[seg_id] = node
-        default = next(iter(owner.values()), None)
-
-        def owner_of(entity_id: str | None, _owner=owner, _default=default,
-                     _parents=parents) -> Node | None:
-            for _ in range(64):
-                if entity_id is None:
-                    return _default
-                if entity_id in _owner:
-                    return _owner[entity_id]
-                entity_id = _parents.get(entity_id)
-            return _default
-
-        call_owner: dict[str, Node | None] = {}
-        for _t, call_id, owner_id, *_rest in trace_calls:
-            call_owner[call_id] = owner_of(owner_id)
-        called: set[str] = set()
-        for _t, seg_id, parent_id, kind, _name, _o, start, end, error, fault, throttle in (
-                trace_segments):
-            if kind != "segment":
-                continue
-            node = owner[seg_id]
-            if parent_id is None:
-                node.root = True
-                continue
-            source = call_owner.get(parent_id) or owner.get(parent_id)
-            if parent_id in call_owner:
-                called.add(parent_id)
-            if source is not None and source is not node:
-                graph.edge(source, node, start, end, (error, fault, throttle))
-        for _t, call_id, _owner_id, name, namespace, start, end, error, fault, throttle in (
-                trace_calls):
-            if call_id in called:
-                continue
-            source = call_owner.get(call_id)
-            if source is None:
-                continue
-            target = graph.node(name, _remote_type(name, namespace))
-            target.seen(start, end)
-            target.stats.add(error, fault, throttle, (end - start) if end is not None else None)
-            graph.edge(source, target, start, end, (error, fault, throttle))
+    """GetTraceGraph's services."""
+    keys = [row[0] for trace_id in trace_ids for row in conn.execute(
+        "SELECT pk FROM traces WHERE trace_id = ?", (trace_id,))]
+    return build(conn, keys)
