@@ -194,3 +194,36 @@ def test_time_series_bad_input_is_invalid_request(daemon_with_traces, request_bo
                                                   **request_body)
     assert caught.value.response["Error"]["Code"] == "InvalidRequestException"
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+# One test per point of issue 13's "Why" about the graph, each failing on the code before it.
+def test_why_a_subsegments_fault_does_not_count_against_its_service(daemon_with_traces):
+    client, traces, now = daemon_with_traces
+    nodes = by_name(client.get_service_graph(StartTime=now - 300, EndTime=now + 5)["Services"])
+    # backend's only own fault is trace 5's; trace 1's S3 fault is on its subsegment
+    assert nodes["backend"]["SummaryStatistics"]["FaultStatistics"]["TotalCount"] == \
+        traces.backend_faults
+    # frontend never faulted itself; its call to backend and the partner's 404 did
+    assert nodes["frontend"]["SummaryStatistics"]["FaultStatistics"]["TotalCount"] == 0
+    assert nodes["frontend"]["SummaryStatistics"]["ErrorStatistics"]["TotalCount"] == 0
+
+
+def test_why_client_node_and_x_ray_node_types(daemon_with_traces):
+    client, _traces, now = daemon_with_traces
+    services = client.get_service_graph(StartTime=now - 300, EndTime=now + 5)["Services"]
+    types = {s["Name"]: s.get("Type") for s in services}
+    assert types["client"] == "client"
+    assert types["DynamoDB"] == "AWS::DynamoDB::Table"
+    assert types["S3"] == "AWS::S3::Bucket"
+    assert types["SQS"] == "AWS::SQS::Queue"
+    assert ("client", "frontend") in edges_of(services)
+
+
+def test_why_histograms_are_filled(daemon_with_traces):
+    client, _traces, now = daemon_with_traces
+    services = client.get_service_graph(StartTime=now - 300, EndTime=now + 5)["Services"]
+    for service in services:
+        assert service["ResponseTimeHistogram"] and service["DurationHistogram"], service["Name"]
+        for edge in service["Edges"]:
+            assert edge["ResponseTimeHistogram"], (service["Name"], edge["ReferenceId"])
+    assert_histograms_sum(services)
