@@ -45,72 +45,83 @@ def histogram(counts: Counter[float]) -> list[dict[str, Any]]:
     return [{"Value": value, "Count": count} for value, count in sorted(counts.items())]
 
 
+OK, ERROR, THROTTLE, FAULT = 0, 1, 2, 3
+_US_BITS = 40  # a request's time in microseconds (up to 12 days) in the low bits of its code
+_US_MASK = (1 << _US_BITS) - 1
+
+
+def outcome(error: bool, fault: bool, throttle: bool) -> int:
+    """How X-Ray counts a request: a fault, else a throttle (a 429, also an error), else an
+    error, else OK."""
+    return FAULT if fault else THROTTLE if throttle else ERROR if error else OK
+
+
 @dataclass(slots=True)
 class Stats:
-    """Requests, by outcome, with their response times; in-progress requests are left out
-    (TotalCount counts completed requests), so histogram counts sum to TotalCount."""
+    """Completed requests by outcome, their total response time and its histogram (in-progress
+    requests are not counted: TotalCount counts completed requests, so the histogram's counts
+    sum to TotalCount)."""
 
-    ok: int = 0
-    error: int = 0
-    throttle: int = 0
-    fault: int = 0
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     response_time: float = 0.0
     times: Counter[float] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
-        return self.ok + self.error + self.throttle + self.fault
-
-    def add(self, error: bool, fault: bool, throttle: bool, seconds: float) -> None:
-        if fault:
-            self.fault += 1
-        elif throttle:
-            self.throttle += 1
-        elif error:
-            self.error += 1
-        else:
-            self.ok += 1
-        seconds = max(0.0, seconds)
-        self.response_time += seconds
-        self.times[round(seconds, 3)] += 1
+        return sum(self.counts)
 
     def merge(self, other: Stats) -> None:
-        self.ok += other.ok
-        self.error += other.error
-        self.throttle += other.throttle
-        self.fault += other.fault
+        for i, count in enumerate(other.counts):
+            self.counts[i] += count
         self.response_time += other.response_time
         self.times.update(other.times)
 
     def shape(self) -> dict[str, Any]:
+        ok, error, throttle, fault = self.counts
         return {
-            "OkCount": self.ok,
-            "ErrorStatistics": {"ThrottleCount": self.throttle, "OtherCount": self.error,
-                                "TotalCount": self.throttle + self.error},
-            "FaultStatistics": {"OtherCount": self.fault, "TotalCount": self.fault},
-            "TotalCount": self.total,
+            "OkCount": ok,
+            "ErrorStatistics": {"ThrottleCount": throttle, "OtherCount": error,
+                                "TotalCount": throttle + error},
+            "FaultStatistics": {"OtherCount": fault, "TotalCount": fault},
+            "TotalCount": ok + error + throttle + fault,
             "TotalResponseTime": round(self.response_time, 6),
         }
 
 
-@dataclass(slots=True)
-class Span:
-    """First start and last end of what a node or an edge saw."""
+class Requests:
+    """The requests a node served or an edge carried, kept as integer codes (period, outcome,
+    microseconds) and counted at the end: appending to lists is the cheapest per-request work
+    in Python, and Counter counts in C."""
 
-    start: float | None = None
-    end: float | None = None
+    __slots__ = ("codes", "ends", "starts")
 
-    def seen(self, start: float, end: float | None) -> None:
-        self.start = start if self.start is None else min(self.start, start)
-        stop = start if end is None else end
-        self.end = stop if self.end is None else max(self.end, stop)
+    def __init__(self) -> None:
+        self.codes: list[int] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
 
+    def span(self) -> tuple[float | None, float | None]:
+        return (min(self.starts), max(self.ends)) if self.starts else (None, None)
 
-@dataclass(slots=True)
-class Edge:
-    span: Span = field(default_factory=Span)
-    stats: Stats = field(default_factory=Stats)
-    series: dict[float, Stats] = field(default_factory=dict)
+    def by_period(self) -> dict[int, Stats]:
+        """Statistics per period index (0 for all when built without a period)."""
+        found: dict[int, Stats] = {}
+        for code, count in Counter(self.codes).items():
+            micros = code & _US_MASK
+            index, kind = divmod(code >> _US_BITS, 4)
+            stats = found.get(index)
+            if stats is None:
+                stats = found[index] = Stats()
+            stats.counts[kind] += count
+            stats.response_time += micros * count / 1e6
+            stats.times[round(micros / 1e6, 3)] += count
+        return found
+
+    def stats(self) -> Stats:
+        total = Stats()
+        for stats in self.by_period().values():
+            total.merge(stats)
+        return total
 
 
 @dataclass(slots=True)
@@ -121,11 +132,10 @@ class Node:
     inferred: bool = False
     root: bool = False
     account: str | None = None
-    span: Span = field(default_factory=Span)
-    stats: Stats = field(default_factory=Stats)
-    durations: Counter[float] = field(default_factory=Counter)
-    series: dict[float, Stats] = field(default_factory=dict)
-    edges: dict[int, Edge] = field(default_factory=dict)
+    first: int | None = None  # the store key of a segment of this node (for its account)
+    requests: Requests = field(default_factory=Requests)
+    durations: list[int] = field(default_factory=list)  # microseconds
+    edges: dict[int, Requests] = field(default_factory=dict)
 
 
 class Graph:
@@ -143,66 +153,80 @@ class Graph:
             found = self.nodes[key] = Node(len(self.nodes), name, kind, inferred)
         return found
 
-    def _bucket(self, series: dict[float, Stats], start: float) -> Stats | None:
-        if self.period is None:
-            return None
-        key = start - start % self.period
-        found = series.get(key)
-        if found is None:
-            found = series[key] = Stats()
-        return found
-
-    def request(self, node: Node, start: float, end: float | None, flags: tuple[bool, ...],
+    def request(self, node: Node, start: float, end: float | None, kind: int,
                 duration: float | None = None) -> None:
-        """A request that ``node`` served (end None: still in progress)."""
-        node.span.seen(start, end)
+        """A request that ``node`` served (end None: still in progress); ``duration``: of the
+        whole request, downstream work included, when longer than the node's own time."""
+        requests = node.requests
+        requests.starts.append(start)
         if end is None:
+            requests.ends.append(start)
             return
-        node.stats.add(*flags, end - start)
-        node.durations[round(max(0.0, end - start if duration is None else duration), 3)] += 1
-        bucket = self._bucket(node.series, start)
-        if bucket is not None:
-            bucket.add(*flags, end - start)
+        requests.ends.append(end)
+        micros = int((end - start) * 1e6 + 0.5)
+        period = self.period
+        index = int(start // period) if period else 0
+        requests.codes.append((index << 2 | kind) << _US_BITS | (micros if micros > 0 else 0))
+        if duration is not None and duration * 1e6 > micros:
+            micros = int(duration * 1e6 + 0.5)
+        node.durations.append(micros if micros > 0 else 0)
 
     def call(self, source: Node, target: Node, start: float, end: float | None,
-             flags: tuple[bool, ...]) -> None:
+             kind: int) -> None:
         edge = source.edges.get(target.ref)
         if edge is None:
-            edge = source.edges[target.ref] = Edge()
-        edge.span.seen(start, end)
+            edge = source.edges[target.ref] = Requests()
+        edge.starts.append(start)
         if end is None:
+            edge.ends.append(start)
             return
-        edge.stats.add(*flags, end - start)
-        bucket = self._bucket(edge.series, start)
-        if bucket is not None:
-            bucket.add(*flags, end - start)
+        edge.ends.append(end)
+        micros = int((end - start) * 1e6 + 0.5)
+        period = self.period
+        index = int(start // period) if period else 0
+        edge.codes.append((index << 2 | kind) << _US_BITS | (micros if micros > 0 else 0))
+
+    def series_of(self, requests: Requests) -> dict[float, Stats]:
+        """Statistics by the start time of each period."""
+        period = self.period or 0
+        return {index * period: stats for index, stats in requests.by_period().items()}
 
     def services(self) -> list[dict[str, Any]]:
         """The Service list of GetServiceGraph."""
         answer = []
         for node in self.nodes.values():
             client = (node.name, node.type) == CLIENT
-            stats = node.stats
+            edges = {ref: (edge.span(), edge.stats()) for ref, edge in node.edges.items()}
             if client:  # the requests clients sent: those on its edges
                 stats = Stats()
-                for edge in node.edges.values():
-                    stats.merge(edge.stats)
+                for _span, edge_stats in edges.values():
+                    stats.merge(edge_stats)
+                durations = stats.times
+            else:
+                stats = node.requests.stats()
+                durations = Counter(round(micros / 1e6, 3) for micros in node.durations)
+            start, end = node.requests.span()
+            if client:
+                start = min((s for (s, _e), _st in edges.values() if s is not None),
+                            default=None)
+                end = max((e for (_s, e), _st in edges.values() if e is not None),
+                          default=None)
             service: dict[str, Any] = {
                 "ReferenceId": node.ref,
                 "Name": node.name,
                 "Names": [node.name],
                 "Root": node.root,
                 "State": "unknown" if node.inferred else "active",
-                "StartTime": node.span.start,
-                "EndTime": node.span.end,
+                "StartTime": start,
+                "EndTime": end,
                 "Edges": [
-                    {"ReferenceId": ref, "StartTime": edge.span.start, "EndTime": edge.span.end,
-                     "SummaryStatistics": edge.stats.shape(),
-                     "ResponseTimeHistogram": histogram(edge.stats.times), "Aliases": []}
-                    for ref, edge in node.edges.items()
+                    {"ReferenceId": ref, "StartTime": span[0], "EndTime": span[1],
+                     "SummaryStatistics": edge_stats.shape(),
+                     "ResponseTimeHistogram": histogram(edge_stats.times), "Aliases": []}
+                    for ref, (span, edge_stats) in edges.items()
                 ],
                 "SummaryStatistics": stats.shape(),
-                "DurationHistogram": histogram(stats.times if client else node.durations),
+                "DurationHistogram": histogram(durations),
                 "ResponseTimeHistogram": histogram(stats.times),
             }
             if node.type:
@@ -212,43 +236,82 @@ class Graph:
             answer.append(service)
         return answer
 
+    def find_accounts(self, conn: sqlite3.Connection) -> None:
+        """Each instrumented node's account id, from the document of one of its segments."""
+        for node in self.nodes.values():
+            if node.first is None:
+                continue
+            row = conn.execute("SELECT json_extract(CAST(doc AS TEXT), '$.aws.account_id') "
+                               "FROM segments WHERE pk = ?", (node.first,)).fetchone()
+            if row and type(row[0]) is str and row[0]:
+                node.account = row[0]
+
 
 # --- from rows --------------------------------------------------------------------------
-# A segment row as read: (tpk, id, parent_id, kind, name, origin, start, end, calls JSON,
-# own flags and account id as a JSON array or None, trace start, trace end).
-_COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
-            "CASE WHEN s.kind = 'segment' THEN json_extract(CAST(s.doc AS TEXT), '$.error', "
-            "'$.fault', '$.throttle', '$.aws.account_id') END, t.start, t.end")
+# A segment row as read: (tpk, pk, id, parent_id, kind, name, origin, start, end, calls JSON,
+# own flags, trace start, trace end). The row's flags include its subsegments'; only when one
+# is set are the segment's own read from its document (a JSON array [error, fault, throttle]).
+_COLUMNS = ("s.tpk, s.pk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
+            "CASE WHEN s.kind = 'segment' AND (s.error OR s.fault OR s.throttle) "
+            "THEN json_extract(CAST(s.doc AS TEXT), '$.error', '$.fault', '$.throttle') END, "
+            "t.start, t.end")
 
 
-def _flags(own: str | None) -> tuple[tuple[bool, bool, bool], str | None]:
-    if not own:
-        return (False, False, False), None
+def _own(flags: str | None) -> int:
+    if not flags:
+        return OK
     try:
-        error, fault, throttle, account = orjson.loads(own)
+        error, fault, throttle = orjson.loads(flags)
     except (orjson.JSONDecodeError, ValueError, TypeError):
-        return (False, False, False), None
-    return ((error is True, fault is True, throttle is True),
-            account if type(account) is str and account else None)
+        return OK
+    return outcome(error is True, fault is True, throttle is True)
+
+
+def _add_single(graph: Graph, row: tuple) -> bool:
+    """A trace of one segment document whose calls are all its own (the common case), without
+    the id bookkeeping of ``add_trace``; False when the trace is not of that shape."""
+    _t, pk, seg_id, _p, kind_, name, origin, start, end, calls, flags, t_start, t_end = row
+    if kind_ != "segment":
+        return False
+    parsed = orjson.loads(calls) if calls else ()
+    for call in parsed:
+        if call[1] != seg_id:
+            return False
+    node = graph.node(name, origin or "")
+    if node.first is None:
+        node.first = pk
+    node.root = True
+    kind = _own(flags)
+    graph.request(node, start, end, kind, (t_end - t_start) if t_end is not None else None)
+    graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
+    for _i, _o, call_name, namespace, c_start, c_end, error, fault, throttle in parsed:
+        target = graph.node(call_name, aws_type(call_name) if namespace == "aws" else "remote",
+                            inferred=True)
+        kind = outcome(error == 1, fault == 1, throttle == 1)
+        graph.request(target, c_start, c_end, kind)
+        graph.call(node, target, c_start, c_end, kind)
+    return True
 
 
 def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
     """Add one trace's segment rows to ``graph``."""
-    segments = [row for row in rows if row[3] == "segment"]
-    parents: dict[str, str | None] = {row[1]: row[2] for row in rows if row[3] != "segment"}
-    calls: dict[str, tuple] = {}
-    for row in rows:
-        if row[8]:
-            for call in orjson.loads(row[8]):
-                calls[call[0]] = call
+    if len(rows) == 1 and _add_single(graph, rows[0]):
+        return
     owner: dict[str, Node] = {}
-    own: dict[str, tuple[tuple[bool, bool, bool], str | None]] = {}
-    for row in segments:
-        node = graph.node(row[4], row[5] or "")
-        flags, account = own[row[1]] = _flags(row[9])
-        if account is not None:
-            node.account = account
-        owner[row[1]] = node
+    parents: dict[str, str | None] = {}
+    calls: dict[str, list] = {}
+    segments = []
+    for row in rows:
+        if row[4] == "segment":
+            node = owner[row[2]] = graph.node(row[5], row[6] or "")
+            if node.first is None:
+                node.first = row[1]
+            segments.append(row)
+        else:
+            parents[row[2]] = row[3]
+        if row[9]:
+            for call in orjson.loads(row[9]):
+                calls[call[0]] = call
 
     def owner_of(entity_id: str | None) -> Node | None:
         for _ in range(MAX_PARENT_HOPS):
@@ -262,26 +325,25 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
         return None
 
     answered: set[str] = set()
-    for row in segments:
-        _t, seg_id, parent_id, _k, _n, _o, start, end, _c, _own, t_start, t_end = row
+    for _t, _pk, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, t_start, t_end in (
+            segments):
         node = owner[seg_id]
-        flags = own[seg_id][0]
-        duration = (t_end - t_start) if t_end is not None else None
-        graph.request(node, start, end, flags, duration)
-        if parent_id in calls:
-            call = calls[parent_id]
+        kind = _own(flags)
+        graph.request(node, start, end, kind, (t_end - t_start) if t_end is not None else None)
+        call = calls.get(parent_id) if parent_id is not None else None
+        if call is not None:
             answered.add(parent_id)
             source = owner_of(call[1])
             if source is not None:
-                graph.call(source, node, call[4], call[5], (bool(call[6]), bool(call[7]),
-                                                              bool(call[8])))
+                graph.call(source, node, call[4], call[5],
+                           outcome(call[6] == 1, call[7] == 1, call[8] == 1))
             continue
         source = owner_of(parent_id) if parent_id in owner or parent_id in parents else None
         if source is None:  # entered the trace here: no parent, or one this store never got
             node.root = True
-            graph.call(graph.node(*CLIENT, inferred=True), node, start, end, flags)
+            graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
         elif source is not node:
-            graph.call(source, node, start, end, flags)
+            graph.call(source, node, start, end, kind)
     for call_id, (_i, owner_id, name, namespace, start, end, error, fault, throttle) in (
             calls.items()):
         if call_id in answered:
@@ -291,13 +353,13 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
             continue
         target = graph.node(name, aws_type(name) if namespace == "aws" else "remote",
                             inferred=True)
-        flags = (bool(error), bool(fault), bool(throttle))
-        graph.request(target, start, end, flags)
-        graph.call(source, target, start, end, flags)
+        kind = outcome(error == 1, fault == 1, throttle == 1)
+        graph.request(target, start, end, kind)
+        graph.call(source, target, start, end, kind)
 
 
 def _by_trace(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
-    """Rows ordered by trace key, grouped a trace at a time."""
+    """Rows with a trace's rows together, a trace at a time."""
     current: list[tuple] = []
     key = None
     for row in rows:
@@ -313,15 +375,16 @@ def _by_trace(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
 def select(conn: sqlite3.Connection, start: float, end: float,
            condition: tuple[str, list[Any]] | None = None) -> Iterable[tuple]:
     """The segment rows of the traces that start in [start, end] (and match ``condition``, an
-    SQL condition on ``traces t`` with its parameters), ordered by trace."""
+    SQL condition on ``traces t`` with its parameters), a trace's rows together (CROSS JOIN
+    makes traces SQLite's outer loop)."""
     where = "t.start >= ? AND t.start <= ?"
     params: list[Any] = [start, end]
     if condition is not None:
         where += f" AND {condition[0]}"
         params.extend(condition[1])
     return conn.execute(
-        f"SELECT {_COLUMNS} FROM traces t JOIN segments s ON s.tpk = t.pk WHERE {where} "
-        "ORDER BY s.tpk", params)
+        f"SELECT {_COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+        f"WHERE {where}", params)
 
 
 def fill(graph: Graph, rows: Iterable[tuple]) -> Graph:
@@ -330,10 +393,17 @@ def fill(graph: Graph, rows: Iterable[tuple]) -> Graph:
     return graph
 
 
+def filled(conn: sqlite3.Connection, graph: Graph, rows: Iterable[tuple]) -> Graph:
+    """``graph`` with the rows' traces and the nodes' account ids."""
+    fill(graph, rows)
+    graph.find_accounts(conn)
+    return graph
+
+
 def build_between(conn: sqlite3.Connection, start: float, end: float,
                   condition: tuple[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     """GetServiceGraph's services for the traces that start in [start, end]."""
-    return fill(Graph(), select(conn, start, end, condition)).services()
+    return filled(conn, Graph(), select(conn, start, end, condition)).services()
 
 
 def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str, Any]]:
@@ -343,8 +413,9 @@ def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str,
     for i in range(0, len(keys), CHUNK):
         chunk = orjson.dumps(keys[i:i + CHUNK]).decode()
         fill(graph, conn.execute(
-            f"SELECT {_COLUMNS} FROM traces t JOIN segments s ON s.tpk = t.pk "
-            "WHERE t.pk IN (SELECT value FROM json_each(?)) ORDER BY s.tpk", (chunk,)))
+            f"SELECT {_COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+            "WHERE t.pk IN (SELECT value FROM json_each(?))", (chunk,)))
+    graph.find_accounts(conn)
     return graph.services()
 
 

@@ -132,11 +132,11 @@ def series(graph: Graph, selector: Selector) -> list[dict[str, Any]]:
     for node in graph.nodes.values():
         if selector.kind == "service" and target is not None and target(node) \
                 and node.type != "client":
-            for when, stats in node.series.items():
+            for when, stats in graph.series_of(node.requests).items():
                 services.setdefault(when, Stats()).merge(stats)
         for ref, edge in node.edges.items():
             if wanted_edge(node, by_ref[ref]):
-                for when, stats in edge.series.items():
+                for when, stats in graph.series_of(edge).items():
                     edges.setdefault(when, Stats()).merge(stats)
     answer = []
     for when in sorted(set(edges) | set(services)):
