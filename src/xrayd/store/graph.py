@@ -132,7 +132,7 @@ class Node:
     inferred: bool = False
     root: bool = False
     account: str | None = None
-    first: int | None = None  # the store key of a segment of this node (for its account)
+    first: tuple[int, str] | None = None  # (trace key, id) of a segment, for the account
     requests: Requests = field(default_factory=Requests)
     durations: list[int] = field(default_factory=list)  # microseconds
     edges: dict[int, Requests] = field(default_factory=dict)
@@ -242,19 +242,19 @@ class Graph:
             if node.first is None:
                 continue
             row = conn.execute("SELECT json_extract(CAST(doc AS TEXT), '$.aws.account_id') "
-                               "FROM segments WHERE pk = ?", (node.first,)).fetchone()
+                               "FROM segments WHERE tpk = ? AND id = ?", node.first).fetchone()
             if row and type(row[0]) is str and row[0]:
                 node.account = row[0]
 
 
 # --- from rows --------------------------------------------------------------------------
-# A segment row as read: (tpk, pk, id, parent_id, kind, name, origin, start, end, calls JSON,
-# own flags, trace start, trace end). The row's flags include its subsegments'; only when one
+# A segment row as read: (tpk, id, parent_id, kind, name, origin, start, end, calls JSON,
+# own flags, the trace's duration). The row's flags include its subsegments'; only when one
 # is set are the segment's own read from its document (a JSON array [error, fault, throttle]).
-_COLUMNS = ("s.tpk, s.pk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
+_COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
             "CASE WHEN s.kind = 'segment' AND (s.error OR s.fault OR s.throttle) "
             "THEN json_extract(CAST(s.doc AS TEXT), '$.error', '$.fault', '$.throttle') END, "
-            "t.start, t.end")
+            "t.end - t.start")
 
 
 def _own(flags: str | None) -> int:
@@ -270,7 +270,7 @@ def _own(flags: str | None) -> int:
 def _add_single(graph: Graph, row: tuple) -> bool:
     """A trace of one segment document whose calls are all its own (the common case), without
     the id bookkeeping of ``add_trace``; False when the trace is not of that shape."""
-    _t, pk, seg_id, _p, kind_, name, origin, start, end, calls, flags, t_start, t_end = row
+    tpk, seg_id, _p, kind_, name, origin, start, end, calls, flags, duration = row
     if kind_ != "segment":
         return False
     parsed = orjson.loads(calls) if calls else ()
@@ -279,10 +279,10 @@ def _add_single(graph: Graph, row: tuple) -> bool:
             return False
     node = graph.node(name, origin or "")
     if node.first is None:
-        node.first = pk
+        node.first = (tpk, seg_id)
     node.root = True
     kind = _own(flags)
-    graph.request(node, start, end, kind, (t_end - t_start) if t_end is not None else None)
+    graph.request(node, start, end, kind, duration)
     graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
     for _i, _o, call_name, namespace, c_start, c_end, error, fault, throttle in parsed:
         target = graph.node(call_name, aws_type(call_name) if namespace == "aws" else "remote",
@@ -302,15 +302,15 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
     calls: dict[str, list] = {}
     segments = []
     for row in rows:
-        if row[4] == "segment":
-            node = owner[row[2]] = graph.node(row[5], row[6] or "")
+        if row[3] == "segment":
+            node = owner[row[1]] = graph.node(row[4], row[5] or "")
             if node.first is None:
-                node.first = row[1]
+                node.first = (row[0], row[1])
             segments.append(row)
         else:
-            parents[row[2]] = row[3]
-        if row[9]:
-            for call in orjson.loads(row[9]):
+            parents[row[1]] = row[2]
+        if row[8]:
+            for call in orjson.loads(row[8]):
                 calls[call[0]] = call
 
     def owner_of(entity_id: str | None) -> Node | None:
@@ -325,11 +325,10 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
         return None
 
     answered: set[str] = set()
-    for _t, _pk, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, t_start, t_end in (
-            segments):
+    for _t, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, duration in segments:
         node = owner[seg_id]
         kind = _own(flags)
-        graph.request(node, start, end, kind, (t_end - t_start) if t_end is not None else None)
+        graph.request(node, start, end, kind, duration)
         call = calls.get(parent_id) if parent_id is not None else None
         if call is not None:
             answered.add(parent_id)
