@@ -7,6 +7,7 @@ the subsegment that called it."""
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 
 import orjson
@@ -27,6 +28,21 @@ class TraceSet:
     sqs_throttles: int = 0  # throttles only on backend's SQS subsegment
     partner_errors: int = 0  # 4xx answers of the partner API, on frontend's subsegment
     backend_faults: int = 0  # backend's own segment fault (a 500 answered to frontend)
+
+
+def offline_with_traces(start_xrayd, tmp_path) -> tuple[int, object, TraceSet, float]:
+    """(port, boto3 client, trace set, its ``now``) of ``xrayd --offline`` holding the set,
+    stored through PutTraceSegments (50 documents a call, as the service allows)."""
+    from offline_support import start_offline, xray_client
+
+    _daemon, port, _store = start_offline(start_xrayd, tmp_path)
+    client = xray_client(port)
+    now = time.time()
+    traces = three_services(now)
+    for i in range(0, len(traces.docs), 50):
+        answer = client.put_trace_segments(TraceSegmentDocuments=traces.docs[i:i + 50])
+        assert answer["UnprocessedTraceSegments"] == []
+    return port, client, traces, now
 
 
 def _id(rng: random.Random) -> str:

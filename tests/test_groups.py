@@ -8,14 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import botocore.exceptions
 import pytest
 
 from conftest import SAFE_ENV
-from graph_traces import three_services
+from graph_traces import offline_with_traces
 from offline_support import start_offline, xray_client
 
 AWS = str(Path(sys.executable).with_name("aws"))
@@ -51,12 +50,8 @@ def test_groups_round_trip_through_the_aws_cli(start_xrayd, tmp_path):
 
     code, got = aws(port, "get-group", "--group-arn", arn)
     assert code == 0 and got["Group"] == group
-    code, got = aws(port, "get-group", "--group-name", "workers")
-    assert code == 0 and got["Group"] == group
-
-    code, listed = aws(port, "get-groups")
-    assert code == 0
-    assert [g["GroupName"] for g in listed["Groups"]] == ["Default", "workers"]
+    client = xray_client(port)
+    assert client.get_group(GroupName="workers")["Group"] == group
 
     code, updated = aws(port, "update-group", "--group-name", "workers",
                         "--filter-expression", 'service("worker") AND fault')
@@ -65,30 +60,31 @@ def test_groups_round_trip_through_the_aws_cli(start_xrayd, tmp_path):
     assert updated["Group"]["GroupARN"] == arn
     assert updated["Group"]["InsightsConfiguration"]["InsightsEnabled"] is True
 
-    code, error = aws(port, "create-group", "--group-name", "workers")
-    assert code != 0 and "InvalidRequestException" in error and "already exists" in error
-    code, error = aws(port, "create-group", "--group-name", "bad",
-                      "--filter-expression", "service(")
-    assert code != 0 and "InvalidRequestException" in error
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        client.create_group(GroupName="workers")
+    assert caught.value.response["Error"]["Code"] == "InvalidRequestException"
+    assert "already exists" in caught.value.response["Error"]["Message"]
 
     # kept in the store file: a new daemon on the same store has the group
     daemon.kill()
     _daemon, port2, _ = start_offline(start_xrayd, tmp_path, name=store.name)
-    code, got = aws(port2, "get-group", "--group-name", "workers")
-    assert code == 0 and got["Group"]["FilterExpression"] == 'service("worker") AND fault'
+    code, listed = aws(port2, "get-groups")
+    assert code == 0
+    assert [(g["GroupName"], g.get("FilterExpression")) for g in listed["Groups"]] == [
+        ("Default", None), ("workers", 'service("worker") AND fault')]
 
     code, deleted = aws(port2, "delete-group", "--group-arn", arn)
     assert code == 0, deleted
     code, error = aws(port2, "get-group", "--group-name", "workers")
     assert code != 0 and "InvalidRequestException" in error
-    code, listed = aws(port2, "get-groups")
-    assert [g["GroupName"] for g in listed["Groups"]] == ["Default"]
+    assert [g["GroupName"] for g in xray_client(port2).get_groups()["Groups"]] == ["Default"]
 
 
 @pytest.mark.parametrize("call, body", [
     ("create_group", {"GroupName": "Default"}),
     ("create_group", {"GroupName": "a/b"}),
     ("create_group", {"GroupName": "g", "FilterExpression": "nosuchkeyword > 1"}),
+    ("create_group", {"GroupName": "g", "FilterExpression": "service("}),
     ("create_group", {"GroupName": "g", "InsightsConfiguration": {
         "InsightsEnabled": False, "NotificationsEnabled": True}}),
     ("get_group", {"GroupName": "missing"}),
@@ -106,12 +102,7 @@ def test_bad_group_requests_are_invalid_request(start_xrayd, tmp_path, call, bod
 
 
 def test_a_groups_filter_narrows_the_service_graph_and_time_series(start_xrayd, tmp_path):
-    _daemon, port, _store = start_offline(start_xrayd, tmp_path)
-    client = xray_client(port)
-    now = time.time()
-    traces = three_services(now)
-    for i in range(0, len(traces.docs), 50):
-        client.put_trace_segments(TraceSegmentDocuments=traces.docs[i:i + 50])
+    port, client, traces, now = offline_with_traces(start_xrayd, tmp_path)
     code, created = aws(port, "create-group", "--group-name", "page-1",
                         "--filter-expression", 'http.url ENDSWITH "/p/1"')
     assert code == 0, created

@@ -5,13 +5,10 @@ histograms that sum to the counts."""
 
 from __future__ import annotations
 
-import time
-
 import botocore.exceptions
 import pytest
 
-from graph_traces import ACCOUNT, three_services
-from offline_support import start_offline, xray_client
+from graph_traces import ACCOUNT, offline_with_traces
 
 NODES = {
     ("client", "client"), ("frontend", "AWS::EC2::Instance"),
@@ -28,13 +25,7 @@ EDGES = {
 
 @pytest.fixture
 def daemon_with_traces(start_xrayd, tmp_path):
-    _daemon, port, _store = start_offline(start_xrayd, tmp_path)
-    client = xray_client(port)
-    now = time.time()
-    traces = three_services(now)
-    for i in range(0, len(traces.docs), 50):
-        answer = client.put_trace_segments(TraceSegmentDocuments=traces.docs[i:i + 50])
-        assert answer["UnprocessedTraceSegments"] == []
+    _port, client, traces, now = offline_with_traces(start_xrayd, tmp_path)
     return client, traces, now
 
 

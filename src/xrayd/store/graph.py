@@ -124,6 +124,22 @@ class Requests:
         return total
 
 
+def _count(requests: Requests, start: float, end: float | None, kind: int,
+           period: float | None) -> int | None:
+    """Record a request; its time in microseconds, None while it is in progress."""
+    requests.starts.append(start)
+    if end is None:
+        requests.ends.append(start)
+        return None
+    requests.ends.append(end)
+    micros = int((end - start) * 1e6 + 0.5)
+    if micros < 0:
+        micros = 0
+    index = int(start // period) if period else 0
+    requests.codes.append((index << 2 | kind) << _US_BITS | micros)
+    return micros
+
+
 @dataclass(slots=True)
 class Node:
     ref: int
@@ -157,34 +173,18 @@ class Graph:
                 duration: float | None = None) -> None:
         """A request that ``node`` served (end None: still in progress); ``duration``: of the
         whole request, downstream work included, when longer than the node's own time."""
-        requests = node.requests
-        requests.starts.append(start)
-        if end is None:
-            requests.ends.append(start)
-            return
-        requests.ends.append(end)
-        micros = int((end - start) * 1e6 + 0.5)
-        period = self.period
-        index = int(start // period) if period else 0
-        requests.codes.append((index << 2 | kind) << _US_BITS | (micros if micros > 0 else 0))
-        if duration is not None and duration * 1e6 > micros:
-            micros = int(duration * 1e6 + 0.5)
-        node.durations.append(micros if micros > 0 else 0)
+        micros = _count(node.requests, start, end, kind, self.period)
+        if micros is not None:
+            if duration is not None and duration * 1e6 > micros:
+                micros = int(duration * 1e6 + 0.5)
+            node.durations.append(micros)
 
     def call(self, source: Node, target: Node, start: float, end: float | None,
              kind: int) -> None:
         edge = source.edges.get(target.ref)
         if edge is None:
             edge = source.edges[target.ref] = Requests()
-        edge.starts.append(start)
-        if end is None:
-            edge.ends.append(start)
-            return
-        edge.ends.append(end)
-        micros = int((end - start) * 1e6 + 0.5)
-        period = self.period
-        index = int(start // period) if period else 0
-        edge.codes.append((index << 2 | kind) << _US_BITS | (micros if micros > 0 else 0))
+        _count(edge, start, end, kind, self.period)
 
     def series_of(self, requests: Requests) -> dict[float, Stats]:
         """Statistics by the start time of each period."""
