@@ -18,6 +18,7 @@ from xrayd.sampling.engine import SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, queries, schema, timeseries
 from xrayd.store.filters import FilterError, compile_filter
+from xrayd.store.graph_cache import GraphCache
 from xrayd.store.groups import GroupError, GroupStore
 from xrayd.store.queries import QueryError
 from xrayd.store.writer import StoreWriter
@@ -116,6 +117,7 @@ class XRayApi:
         self.reader = reader
         self.sampling = sampling
         self.groups = GroupStore(reader.path)
+        self.graphs = GraphCache()
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The operations by path (all POST)."""
@@ -210,11 +212,22 @@ class XRayApi:
         sql, params = compile_filter(expression)
         return sql, params
 
+    def _graph(self, body: dict[str, Any], start: float, end: float) -> graph.Graph:
+        """The graph of the traces that start in the range (of the request's group, if any)."""
+        condition = self._group_condition(body)
+
+        def build(conn) -> graph.Graph:
+            if condition is None:
+                return self.graphs.build(conn, start, end)
+            return graph.fill(graph.Graph(), graph.select(conn, start, end, condition))
+
+        return self.reader.run(build)
+
     def get_service_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         start, end = time_range(body)
-        condition = self._group_condition(body)
-        services = self.reader.run(graph.build_between, start, end, condition)
-        return {"StartTime": start, "EndTime": end, "Services": services,
+        found = self._graph(body, start, end)
+        self.reader.run(found.find_accounts)
+        return {"StartTime": start, "EndTime": end, "Services": found.services(),
                 "ContainsOldGroupVersions": False}
 
     def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -233,13 +246,8 @@ class XRayApi:
         forecast = body.get("ForecastStatistics")
         if forecast is not None and not isinstance(forecast, bool):
             raise ApiError("InvalidRequestException", "ForecastStatistics must be a boolean")
-        condition = self._group_condition(body)
-
-        def build(conn):
-            return graph.fill(graph.Graph(period), graph.select(conn, start, end, condition))
-
-        return {"TimeSeriesServiceStatistics": timeseries.series(self.reader.run(build),
-                                                                 selector),
+        found = self._graph(body, start, end)
+        return {"TimeSeriesServiceStatistics": timeseries.series(found, selector, period),
                 "ContainsOldGroupVersions": False}
 
     # --- groups ----------------------------------------------------------------------

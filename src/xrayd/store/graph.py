@@ -46,8 +46,9 @@ def histogram(counts: Counter[float]) -> list[dict[str, Any]]:
 
 
 OK, ERROR, THROTTLE, FAULT = 0, 1, 2, 3
-_US_BITS = 40  # a request's time in microseconds (up to 12 days) in the low bits of its code
-_US_MASK = (1 << _US_BITS) - 1
+MINUTE = 60
+_MS_BITS = 32  # a request's time in milliseconds in the low bits of its code
+_MS_MASK = (1 << _MS_BITS) - 1
 
 
 def outcome(error: bool, fault: bool, throttle: bool) -> int:
@@ -63,7 +64,7 @@ class Stats:
     sum to TotalCount)."""
 
     counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    response_time: float = 0.0
+    response_ms: int = 0
     times: Counter[float] = field(default_factory=Counter)
 
     @property
@@ -73,7 +74,7 @@ class Stats:
     def merge(self, other: Stats) -> None:
         for i, count in enumerate(other.counts):
             self.counts[i] += count
-        self.response_time += other.response_time
+        self.response_ms += other.response_ms
         self.times.update(other.times)
 
     def shape(self) -> dict[str, Any]:
@@ -84,60 +85,95 @@ class Stats:
                                 "TotalCount": throttle + error},
             "FaultStatistics": {"OtherCount": fault, "TotalCount": fault},
             "TotalCount": ok + error + throttle + fault,
-            "TotalResponseTime": round(self.response_time, 6),
+            "TotalResponseTime": self.response_ms / 1000,
         }
 
 
 class Requests:
-    """The requests a node served or an edge carried, kept as integer codes (period, outcome,
-    microseconds) and counted at the end: appending to lists is the cheapest per-request work
-    in Python, and Counter counts in C."""
+    """The requests a node served or an edge carried, as integer codes (minute of the start,
+    outcome, milliseconds): appended while reading (the cheapest per-request work in Python),
+    counted in C by Counter when asked for, or when compacted to be kept."""
 
-    __slots__ = ("codes", "ends", "starts")
+    __slots__ = ("codes", "counted", "end", "ends", "start", "starts")
 
     def __init__(self) -> None:
         self.codes: list[int] = []
+        self.counted: Counter[int] = Counter()
         self.starts: list[float] = []
         self.ends: list[float] = []
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def compact(self) -> None:
+        """Count the codes and keep the span only (for a graph kept in a cache)."""
+        self.counted.update(self.codes)
+        self.start, self.end = self.span()
+        self.codes, self.starts, self.ends = [], [], []
+
+    def merge(self, other: Requests) -> None:
+        self.counted.update(other.counted)
+        self.codes.extend(other.codes)
+        self.starts.extend(other.starts)
+        self.ends.extend(other.ends)
+        for value in (other.start, other.end):
+            if value is not None:
+                self.starts.append(value)
+                self.ends.append(value)
 
     def span(self) -> tuple[float | None, float | None]:
-        return (min(self.starts), max(self.ends)) if self.starts else (None, None)
+        starts = self.starts if self.start is None else [*self.starts, self.start]
+        ends = self.ends if self.end is None else [*self.ends, self.end]
+        return (min(starts), max(ends)) if starts else (None, None)
 
-    def by_period(self) -> dict[int, Stats]:
-        """Statistics per period index (0 for all when built without a period)."""
+    def by_minute(self) -> dict[int, Stats]:
+        """Statistics per minute (epoch seconds // 60) of the requests' start."""
+        counted = Counter(self.codes)
+        counted.update(self.counted)
         found: dict[int, Stats] = {}
-        for code, count in Counter(self.codes).items():
-            micros = code & _US_MASK
-            index, kind = divmod(code >> _US_BITS, 4)
-            stats = found.get(index)
+        for code, count in counted.items():
+            millis = code & _MS_MASK
+            minute, kind = divmod(code >> _MS_BITS, 4)
+            stats = found.get(minute)
             if stats is None:
-                stats = found[index] = Stats()
+                stats = found[minute] = Stats()
             stats.counts[kind] += count
-            stats.response_time += micros * count / 1e6
-            stats.times[round(micros / 1e6, 3)] += count
+            stats.response_ms += millis * count
+            stats.times[millis / 1000] += count
+        return found
+
+    def by_period(self, period: int) -> dict[float, Stats]:
+        """Statistics by the start of each period (a multiple of a minute)."""
+        found: dict[float, Stats] = {}
+        for minute, stats in self.by_minute().items():
+            when = float(minute * MINUTE // period * period)
+            if when in found:
+                found[when].merge(stats)
+            else:
+                found[when] = stats
         return found
 
     def stats(self) -> Stats:
         total = Stats()
-        for stats in self.by_period().values():
+        for stats in self.by_minute().values():
             total.merge(stats)
         return total
 
 
-def _count(requests: Requests, start: float, end: float | None, kind: int,
-           period: float | None) -> int | None:
-    """Record a request; its time in microseconds, None while it is in progress."""
+def _millis(seconds: float) -> int:
+    millis = int(seconds * 1000 + 0.5)
+    return millis if millis > 0 else 0
+
+
+def _count(requests: Requests, start: float, end: float | None, kind: int) -> int | None:
+    """Record a request; its time in milliseconds, None while it is in progress."""
     requests.starts.append(start)
     if end is None:
         requests.ends.append(start)
         return None
     requests.ends.append(end)
-    micros = int((end - start) * 1e6 + 0.5)
-    if micros < 0:
-        micros = 0
-    index = int(start // period) if period else 0
-    requests.codes.append((index << 2 | kind) << _US_BITS | micros)
-    return micros
+    millis = _millis(end - start)
+    requests.codes.append((int(start // MINUTE) << 2 | kind) << _MS_BITS | millis)
+    return millis
 
 
 @dataclass(slots=True)
@@ -150,16 +186,15 @@ class Node:
     account: str | None = None
     first: tuple[int, str] | None = None  # (trace key, id) of a segment, for the account
     requests: Requests = field(default_factory=Requests)
-    durations: list[int] = field(default_factory=list)  # microseconds
+    durations: Counter[int] = field(default_factory=Counter)  # milliseconds
     edges: dict[int, Requests] = field(default_factory=dict)
 
 
 class Graph:
-    """Nodes and edges, with statistics over the whole range and, given a period, per period
-    (by the start time of each request)."""
+    """Nodes and edges, with statistics per minute (so per period of minutes, or over the
+    whole range)."""
 
-    def __init__(self, period: float | None = None) -> None:
-        self.period = period
+    def __init__(self) -> None:
         self.nodes: dict[tuple[str, str], Node] = {}
 
     def node(self, name: str, kind: str, inferred: bool = False) -> Node:
@@ -173,23 +208,44 @@ class Graph:
                 duration: float | None = None) -> None:
         """A request that ``node`` served (end None: still in progress); ``duration``: of the
         whole request, downstream work included, when longer than the node's own time."""
-        micros = _count(node.requests, start, end, kind, self.period)
-        if micros is not None:
-            if duration is not None and duration * 1e6 > micros:
-                micros = int(duration * 1e6 + 0.5)
-            node.durations.append(micros)
+        millis = _count(node.requests, start, end, kind)
+        if millis is not None:
+            if duration is not None and duration * 1000 > millis:
+                millis = _millis(duration)
+            node.durations[millis] += 1
 
     def call(self, source: Node, target: Node, start: float, end: float | None,
              kind: int) -> None:
         edge = source.edges.get(target.ref)
         if edge is None:
             edge = source.edges[target.ref] = Requests()
-        _count(edge, start, end, kind, self.period)
+        _count(edge, start, end, kind)
 
-    def series_of(self, requests: Requests) -> dict[float, Stats]:
-        """Statistics by the start time of each period."""
-        period = self.period or 0
-        return {index * period: stats for index, stats in requests.by_period().items()}
+    def compact(self) -> Graph:
+        for node in self.nodes.values():
+            node.requests.compact()
+            for edge in node.edges.values():
+                edge.compact()
+        return self
+
+    def merge(self, other: Graph) -> None:
+        """Add another graph's nodes, edges and requests to this one."""
+        keys = {node.ref: key for key, node in other.nodes.items()}
+        for (name, kind), theirs in other.nodes.items():
+            mine = self.node(name, kind, theirs.inferred)
+            mine.root = mine.root or theirs.root
+            mine.first = mine.first or theirs.first
+            mine.account = mine.account or theirs.account
+            mine.requests.merge(theirs.requests)
+            mine.durations.update(theirs.durations)
+        for key, theirs in other.nodes.items():
+            source = self.nodes[key]
+            for ref, requests in theirs.edges.items():
+                target = self.nodes[keys[ref]].ref
+                edge = source.edges.get(target)
+                if edge is None:
+                    edge = source.edges[target] = Requests()
+                edge.merge(requests)
 
     def services(self) -> list[dict[str, Any]]:
         """The Service list of GetServiceGraph."""
@@ -202,15 +258,14 @@ class Graph:
                 for _span, edge_stats in edges.values():
                     stats.merge(edge_stats)
                 durations = stats.times
-            else:
-                stats = node.requests.stats()
-                durations = Counter(round(micros / 1e6, 3) for micros in node.durations)
-            start, end = node.requests.span()
-            if client:
                 start = min((s for (s, _e), _st in edges.values() if s is not None),
                             default=None)
                 end = max((e for (_s, e), _st in edges.values() if e is not None),
                           default=None)
+            else:
+                stats = node.requests.stats()
+                durations = Counter({ms / 1000: n for ms, n in node.durations.items()})
+                start, end = node.requests.span()
             service: dict[str, Any] = {
                 "ReferenceId": node.ref,
                 "Name": node.name,
@@ -239,7 +294,7 @@ class Graph:
     def find_accounts(self, conn: sqlite3.Connection) -> None:
         """Each instrumented node's account id, from the document of one of its segments."""
         for node in self.nodes.values():
-            if node.first is None:
+            if node.first is None or node.account is not None:
                 continue
             row = conn.execute("SELECT json_extract(CAST(doc AS TEXT), '$.aws.account_id') "
                                "FROM segments WHERE tpk = ? AND id = ?", node.first).fetchone()
@@ -372,11 +427,12 @@ def _by_trace(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
 
 
 def select(conn: sqlite3.Connection, start: float, end: float,
-           condition: tuple[str, list[Any]] | None = None) -> Iterable[tuple]:
+           condition: tuple[str, list[Any]] | None = None, end_open: bool = False
+           ) -> Iterable[tuple]:
     """The segment rows of the traces that start in [start, end] (and match ``condition``, an
-    SQL condition on ``traces t`` with its parameters), a trace's rows together (CROSS JOIN
-    makes traces SQLite's outer loop)."""
-    where = "t.start >= ? AND t.start <= ?"
+    SQL condition on ``traces t`` with its parameters; ``end_open``: [start, end)), a trace's
+    rows together (CROSS JOIN makes traces SQLite's outer loop)."""
+    where = "t.start >= ? AND t.start < ?" if end_open else "t.start >= ? AND t.start <= ?"
     params: list[Any] = [start, end]
     if condition is not None:
         where += f" AND {condition[0]}"

@@ -110,9 +110,9 @@ def parse_selector(text: str | None) -> Selector:
     return _Parser(_COLON.sub(lambda m: m.group(1) or " ", text)).parse()
 
 
-def series(graph: Graph, selector: Selector) -> list[dict[str, Any]]:
-    """The TimeSeriesServiceStatistics list of ``graph`` (built with a period) for the
-    selected entity, a period at a time, oldest first; periods without requests left out."""
+def series(graph: Graph, selector: Selector, period: int) -> list[dict[str, Any]]:
+    """The TimeSeriesServiceStatistics list of ``graph`` for the selected entity, a period at
+    a time, oldest first; periods without requests left out."""
     edges: dict[float, Stats] = {}
     services: dict[float, Stats] = {}
     wanted_edge: Callable[[Node, Node], bool]
@@ -132,11 +132,11 @@ def series(graph: Graph, selector: Selector) -> list[dict[str, Any]]:
     for node in graph.nodes.values():
         if selector.kind == "service" and target is not None and target(node) \
                 and node.type != "client":
-            for when, stats in graph.series_of(node.requests).items():
+            for when, stats in node.requests.by_period(period).items():
                 services.setdefault(when, Stats()).merge(stats)
         for ref, edge in node.edges.items():
             if wanted_edge(node, by_ref[ref]):
-                for when, stats in graph.series_of(edge).items():
+                for when, stats in edge.by_period(period).items():
                     edges.setdefault(when, Stats()).merge(stats)
     answer = []
     for when in sorted(set(edges) | set(services)):
