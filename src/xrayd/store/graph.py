@@ -14,6 +14,7 @@ against the edge and the downstream node, not against the service that made the 
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ OK, ERROR, THROTTLE, FAULT = 0, 1, 2, 3
 MINUTE = 60
 _MS_BITS = 32  # a request's time in milliseconds in the low bits of its code
 _MS_MASK = (1 << _MS_BITS) - 1
+_KIND_MS = (3 << _MS_BITS) | _MS_MASK  # a code without its minute
 
 
 def outcome(error: bool, fault: bool, throttle: bool) -> int:
@@ -91,34 +93,32 @@ class Stats:
 
 class Requests:
     """The requests a node served or an edge carried, as integer codes (minute of the start,
-    outcome, milliseconds): appended while reading (the cheapest per-request work in Python),
-    counted in C by Counter when asked for, or when compacted to be kept."""
+    outcome, milliseconds): appended while reading (the cheapest per-request work in Python)
+    and counted in C by Counter when asked for. A graph kept in a cache holds its codes in an
+    array (8 bytes a request) and its span as two numbers."""
 
-    __slots__ = ("codes", "counted", "end", "ends", "start", "starts")
+    __slots__ = ("codes", "end", "ends", "start", "starts")
 
     def __init__(self) -> None:
-        self.codes: list[int] = []
-        self.counted: Counter[int] = Counter()
+        self.codes: list[int] | array[int] = []
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.start: float | None = None
         self.end: float | None = None
 
     def compact(self) -> None:
-        """Count the codes and keep the span only (for a graph kept in a cache)."""
-        self.counted.update(self.codes)
         self.start, self.end = self.span()
-        self.codes, self.starts, self.ends = [], [], []
+        self.codes, self.starts, self.ends = array("q", self.codes), [], []
 
     def merge(self, other: Requests) -> None:
-        self.counted.update(other.counted)
+        if isinstance(self.codes, array):
+            self.codes = list(self.codes)
         self.codes.extend(other.codes)
-        self.starts.extend(other.starts)
-        self.ends.extend(other.ends)
-        for value in (other.start, other.end):
-            if value is not None:
-                self.starts.append(value)
-                self.ends.append(value)
+        for start, end in ((other.start, other.end), *zip(other.starts, other.ends,
+                                                               strict=True)):
+            if start is not None and end is not None:
+                self.starts.append(start)
+                self.ends.append(end)
 
     def span(self) -> tuple[float | None, float | None]:
         starts = self.starts if self.start is None else [*self.starts, self.start]
@@ -127,19 +127,7 @@ class Requests:
 
     def by_minute(self) -> dict[int, Stats]:
         """Statistics per minute (epoch seconds // 60) of the requests' start."""
-        counted = Counter(self.codes)
-        counted.update(self.counted)
-        found: dict[int, Stats] = {}
-        for code, count in counted.items():
-            millis = code & _MS_MASK
-            minute, kind = divmod(code >> _MS_BITS, 4)
-            stats = found.get(minute)
-            if stats is None:
-                stats = found[minute] = Stats()
-            stats.counts[kind] += count
-            stats.response_ms += millis * count
-            stats.times[millis / 1000] += count
-        return found
+        return _stats(Counter(self.codes))
 
     def by_period(self, period: int) -> dict[float, Stats]:
         """Statistics by the start of each period (a multiple of a minute)."""
@@ -153,10 +141,22 @@ class Requests:
         return found
 
     def stats(self) -> Stats:
-        total = Stats()
-        for stats in self.by_minute().values():
-            total.merge(stats)
-        return total
+        """Statistics over the whole range (the codes counted without their minute)."""
+        return _stats(Counter(map(_KIND_MS.__and__, self.codes))).get(0, Stats())
+
+
+def _stats(counted: Counter[int]) -> dict[int, Stats]:
+    found: dict[int, Stats] = {}
+    for code, count in counted.items():
+        millis = code & _MS_MASK
+        minute, kind = divmod(code >> _MS_BITS, 4)
+        stats = found.get(minute)
+        if stats is None:
+            stats = found[minute] = Stats()
+        stats.counts[kind] += count
+        stats.response_ms += millis * count
+        stats.times[millis / 1000] += count
+    return found
 
 
 def _millis(seconds: float) -> int:
@@ -186,7 +186,7 @@ class Node:
     account: str | None = None
     first: tuple[int, str] | None = None  # (trace key, id) of a segment, for the account
     requests: Requests = field(default_factory=Requests)
-    durations: Counter[int] = field(default_factory=Counter)  # milliseconds
+    durations: list[int] | array[int] = field(default_factory=list)  # milliseconds
     edges: dict[int, Requests] = field(default_factory=dict)
 
 
@@ -212,7 +212,7 @@ class Graph:
         if millis is not None:
             if duration is not None and duration * 1000 > millis:
                 millis = _millis(duration)
-            node.durations[millis] += 1
+            node.durations.append(millis)
 
     def call(self, source: Node, target: Node, start: float, end: float | None,
              kind: int) -> None:
@@ -224,6 +224,7 @@ class Graph:
     def compact(self) -> Graph:
         for node in self.nodes.values():
             node.requests.compact()
+            node.durations = array("q", node.durations)
             for edge in node.edges.values():
                 edge.compact()
         return self
@@ -237,7 +238,7 @@ class Graph:
             mine.first = mine.first or theirs.first
             mine.account = mine.account or theirs.account
             mine.requests.merge(theirs.requests)
-            mine.durations.update(theirs.durations)
+            mine.durations.extend(theirs.durations)
         for key, theirs in other.nodes.items():
             source = self.nodes[key]
             for ref, requests in theirs.edges.items():
@@ -264,7 +265,7 @@ class Graph:
                           default=None)
             else:
                 stats = node.requests.stats()
-                durations = Counter({ms / 1000: n for ms, n in node.durations.items()})
+                durations = Counter({ms / 1000: n for ms, n in Counter(node.durations).items()})
                 start, end = node.requests.span()
             service: dict[str, Any] = {
                 "ReferenceId": node.ref,
