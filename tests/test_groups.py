@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from conftest import SAFE_ENV
 from graph_traces import offline_with_traces
 from offline_support import start_offline, xray_client
+from xrayd.store.groups import GroupStore, resolver
 
 AWS = str(Path(sys.executable).with_name("aws"))
 
@@ -141,3 +143,20 @@ def test_a_groups_filter_narrows_the_service_graph_and_time_series(start_xrayd, 
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         client.get_service_graph(StartTime=now - 300, EndTime=now, GroupName="nosuchgroup")
     assert caught.value.response["Error"]["Code"] == "InvalidRequestException"
+
+
+def test_resolver_gives_a_groups_filter_by_name_or_arn(tmp_path):
+    """What filters.py's ``group.name``/``group.arn`` use: name or ARN to filter expression."""
+    path = str(tmp_path / "t.db")
+    conn = sqlite3.connect(path)
+    assert resolver(conn)("workers") is None  # no table yet: no group
+    store = GroupStore(path)
+    arn = store.create({"GroupName": "workers", "FilterExpression": 'service("worker")'})[
+        "Group"]["GroupARN"]
+    store.create({"GroupName": "all"})
+    resolve = resolver(conn)
+    assert resolve("workers") == resolve(arn) == 'service("worker")'
+    assert resolve("all") == "" and resolve("Default") == ""
+    assert resolve("nosuch") is None
+    store.close()
+    conn.close()
