@@ -52,28 +52,35 @@ class GraphCache:
             del self._minutes[minute]
 
     def build(self, conn: sqlite3.Connection, start: float, end: float) -> Graph:
-        """The graph of the traces that start in [start, end]."""
+        """The graph of the traces that start in [start, end]. The lock is held only to look
+        minutes up and keep new ones: two builds read the store at once."""
+        first = math.ceil(start / MINUTE)
+        last = math.floor(end / MINUTE)  # whole minutes: [first, last)
+        if first >= last:
+            return fill(Graph(), select(conn, start, end))
         with self._lock:
             self._forget_changed(conn)
-            graph = Graph()
-            first = math.ceil(start / MINUTE)
-            last = math.floor(end / MINUTE)  # whole minutes: [first, last)
-            if first >= last:
-                return fill(graph, select(conn, start, end))
-            fill(graph, select(conn, start, first * MINUTE, end_open=True))
-            settled = self.clock() - self.settle
-            for minute in range(first, last):
-                begin, stop = minute * MINUTE, (minute + 1) * MINUTE
-                kept = self._minutes.get(minute)
-                if kept is not None:
+            seen = self._seen_row
+            kept = {minute: self._minutes.get(minute) for minute in range(first, last)}
+            for minute, graph in kept.items():
+                if graph is not None:
                     self._minutes.move_to_end(minute)
-                    graph.merge(kept)
-                elif stop > settled:
-                    fill(graph, select(conn, begin, stop, end_open=True))
-                else:
-                    kept = fill(Graph(), select(conn, begin, stop, end_open=True)).compact()
-                    self._minutes[minute] = kept
-                    graph.merge(kept)
+        settled = self.clock() - self.settle
+        graph = fill(Graph(), select(conn, start, first * MINUTE, end_open=True))
+        new: dict[int, Graph] = {}
+        for minute, found in kept.items():
+            begin, stop = minute * MINUTE, (minute + 1) * MINUTE
+            if found is None and stop > settled:
+                fill(graph, select(conn, begin, stop, end_open=True))
+                continue
+            if found is None:
+                found = new[minute] = fill(
+                    Graph(), select(conn, begin, stop, end_open=True)).compact()
+            graph.merge(found)
+        fill(graph, select(conn, last * MINUTE, end))
+        with self._lock:
+            if self._seen_row == seen:  # else rows came since: the next build reads them
+                self._minutes.update(new)
             while len(self._minutes) > self.max_minutes:
                 self._minutes.popitem(last=False)
-            return fill(graph, select(conn, last * MINUTE, end))
+        return graph
