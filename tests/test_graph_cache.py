@@ -8,7 +8,7 @@ import random
 import orjson
 import pytest
 
-from xrayd.store import graph, schema
+from xrayd.store import graph, graph_rows, schema
 from xrayd.store.graph_cache import GraphCache
 from xrayd.store.writer import Retention, StoreWriter
 
@@ -59,7 +59,7 @@ def test_kept_minutes_answer_as_the_store_does(store):
         writer.write(trace(rng, T0 + i, fault=i % 7 == 0))
     cache = GraphCache(clock=lambda: T0 + 3600)
     start, end = T0 + 5.5, T0 + 290.25  # partial minutes at both ends
-    fresh = normal(graph.build_between(conn, start, end))
+    fresh = normal(graph_rows.build_between(conn, start, end))
     first = cache.build(conn, start, end)
     assert len(cache) == 3  # the whole minutes inside the range
     assert normal(first.services()) == fresh
@@ -68,7 +68,7 @@ def test_kept_minutes_answer_as_the_store_does(store):
     # a period series from kept minutes equals one from the store
     for period in (60, 120):
         kept = again.nodes["web", ""].requests.by_period(period)
-        read = graph.fill(graph.Graph(), graph.select(conn, start, end)).nodes[
+        read = graph_rows.fill(graph.Graph(), graph_rows.select(conn, start, end)).nodes[
             "web", ""].requests.by_period(period)
         assert {k: v.shape() for k, v in kept.items()} == {k: v.shape() for k, v in read.items()}
 
@@ -85,7 +85,7 @@ def test_a_new_document_of_a_kept_minute_is_seen(store):
     writer.write([pair[1] for pair in docs])  # api's segments arrive late
     after = normal(cache.build(conn, T0, T0 + 300).services())
     assert after["api"]["Type"] == "AWS::ECS::Container"
-    assert after == normal(graph.build_between(conn, T0, T0 + 300))
+    assert after == normal(graph_rows.build_between(conn, T0, T0 + 300))
 
 
 def test_recent_minutes_are_read_afresh_and_not_kept(store):
@@ -96,7 +96,7 @@ def test_recent_minutes_are_read_afresh_and_not_kept(store):
     cache = GraphCache(clock=lambda: T0 + 100, settle=300)
     answer = cache.build(conn, T0 - 20, T0 + 200)
     assert len(cache) == 0
-    assert normal(answer.services()) == normal(graph.build_between(conn, T0 - 20, T0 + 200))
+    assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0 - 20, T0 + 200))
 
 
 def test_minutes_emptied_by_retention_are_forgotten(store):
@@ -111,5 +111,5 @@ def test_minutes_emptied_by_retention_are_forgotten(store):
     writer.conn.execute("DELETE FROM segments WHERE tpk < ?", (oldest + 90,))
     writer.conn.execute("DELETE FROM traces WHERE pk < ?", (oldest + 90,))
     answer = cache.build(conn, T0 - 20, T0 + 200)
-    assert normal(answer.services()) == normal(graph.build_between(conn, T0 - 20, T0 + 200))
+    assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0 - 20, T0 + 200))
     assert answer.nodes["web", ""].requests.stats().total == 90

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from xrayd.store import graph, schema
+from xrayd.store import graph_rows, schema
 from xrayd.store.writer import StoreWriter
 
 TRACE = "1-5f000000-0123456789abcdef01234567"
@@ -26,7 +26,7 @@ def store(tmp_path):
 
     def services(*docs: bytes) -> dict[str, dict]:
         assert writer.write(list(docs)) == []
-        found = graph.build_between(conn, T0 - 10, T0 + 10)
+        found = graph_rows.build_between(conn, T0 - 10, T0 + 10)
         named = {s["Name"]: s for s in found}
         refs = {s["ReferenceId"]: s["Name"] for s in found}
         for s in found:

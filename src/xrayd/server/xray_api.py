@@ -16,7 +16,7 @@ import orjson
 
 from xrayd.sampling.engine import SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
-from xrayd.store import graph, queries, schema, timeseries
+from xrayd.store import graph, graph_rows, queries, schema, timeseries
 from xrayd.store.filters import FilterError, compile_filter
 from xrayd.store.graph_cache import GraphCache
 from xrayd.store.groups import GroupError, GroupStore
@@ -219,7 +219,7 @@ class XRayApi:
         def build(conn) -> graph.Graph:
             if condition is None:
                 return self.graphs.build(conn, start, end)
-            return graph.fill(graph.Graph(), graph.select(conn, start, end, condition))
+            return graph_rows.fill(graph.Graph(), graph_rows.select(conn, start, end, condition))
 
         return self.reader.run(build)
 
@@ -232,7 +232,7 @@ class XRayApi:
 
     def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = trace_ids(body, None)
-        return {"Services": self.reader.run(graph.build_for_ids, ids)}
+        return {"Services": self.reader.run(graph_rows.build_for_ids, ids)}
 
     def get_time_series_service_statistics(self, body: dict[str, Any]) -> dict[str, Any]:
         start, end = time_range(body)

@@ -16,7 +16,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from xrayd.store.graph import MINUTE, Graph, fill, select
+from xrayd.store.graph import MINUTE, Graph
+from xrayd.store.graph_rows import fill, select
 
 SETTLE = 300.0
 MAX_MINUTES = 75  # the last hour, and some: a kept minute of busy traffic is ~0.5 MB
