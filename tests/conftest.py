@@ -132,7 +132,7 @@ class Xrayd:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
         def seen() -> bool:
             if text in self.output:
                 return True

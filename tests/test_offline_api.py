@@ -102,7 +102,7 @@ def test_sdk_app_traces_through_boto3(start_xrayd, tmp_path):
 
     graph = client.get_service_graph(StartTime=started, EndTime=time.time() + 5)["Services"]
     nodes = {s["Name"]: s for s in graph}
-    assert set(nodes) == {"checkout-api", "SELECT orders", "charge-card"}
+    assert set(nodes) == {"client", "checkout-api", "SELECT orders", "charge-card"}
     edges = {nodes_by_ref["Name"] for e in nodes["checkout-api"]["Edges"]
              for nodes_by_ref in graph if nodes_by_ref["ReferenceId"] == e["ReferenceId"]}
     assert edges == {"SELECT orders", "charge-card"}
@@ -110,7 +110,8 @@ def test_sdk_app_traces_through_boto3(start_xrayd, tmp_path):
     assert charge_node["TotalCount"] == 4
     assert charge_node["FaultStatistics"]["TotalCount"] == 2
     trace_graph = client.get_trace_graph(TraceIds=[trace_ids[1]])["Services"]
-    assert {s["Name"] for s in trace_graph} == {"checkout-api", "SELECT orders", "charge-card"}
+    assert {s["Name"] for s in trace_graph} == {"client", "checkout-api", "SELECT orders",
+                                                "charge-card"}
 
 
 def test_pagination_with_next_token(start_xrayd, tmp_path):

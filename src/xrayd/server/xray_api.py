@@ -16,8 +16,10 @@ import orjson
 
 from xrayd.sampling.engine import SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
-from xrayd.store import graph, queries, schema
-from xrayd.store.filters import FilterError, GroupResolver
+from xrayd.store import graph, graph_rows, groups, queries, schema, timeseries
+from xrayd.store.filters import FilterError
+from xrayd.store.graph_cache import GraphCache
+from xrayd.store.groups import GroupError, GroupStore
 from xrayd.store.queries import QueryError
 from xrayd.store.writer import StoreWriter
 
@@ -109,12 +111,13 @@ def trace_ids(body: dict[str, Any], limit: int | None) -> list[str]:
 
 
 class XRayApi:
-    def __init__(self, writer: StoreWriter, reader: StoreReader, sampling: SamplingEngine,
-                 groups: GroupResolver | None = None) -> None:
+    def __init__(self, writer: StoreWriter, reader: StoreReader, sampling: SamplingEngine
+                 ) -> None:
         self.writer = writer
         self.reader = reader
         self.sampling = sampling
-        self.groups = groups  # a group's name or ARN to its filter expression
+        self.groups = GroupStore(reader.path)
+        self.graphs = GraphCache()
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The operations by path (all POST)."""
@@ -125,6 +128,12 @@ class XRayApi:
             "/Traces": self.batch_get_traces,
             "/ServiceGraph": self.get_service_graph,
             "/TraceGraph": self.get_trace_graph,
+            "/TimeSeriesServiceStatistics": self.get_time_series_service_statistics,
+            "/CreateGroup": self.create_group,
+            "/GetGroup": self.get_group,
+            "/Groups": self.get_groups,
+            "/UpdateGroup": self.update_group,
+            "/DeleteGroup": self.delete_group,
             "/GetSamplingRules": self.get_sampling_rules,
             "/SamplingTargets": self.get_sampling_targets,
             "/CreateSamplingRule": self.create_sampling_rule,
@@ -149,6 +158,8 @@ class XRayApi:
             return error_response("InvalidRequestException", str(exc))
         except SamplingError as exc:
             return error_response(exc.code, str(exc))
+        except GroupError as exc:
+            return error_response("InvalidRequestException", str(exc))
 
     # --- traces ----------------------------------------------------------------------
     def put_trace_segments(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -195,25 +206,74 @@ class XRayApi:
             raise ApiError("InvalidRequestException",
                            "Sampling and SamplingStrategy are not supported offline: every "
                            "trace of the range is scanned")
-        return self.reader.run(queries.trace_summaries, start, end, expression or None,
-                               token or None, queries.PAGE_SIZE, range_type, self.groups)
+        def summaries(conn) -> dict[str, Any]:
+            return queries.trace_summaries(conn, start, end, expression or None, token or None,
+                                           queries.PAGE_SIZE, range_type, groups.resolver(conn))
+
+        return self.reader.run(summaries)
 
     def batch_get_traces(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.reader.run(queries.batch_get_traces, trace_ids(body, MAX_TRACE_IDS))
 
+    def _graph(self, body: dict[str, Any], start: float, end: float) -> graph.Graph:
+        """The graph of the traces that start in the range (of the request's group, if any:
+        the traces its filter selects, as GetTraceSummaries would, at most
+        queries.GRAPH_TRACE_LIMIT of the newest)."""
+        expression = self.groups.filter_of(body.get("GroupName"), body.get("GroupARN"))
+
+        def build(conn) -> graph.Graph:
+            if not expression:
+                return self.graphs.build(conn, start, end)
+            keys = queries.trace_keys_matching(conn, start, end, expression,
+                                               groups.resolver(conn))
+            condition = ("t.pk IN (SELECT value FROM json_each(?))",
+                         [orjson.dumps(keys).decode()])
+            return graph_rows.fill(graph.Graph(), graph_rows.select(conn, start, end, condition))
+
+        return self.reader.run(build)
+
     def get_service_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         start, end = time_range(body)
-
-        def build(conn):
-            return graph.build(conn, queries.trace_keys_between(conn, start, end))
-
-        services = self.reader.run(build)
-        return {"StartTime": start, "EndTime": end, "Services": services,
+        found = self._graph(body, start, end)
+        self.reader.run(found.find_accounts)
+        return {"StartTime": start, "EndTime": end, "Services": found.services(),
                 "ContainsOldGroupVersions": False}
 
     def get_trace_graph(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = trace_ids(body, None)
-        return {"Services": self.reader.run(graph.build_for_ids, ids)}
+        return {"Services": self.reader.run(graph_rows.build_for_ids, ids)}
+
+    def get_time_series_service_statistics(self, body: dict[str, Any]) -> dict[str, Any]:
+        start, end = time_range(body)
+        selector_text = body.get("EntitySelectorExpression")
+        if selector_text is not None and (not isinstance(selector_text, str)
+                                          or not 1 <= len(selector_text) <= 500):
+            raise ApiError("InvalidRequestException",
+                           "EntitySelectorExpression must be a string of 1 to 500 characters")
+        selector = timeseries.parse_selector(selector_text)
+        period = timeseries.check_period(body.get("Period"))
+        forecast = body.get("ForecastStatistics")
+        if forecast is not None and not isinstance(forecast, bool):
+            raise ApiError("InvalidRequestException", "ForecastStatistics must be a boolean")
+        found = self._graph(body, start, end)
+        return {"TimeSeriesServiceStatistics": timeseries.series(found, selector, period),
+                "ContainsOldGroupVersions": False}
+
+    # --- groups ----------------------------------------------------------------------
+    def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.create(body)
+
+    def get_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.get(body)
+
+    def get_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.list(body)
+
+    def update_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.update(body)
+
+    def delete_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.delete(body)
 
     # --- sampling --------------------------------------------------------------------
     def get_sampling_rules(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,193 +1,299 @@
-"""Service graphs (GetServiceGraph, GetTraceGraph): nodes are services (segments by name and
-origin, downstream calls by name), edges are calls between them, with the service's summary
-statistics. The graph is built from indexed columns, never from the documents."""
+"""Service graphs (GetServiceGraph, GetTraceGraph, GetTimeSeriesServiceStatistics) as X-Ray
+draws them: nodes, edges and their requests' statistics. graph_rows.py fills a graph from the
+store's rows.
+
+Nodes: a ``client`` node for the requests that enter a trace (at each root segment: no parent,
+or a parent that is not in the trace); a node per segment name and ``origin``; an inferred node
+per downstream call that no instrumented segment answered (subsegments with namespace ``aws``
+typed as X-Ray types AWS resources, ``remote`` ones typed ``remote``). Edges: from a caller's
+node to the callee's, counted once a call: from the calling subsegment when there is one (the
+client's view, as X-Ray's edge statistics are), else from the callee's segment. A service's
+statistics come from its own segments' flags: a fault recorded only on a subsegment counts
+against the edge and the downstream node, not against the service that made the call.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+CLIENT = ("client", "client")
+# Subsegment names the SDKs give AWS calls, and the resource type X-Ray gives their inferred
+# node; other AWS services are typed AWS::<name> (as AWS::SimpleSystemsManagement).
+AWS_RESOURCE_TYPES = {
+    "DynamoDB": "AWS::DynamoDB::Table",
+    "S3": "AWS::S3::Bucket",
+    "SQS": "AWS::SQS::Queue",
+    "SNS": "AWS::SNS::Topic",
+    "Lambda": "AWS::Lambda",
+    "Kinesis": "AWS::Kinesis::Stream",
+}
 
 
-@dataclass
+def aws_type(name: str) -> str:
+    return AWS_RESOURCE_TYPES.get(name, f"AWS::{name}")
+
+
+def histogram(counts: Counter[float]) -> list[dict[str, Any]]:
+    """X-Ray's histogram: each value (seconds, to the millisecond) with how many times."""
+    return [{"Value": value, "Count": count} for value, count in sorted(counts.items())]
+
+
+OK, ERROR, THROTTLE, FAULT = 0, 1, 2, 3
+MINUTE = 60
+_MS_BITS = 32  # a request's time in milliseconds in the low bits of its code
+_MS_MASK = (1 << _MS_BITS) - 1
+_KIND_MS = (3 << _MS_BITS) | _MS_MASK  # a code without its minute
+
+
+def outcome(error: bool, fault: bool, throttle: bool) -> int:
+    """How X-Ray counts a request: a fault, else a throttle (a 429, also an error), else an
+    error, else OK."""
+    return FAULT if fault else THROTTLE if throttle else ERROR if error else OK
+
+
+@dataclass(slots=True)
 class Stats:
-    ok: int = 0
-    error: int = 0
-    throttle: int = 0
-    fault: int = 0
-    total: int = 0
-    response_time: float = 0.0
+    """Completed requests by outcome, their total response time and its histogram (in-progress
+    requests are not counted: TotalCount counts completed requests, so the histogram's counts
+    sum to TotalCount)."""
 
-    def add(self, error: int, fault: int, throttle: int, seconds: float | None) -> None:
-        self.total += 1
-        if fault:
-            self.fault += 1
-        elif throttle:
-            self.throttle += 1
-        elif error:
-            self.error += 1
-        else:
-            self.ok += 1
-        if seconds is not None:
-            self.response_time += max(0.0, seconds)
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    response_ms: int = 0
+    times: Counter[float] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def merge(self, other: Stats) -> None:
+        for i, count in enumerate(other.counts):
+            self.counts[i] += count
+        self.response_ms += other.response_ms
+        self.times.update(other.times)
 
     def shape(self) -> dict[str, Any]:
+        ok, error, throttle, fault = self.counts
         return {
-            "OkCount": self.ok,
-            "ErrorStatistics": {"ThrottleCount": self.throttle, "OtherCount": self.error,
-                                "TotalCount": self.throttle + self.error},
-            "FaultStatistics": {"OtherCount": self.fault, "TotalCount": self.fault},
-            "TotalCount": self.total,
-            "TotalResponseTime": round(self.response_time, 6),
+            "OkCount": ok,
+            "ErrorStatistics": {"ThrottleCount": throttle, "OtherCount": error,
+                                "TotalCount": throttle + error},
+            "FaultStatistics": {"OtherCount": fault, "TotalCount": fault},
+            "TotalCount": ok + error + throttle + fault,
+            "TotalResponseTime": self.response_ms / 1000,
         }
 
 
-@dataclass
+class Requests:
+    """The requests a node served or an edge carried, as integer codes (minute of the start,
+    outcome, milliseconds): appended while reading (the cheapest per-request work in Python)
+    and counted in C by Counter when asked for. A graph kept in a cache holds its codes in an
+    array (8 bytes a request) and its span as two numbers."""
+
+    __slots__ = ("codes", "end", "ends", "start", "starts")
+
+    def __init__(self) -> None:
+        self.codes: list[int] | array[int] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def compact(self) -> None:
+        self.start, self.end = self.span()
+        self.codes, self.starts, self.ends = array("q", self.codes), [], []
+
+    def merge(self, other: Requests) -> None:
+        if isinstance(self.codes, array):
+            self.codes = list(self.codes)
+        self.codes.extend(other.codes)
+        for start, end in ((other.start, other.end), *zip(other.starts, other.ends,
+                                                               strict=True)):
+            if start is not None and end is not None:
+                self.starts.append(start)
+                self.ends.append(end)
+
+    def span(self) -> tuple[float | None, float | None]:
+        starts = self.starts if self.start is None else [*self.starts, self.start]
+        ends = self.ends if self.end is None else [*self.ends, self.end]
+        return (min(starts), max(ends)) if starts else (None, None)
+
+    def by_minute(self) -> dict[int, Stats]:
+        """Statistics per minute (epoch seconds // 60) of the requests' start."""
+        return _stats(Counter(self.codes))
+
+    def by_period(self, period: int) -> dict[float, Stats]:
+        """Statistics by the start of each period (a multiple of a minute)."""
+        found: dict[float, Stats] = {}
+        for minute, stats in self.by_minute().items():
+            when = float(minute * MINUTE // period * period)
+            if when in found:
+                found[when].merge(stats)
+            else:
+                found[when] = stats
+        return found
+
+    def stats(self) -> Stats:
+        """Statistics over the whole range (the codes counted without their minute)."""
+        return _stats(Counter(map(_KIND_MS.__and__, self.codes))).get(0, Stats())
+
+
+def _stats(counted: Counter[int]) -> dict[int, Stats]:
+    found: dict[int, Stats] = {}
+    for code, count in counted.items():
+        millis = code & _MS_MASK
+        minute, kind = divmod(code >> _MS_BITS, 4)
+        stats = found.get(minute)
+        if stats is None:
+            stats = found[minute] = Stats()
+        stats.counts[kind] += count
+        stats.response_ms += millis * count
+        stats.times[millis / 1000] += count
+    return found
+
+
+def _millis(seconds: float) -> int:
+    millis = int(seconds * 1000 + 0.5)
+    return millis if millis > 0 else 0
+
+
+def _count(requests: Requests, start: float, end: float | None, kind: int) -> int | None:
+    """Record a request; its time in milliseconds, None while it is in progress."""
+    requests.starts.append(start)
+    if end is None:
+        requests.ends.append(start)
+        return None
+    requests.ends.append(end)
+    millis = _millis(end - start)
+    requests.codes.append((int(start // MINUTE) << 2 | kind) << _MS_BITS | millis)
+    return millis
+
+
+@dataclass(slots=True)
 class Node:
     ref: int
     name: str
-    type: str
+    type: str  # "" for a segment without origin: the Service then has no Type
+    inferred: bool = False
     root: bool = False
-    start: float | None = None
-    end: float | None = None
-    stats: Stats = field(default_factory=Stats)
-    edges: dict[int, Stats] = field(default_factory=dict)
-    edge_times: dict[int, list[float]] = field(default_factory=dict)
-
-    def seen(self, start: float, end: float | None) -> None:
-        self.start = start if self.start is None else min(self.start, start)
-        stop = end if end is not None else start
-        self.end = stop if self.end is None else max(self.end, stop)
+    account: str | None = None
+    first: tuple[int, str] | None = None  # (trace key, id) of a segment, for the account
+    requests: Requests = field(default_factory=Requests)
+    durations: list[int] | array[int] = field(default_factory=list)  # milliseconds
+    edges: dict[int, Requests] = field(default_factory=dict)
 
 
-class _Graph:
+class Graph:
+    """Nodes and edges, with statistics per minute (so per period of minutes, or over the
+    whole range)."""
+
     def __init__(self) -> None:
         self.nodes: dict[tuple[str, str], Node] = {}
 
-    def node(self, name: str, kind: str) -> Node:
+    def node(self, name: str, kind: str, inferred: bool = False) -> Node:
         key = (name, kind)
-        if key not in self.nodes:
-            self.nodes[key] = Node(len(self.nodes), name, kind)
-        return self.nodes[key]
+        found = self.nodes.get(key)
+        if found is None:
+            found = self.nodes[key] = Node(len(self.nodes), name, kind, inferred)
+        return found
 
-    def edge(self, source: Node, target: Node, start: float, end: float | None,
-             flags: tuple[int, int, int]) -> None:
-        stats = source.edges.setdefault(target.ref, Stats())
-        stats.add(*flags, (end - start) if end is not None else None)
-        times = source.edge_times.setdefault(target.ref, [start, end or start])
-        times[0] = min(times[0], start)
-        times[1] = max(times[1], end or start)
+    def request(self, node: Node, start: float, end: float | None, kind: int,
+                duration: float | None = None) -> None:
+        """A request that ``node`` served (end None: still in progress); ``duration``: of the
+        whole request, downstream work included, when longer than the node's own time."""
+        millis = _count(node.requests, start, end, kind)
+        if millis is not None:
+            if duration is not None and duration * 1000 > millis:
+                millis = _millis(duration)
+            node.durations.append(millis)
+
+    def call(self, source: Node, target: Node, start: float, end: float | None,
+             kind: int) -> None:
+        edge = source.edges.get(target.ref)
+        if edge is None:
+            edge = source.edges[target.ref] = Requests()
+        _count(edge, start, end, kind)
+
+    def compact(self) -> Graph:
+        for node in self.nodes.values():
+            node.requests.compact()
+            node.durations = array("q", node.durations)
+            for edge in node.edges.values():
+                edge.compact()
+        return self
+
+    def merge(self, other: Graph) -> None:
+        """Add another graph's nodes, edges and requests to this one."""
+        keys = {node.ref: key for key, node in other.nodes.items()}
+        for (name, kind), theirs in other.nodes.items():
+            mine = self.node(name, kind, theirs.inferred)
+            mine.root = mine.root or theirs.root
+            mine.first = mine.first or theirs.first
+            mine.account = mine.account or theirs.account
+            mine.requests.merge(theirs.requests)
+            mine.durations.extend(theirs.durations)
+        for key, theirs in other.nodes.items():
+            source = self.nodes[key]
+            for ref, requests in theirs.edges.items():
+                target = self.nodes[keys[ref]].ref
+                edge = source.edges.get(target)
+                if edge is None:
+                    edge = source.edges[target] = Requests()
+                edge.merge(requests)
 
     def services(self) -> list[dict[str, Any]]:
+        """The Service list of GetServiceGraph."""
         answer = []
         for node in self.nodes.values():
-            answer.append({
+            client = (node.name, node.type) == CLIENT
+            edges = {ref: (edge.span(), edge.stats()) for ref, edge in node.edges.items()}
+            if client:  # the requests clients sent: those on its edges
+                stats = Stats()
+                for _span, edge_stats in edges.values():
+                    stats.merge(edge_stats)
+                durations = stats.times
+                start = min((s for (s, _e), _st in edges.values() if s is not None),
+                            default=None)
+                end = max((e for (_s, e), _st in edges.values() if e is not None),
+                          default=None)
+            else:
+                stats = node.requests.stats()
+                durations = Counter({ms / 1000: n for ms, n in Counter(node.durations).items()})
+                start, end = node.requests.span()
+            service: dict[str, Any] = {
                 "ReferenceId": node.ref,
                 "Name": node.name,
                 "Names": [node.name],
                 "Root": node.root,
-                "Type": node.type,
-                "State": "active",
-                "StartTime": node.start,
-                "EndTime": node.end,
-                "SummaryStatistics": node.stats.shape(),
+                "State": "unknown" if node.inferred else "active",
+                "StartTime": start,
+                "EndTime": end,
                 "Edges": [
-                    {"ReferenceId": ref, "StartTime": node.edge_times[ref][0],
-                     "EndTime": node.edge_times[ref][1], "SummaryStatistics": stats.shape(),
-                     "ResponseTimeHistogram": [], "Aliases": []}
-                    for ref, stats in node.edges.items()
+                    {"ReferenceId": ref, "StartTime": span[0], "EndTime": span[1],
+                     "SummaryStatistics": edge_stats.shape(),
+                     "ResponseTimeHistogram": histogram(edge_stats.times), "Aliases": []}
+                    for ref, (span, edge_stats) in edges.items()
                 ],
-                "DurationHistogram": [],
-                "ResponseTimeHistogram": [],
-            })
+                "SummaryStatistics": stats.shape(),
+                "DurationHistogram": histogram(durations),
+                "ResponseTimeHistogram": histogram(stats.times),
+            }
+            if node.type:
+                service["Type"] = node.type
+            if node.account is not None:
+                service["AccountId"] = node.account
+            answer.append(service)
         return answer
 
-
-def _remote_type(name: str, namespace: str) -> str:
-    return f"AWS::{name}" if namespace == "aws" else "remote"
-
-
-def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str, Any]]:
-    """The services and edges of the given traces (by store key)."""
-    graph = _Graph()
-    keys = list(trace_keys)
-    for i in range(0, len(keys), 500):
-        chunk = orjson.dumps(keys[i:i + 500]).decode()
-        segments = conn.execute(
-            "SELECT tpk, id, parent_id, kind, name, origin, start, end, error, fault, "
-            "throttle, calls FROM segments WHERE tpk IN (SELECT value FROM json_each(?)) "
-            "ORDER BY tpk", (chunk,)).fetchall()
-        calls = [(row[0], *call) for row in segments if row[-1]
-                 for call in orjson.loads(row[-1])]
-        _add(graph, [row[:-1] for row in segments], calls)
-    return graph.services()
-
-
-def build_for_ids(conn: sqlite3.Connection, trace_ids: Iterable[str]) -> list[dict[str, Any]]:
-    from xrayd.store.queries import known_trace_key
-
-    keys = [known_trace_key(conn, trace_id) for trace_id in trace_ids]
-    return build(conn, [k for k in keys if k is not None])
-
-
-def _add(graph: _Graph, segments: list[tuple], calls: list[tuple]) -> None:
-    by_trace: dict[str, tuple[list[tuple], list[tuple]]] = {}
-    for row in segments:
-        by_trace.setdefault(row[0], ([], []))[0].append(row)
-    for row in calls:
-        by_trace.setdefault(row[0], ([], []))[1].append(row)
-    for trace_segments, trace_calls in by_trace.values():
-        owner: dict[str, Node] = {}
-        parents: dict[str, str | None] = {}
-        for _t, seg_id, parent_id, kind, name, origin, start, end, error, fault, throttle in (
-                trace_segments):
-            if kind != "segment":
-                parents[seg_id] = parent_id
+    def find_accounts(self, conn: sqlite3.Connection) -> None:
+        """Each instrumented node's account id, from the document of one of its segments."""
+        for node in self.nodes.values():
+            if node.first is None or node.account is not None:
                 continue
-            node = graph.node(name, origin or "service")
-            node.seen(start, end)
-            node.stats.add(error, fault, throttle, (end - start) if end is not None else None)
-            owner[seg_id] = node
-        default = next(iter(owner.values()), None)
-
-        def owner_of(entity_id: str | None, _owner=owner, _default=default,
-                     _parents=parents) -> Node | None:
-            for _ in range(64):
-                if entity_id is None:
-                    return _default
-                if entity_id in _owner:
-                    return _owner[entity_id]
-                entity_id = _parents.get(entity_id)
-            return _default
-
-        call_owner: dict[str, Node | None] = {}
-        for _t, call_id, owner_id, *_rest in trace_calls:
-            call_owner[call_id] = owner_of(owner_id)
-        called: set[str] = set()
-        for _t, seg_id, parent_id, kind, _name, _o, start, end, error, fault, throttle in (
-                trace_segments):
-            if kind != "segment":
-                continue
-            node = owner[seg_id]
-            if parent_id is None:
-                node.root = True
-                continue
-            source = call_owner.get(parent_id) or owner.get(parent_id)
-            if parent_id in call_owner:
-                called.add(parent_id)
-            if source is not None and source is not node:
-                graph.edge(source, node, start, end, (error, fault, throttle))
-        for _t, call_id, _owner_id, name, namespace, start, end, error, fault, throttle in (
-                trace_calls):
-            if call_id in called:
-                continue
-            source = call_owner.get(call_id)
-            if source is None:
-                continue
-            target = graph.node(name, _remote_type(name, namespace))
-            target.seen(start, end)
-            target.stats.add(error, fault, throttle, (end - start) if end is not None else None)
-            graph.edge(source, target, start, end, (error, fault, throttle))
+            row = conn.execute("SELECT json_extract(CAST(doc AS TEXT), '$.aws.account_id') "
+                               "FROM segments WHERE tpk = ? AND id = ?", node.first).fetchone()
+            if row and type(row[0]) is str and row[0]:
+                node.account = row[0]
