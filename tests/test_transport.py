@@ -224,6 +224,15 @@ def test_header_values_cannot_carry_line_breaks():
         request_head("/p", {"X-Amz-Security-Token": "a\r\nInjected: 1"}, 0)
 
 
+@pytest.mark.parametrize("headers", [
+    {"Content-Length": "3"}, {"content-length": "3"}, {"Transfer-Encoding": "chunked"},
+    {"X-A": "1", "x-a": "2"},
+])
+def test_framing_is_the_transports_alone_and_each_name_goes_once(headers):
+    with pytest.raises(ValueError):
+        request_head("/p", {"Host": "x", **headers}, 3)
+
+
 def test_response_headers_any_case():
     headers = Headers({"x-amzn-errortype": "ThrottledException"})
     assert headers.get("x-amzn-ErrorType") == "ThrottledException"

@@ -99,12 +99,26 @@ class _Answer:
         self.complete = True
 
 
+# The transport alone decides how a request is framed: a caller's copy of these would go out
+# next to the transport's own, and a front end that signs what it received (as X-Ray's does)
+# would see two values where the signer saw one.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
 def request_head(target: str, headers: Mapping[str, str], length: int) -> bytes:
-    """The request line and headers of a POST with a ``length``-byte body."""
+    """The request line and headers of a POST with a ``length``-byte body: ``headers`` (each
+    name once, whatever its case; no framing headers) and the Content-Length."""
     lines = [f"POST {target} HTTP/1.1"]
+    names: set[str] = set()
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} has a line break")
+        key = name.lower()
+        if key in FRAMING_HEADERS:
+            raise ValueError(f"header {name!r} is the transport's to set")
+        if key in names:
+            raise ValueError(f"header {name!r} given twice")
+        names.add(key)
         lines.append(f"{name}: {value}")
     lines.append(f"Content-Length: {length}\r\n\r\n")
     return "\r\n".join(lines).encode("latin-1")

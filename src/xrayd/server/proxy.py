@@ -12,11 +12,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from xrayd.aws import AwsContext, CredentialsError
+from xrayd.exporters.signing import Signer
 from xrayd.logs import RateLimitedLog
 from xrayd.server.threaded import Request, Response, ThreadedHttpServer
 from xrayd.stats import PROXY_REQUESTS, Stats
@@ -58,9 +58,17 @@ def _values(headers: Any, name: str) -> list[str]:
 
 
 def request_headers(headers: Headers) -> dict[str, str]:
-    """The caller's headers to forward: hop-by-hop ones and those signing replaces dropped."""
+    """The caller's headers to forward, each name once (repeated ones joined with ",", as a
+    signature would see them): hop-by-hop ones and those signing replaces dropped."""
     drop = hop_by_hop(headers) | REPLACED
-    return {k: v for k, v in _items(headers) if k.lower() not in drop}
+    kept: dict[str, tuple[str, str]] = {}
+    for name, value in _items(headers):
+        key = name.lower()
+        if key in drop:
+            continue
+        first = kept.get(key)
+        kept[key] = (name, value) if first is None else (first[0], f"{first[1]},{value}")
+    return dict(kept.values())
 
 
 def response_headers(headers: Headers) -> list[tuple[str, str]]:
@@ -72,18 +80,6 @@ def _items(headers: Any) -> Iterable[tuple[str, str]]:
     """The (name, value) pairs of a mapping (or an http.client message), or of a list of
     pairs."""
     return headers.items() if hasattr(headers, "items") else headers
-
-
-def sign(credentials: Any, region: str, method: str, url: str, headers: dict[str, str],
-         body: bytes) -> dict[str, str]:
-    """The headers to send: ``headers`` plus Content-Length and the SigV4 headers."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-
-    headers = {**headers, "Content-Length": str(len(body))}
-    request = AWSRequest(method=method, url=url, data=body, headers=headers)
-    SigV4Auth(credentials, "xray", region).add_auth(request)
-    return dict(request.headers.items())
 
 
 def error_response(status: int, error_type: str, message: str) -> Response:
@@ -110,7 +106,9 @@ class SigningProxy:
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.proxy = aws.proxy_for(self.upstream) or None
-        self._host = urlsplit(self.upstream).netloc
+        # Signed as the uploads are (exporters/signing.py): Host and the SigV4 headers, never
+        # a framing header, which the transport (or botocore's session) sets once.
+        self._signer = Signer(self.upstream, aws.region)
         self._direct = None
         self._http = None
         if self.proxy:
@@ -158,8 +156,8 @@ class SigningProxy:
             return error_response(503, "NoCredentials", str(exc))
 
         url = self.upstream + request.target
-        forwarded = {**request_headers(request.headers), "Host": self._host}
-        headers = sign(credentials, self.aws.region, "POST", url, forwarded, request.body)
+        headers = self._signer.sign(url, request_headers(request.headers), request.body,
+                                    credentials)
         try:
             status, content, answer_headers = self._pool.submit(
                 self._send, request.target, request.body, headers).result()
