@@ -9,10 +9,13 @@ way; this module only moves bytes. TLS uses the CA bundle botocore would use. Th
 outbound proxy the daemon keeps botocore's session (the exporter chooses).
 
 The request goes out in one write (headers and body together), with TCP_NODELAY: no waiting for
-the peer's delayed ACK. Every call is bounded: connect, each read and write, and the whole
-answer must come within ``timeout`` seconds. Reads and writes are timed by the kernel
+the peer's delayed ACK. Every call is bounded by one deadline, ``timeout`` seconds from its
+start, for the connect, the request and the whole answer; and by size: the response head (at
+most MAX_HEAD_BYTES and MAX_HEADER_LINES lines) and body (MAX_RESPONSE_BYTES), so a hostile or
+broken endpoint costs a bounded time and memory. Reads and writes are timed by the kernel
 (SO_RCVTIMEO, SO_SNDTIMEO) on a blocking socket rather than by Python's socket timeouts, which
-add a ``poll`` (and a release and re-take of the GIL) to every read and write.
+add a ``poll`` (and a release and re-take of the GIL) to every read and write; a read or write
+after the first of a call is given only the time left.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # X-Ray's answers are small; a runaway peer is cut off
+# X-Ray's response heads are a few hundred bytes in fewer than ten lines.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADER_LINES = 100
 # A kept-alive connection idle for longer than this is checked for a close by the peer before
 # it is used again; if a server closes one sooner, the call is made again on a new connection
 # (DirectTransport.post).
@@ -72,17 +78,22 @@ class Response:
 class _Answer:
     """httptools callbacks: collects one response."""
 
-    __slots__ = ("body", "complete", "delimited", "headers", "headers_done", "size")
+    __slots__ = ("body", "complete", "delimited", "header_bytes", "header_lines", "headers",
+                 "headers_done", "size")
 
     def __init__(self) -> None:
         self.headers = Headers()
         self.body: list[bytes] = []
         self.size = 0
+        self.header_lines = 0
+        self.header_bytes = 0
         self.complete = False
         self.headers_done = False
         self.delimited = False  # Content-Length or chunked: the end is known without EOF
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_lines += 1
+        self.header_bytes += len(name) + len(value) + 4
         key = name.decode("latin-1").lower()
         if key in ("content-length", "transfer-encoding"):
             self.delimited = True
@@ -126,6 +137,7 @@ def request_head(target: str, headers: Mapping[str, str], length: int) -> bytes:
 
 def kernel_timeouts(sock: socket.socket, timeout: float) -> None:
     """Make ``sock`` blocking, with reads and writes timed out by the kernel."""
+    timeout = max(timeout, 0.001)  # zero would mean no timeout at all
     sock.settimeout(None)
     seconds = int(timeout)
     value = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
@@ -134,10 +146,12 @@ def kernel_timeouts(sock: socket.socket, timeout: float) -> None:
 
 
 class _Connection:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
+        self.timeout = timeout  # the socket's usual read and write timeout
         self.used = time.monotonic()
         self.exchanges = 0
+        self.shortened = False  # the socket's timeouts are the time left of a call
 
     def dropped(self) -> bool:
         """True when an idle connection was closed by the peer (it is readable: EOF, or data
@@ -151,19 +165,42 @@ class _Connection:
             return True
         return bool(readable)
 
-    def exchange(self, request: bytes, timeout: float) -> tuple[Response, bool]:
-        """Send ``request``, read the answer; (response, whether the connection stays open)."""
+    def exchange(self, request: bytes, deadline: float) -> tuple[Response, bool]:
+        """Send ``request``, read the answer by ``deadline`` (time.monotonic()); (response,
+        whether the connection stays open)."""
         try:
-            return self._exchange(request, timeout)
+            if deadline - time.monotonic() < self.timeout - 0.01:  # after a connect or retry
+                self._time_left(deadline)
+            return self._exchange(request, deadline)
         except _KERNEL_TIMEOUTS:
-            raise TimeoutError(f"no response within {timeout} s") from None
+            raise TimeoutError(f"no complete response within {self.timeout:g} s") from None
+        finally:
+            if self.shortened:  # the next call starts with the whole timeout again
+                kernel_timeouts(self.sock, self.timeout)
+                self.shortened = False
 
-    def _exchange(self, request: bytes, timeout: float) -> tuple[Response, bool]:
+    def _time_left(self, deadline: float) -> None:
+        """Give the next read or write only the time left before ``deadline``."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete response within {self.timeout:g} s")
+        kernel_timeouts(self.sock, left)
+        self.shortened = True
+
+    def _send(self, request: bytes, deadline: float) -> None:
         sock = self.sock
-        deadline = time.monotonic() + timeout
+        sent = sock.send(request)
+        if sent < len(request):  # a large body the peer takes slowly: keep to the deadline
+            view = memoryview(request)
+            while sent < len(view):
+                self._time_left(deadline)
+                sent += sock.send(view[sent:])
+
+    def _exchange(self, request: bytes, deadline: float) -> tuple[Response, bool]:
+        sock = self.sock
         self.exchanges += 1
         try:
-            sock.sendall(request)
+            self._send(request, deadline)
             data = sock.recv(_READ)
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise StaleConnection(str(exc)) from None
@@ -172,21 +209,28 @@ class _Connection:
         answer = _Answer()
         parser = httptools.HttpResponseParser(answer)
         recv = sock.recv
+        head_read = 0  # bytes read while the head was incomplete
         while True:
             if not data:
                 if answer.headers_done and not answer.delimited:
                     break  # a body delimited by the end of the connection
                 raise ResponseError("connection closed before the response was complete")
+            if not answer.headers_done:
+                head_read += len(data)
             try:
                 parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 raise ResponseError(f"malformed response: {exc}") from None
+            if answer.header_lines > MAX_HEADER_LINES:
+                raise ResponseError(f"response head has more than {MAX_HEADER_LINES} lines")
+            if answer.header_bytes > MAX_HEAD_BYTES or \
+                    (head_read > MAX_HEAD_BYTES and not answer.headers_done):
+                raise ResponseError(f"response head larger than {MAX_HEAD_BYTES} bytes")
             if answer.complete:
                 break
             if answer.size > MAX_RESPONSE_BYTES:
                 raise ResponseError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no complete response within {timeout} s")
+            self._time_left(deadline)
             data = recv(_READ)
         self.used = time.monotonic()
         status = parser.get_status_code()
@@ -228,8 +272,11 @@ class DirectTransport:
 
         return ssl.create_default_context(cafile=get_cert_path(True))
 
-    def _connect(self) -> _Connection:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+    def _connect(self, deadline: float) -> _Connection:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no connection within {self.timeout:g} s")
+        sock = socket.create_connection((self.host, self.port), timeout=left)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
@@ -238,19 +285,19 @@ class DirectTransport:
         except BaseException:
             sock.close()
             raise
-        conn = _Connection(sock)
+        conn = _Connection(sock, self.timeout)
         self._local.conn = conn
         with self._lock:
             self._open.add(conn)
         return conn
 
-    def _connection(self) -> _Connection:
+    def _connection(self, deadline: float) -> _Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             if time.monotonic() - conn.used < IDLE_CHECK_SECONDS or not conn.dropped():
                 return conn
             self._discard(conn)
-        return self._connect()
+        return self._connect(deadline)
 
     def _discard(self, conn: _Connection) -> None:
         conn.close()
@@ -264,16 +311,17 @@ class DirectTransport:
         ``headers`` must include Host. Raises OSError (TimeoutError, ConnectionError,
         ResponseError ...) on a transport failure; the connection is then dropped."""
         request = request_head(target, headers, len(body)) + body
-        conn = self._connection()
+        deadline = time.monotonic() + self.timeout
+        conn = self._connection(deadline)
         try:
             try:
-                response, keep = conn.exchange(request, self.timeout)
+                response, keep = conn.exchange(request, deadline)
             except StaleConnection:
                 if conn.exchanges == 1:
                     raise  # a new connection: no idle close to blame
                 self._discard(conn)
-                conn = self._connect()
-                response, keep = conn.exchange(request, self.timeout)
+                conn = self._connect(deadline)
+                response, keep = conn.exchange(request, deadline)
         except BaseException:
             self._discard(conn)
             raise

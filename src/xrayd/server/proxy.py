@@ -159,8 +159,10 @@ class SigningProxy:
         headers = self._signer.sign(url, request_headers(request.headers), request.body,
                                     credentials)
         try:
+            # The direct transport keeps to its timeout; botocore's session (through an
+            # outbound proxy) times each read, so the caller's wait is bounded here too.
             status, content, answer_headers = self._pool.submit(
-                self._send, request.target, request.body, headers).result()
+                self._send, request.target, request.body, headers).result(self.timeout + 1)
         except TimeoutError:
             self.logs.error("proxy-upstream",
                             f"http: proxy error: no answer from {self.upstream} within "
