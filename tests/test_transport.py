@@ -231,6 +231,9 @@ def test_header_values_cannot_carry_line_breaks():
 def test_framing_is_the_transports_alone_and_each_name_goes_once(headers):
     with pytest.raises(ValueError):
         request_head("/p", {"Host": "x", **headers}, 3)
+    session = transport.SessionTransport("http://127.0.0.1:9", None)
+    with pytest.raises(ValueError):  # refused before anything is sent
+        session.post("/p", b"abc", {"Host": "x", **headers})
 
 
 def test_response_headers_any_case():

@@ -27,6 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -116,10 +117,9 @@ class _Answer:
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
-def request_head(target: str, headers: Mapping[str, str], length: int) -> bytes:
-    """The request line and headers of a POST with a ``length``-byte body: ``headers`` (each
-    name once, whatever its case; no framing headers) and the Content-Length."""
-    lines = [f"POST {target} HTTP/1.1"]
+def check_headers(headers: Mapping[str, str]) -> None:
+    """ValueError unless each name is given once (whatever its case), without a line break,
+    and none is a framing header."""
     names: set[str] = set()
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
@@ -130,8 +130,14 @@ def request_head(target: str, headers: Mapping[str, str], length: int) -> bytes:
         if key in names:
             raise ValueError(f"header {name!r} given twice")
         names.add(key)
-        lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {length}\r\n\r\n")
+
+
+def request_head(target: str, headers: Mapping[str, str], length: int) -> bytes:
+    """The request line and headers of a POST with a ``length``-byte body: ``headers`` (see
+    check_headers) and the Content-Length."""
+    check_headers(headers)
+    lines = [f"POST {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items()),
+             f"Content-Length: {length}\r\n\r\n"]
     return "\r\n".join(lines).encode("latin-1")
 
 
@@ -334,3 +340,33 @@ class DirectTransport:
             conns, self._open = list(self._open), set()
         for conn in conns:
             conn.close()
+
+
+class SessionTransport:
+    """POSTs through botocore's HTTP session (used with an outbound proxy: CONNECT tunnels,
+    proxy TLS), with DirectTransport's ``post``: the same headers in, the Content-Length added
+    once (by botocore's request preparer), the same Response out."""
+
+    def __init__(self, endpoint: str, session: Any) -> None:
+        parts = urlsplit(endpoint)
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.session = session
+
+    def post(self, target: str, body: bytes, headers: Mapping[str, str]) -> Response:
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+        check_headers(headers)
+        prepared = AWSRequest(method="POST", url=self.base + target, data=body,
+                              headers=dict(headers)).prepare()
+        try:
+            answer = self.session.send(prepared)
+        except (ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise TimeoutError(str(exc)) from exc
+        return Response(answer.status_code, answer.content, answer.headers)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+Transport = DirectTransport | SessionTransport

@@ -17,6 +17,7 @@ import orjson
 
 from xrayd.aws import AwsContext, CredentialsError
 from xrayd.exporters.signing import Signer
+from xrayd.exporters.transport import DirectTransport, SessionTransport, Transport
 from xrayd.logs import RateLimitedLog
 from xrayd.server.threaded import Request, Response, ThreadedHttpServer
 from xrayd.stats import PROXY_REQUESTS, Stats
@@ -90,9 +91,9 @@ def error_response(status: int, error_type: str, message: str) -> Response:
 
 class SigningProxy:
     """The proxy's request handler. ``upstream`` is scheme://host[:port]. Upstream calls are
-    signed with botocore's SigV4Auth and sent on kept-alive connections
-    (exporters/transport.py), or through botocore's HTTP session when an outbound proxy is set,
-    as the uploads are."""
+    signed and sent as the uploads are: botocore's SigV4Auth (exporters/signing.py), then
+    kept-alive connections, or botocore's HTTP session when an outbound proxy is set
+    (exporters/transport.py)."""
 
     def __init__(self, aws: AwsContext, upstream: str, logs: RateLimitedLog,
                  timeout: float = UPSTREAM_TIMEOUT, max_body: int = MAX_BODY_BYTES,
@@ -109,14 +110,9 @@ class SigningProxy:
         # Signed as the uploads are (exporters/signing.py): Host and the SigV4 headers, never
         # a framing header, which the transport (or botocore's session) sets once.
         self._signer = Signer(self.upstream, aws.region)
-        self._direct = None
-        self._http = None
-        if self.proxy:
-            self._http = aws.http_session(UPSTREAM_THREADS, timeout)
-        else:
-            from xrayd.exporters.transport import DirectTransport
-
-            self._direct = DirectTransport(self.upstream, aws.verify, timeout)
+        self._transport: Transport = (
+            SessionTransport(self.upstream, aws.http_session(UPSTREAM_THREADS, timeout))
+            if self.proxy else DirectTransport(self.upstream, aws.verify, timeout))
         self._pool = ThreadPoolExecutor(UPSTREAM_THREADS, thread_name_prefix="proxy-upstream")
 
     def server(self, address: str) -> ThreadedHttpServer:
@@ -125,10 +121,7 @@ class SigningProxy:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._direct is not None:
-            self._direct.close()
-        if self._http is not None:
-            self._http.close()
+        self._transport.close()
 
     def handle(self, request: Request) -> Response:
         response = self._answer(request)
@@ -175,19 +168,7 @@ class SigningProxy:
 
     def _send(self, target: str, body: bytes, headers: dict[str, str]
               ) -> tuple[int, bytes, Any]:
-        if self._direct is not None:
-            answer = self._direct.post(target, body, headers)
-            return answer.status_code, answer.content, answer.headers
-        url = self.upstream + target
-        from botocore.awsrequest import AWSRequest
-        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
-
-        assert self._http is not None
-        prepared = AWSRequest(method="POST", url=url, data=body, headers=headers).prepare()
-        try:
-            answer = self._http.send(prepared)
-        except (ConnectTimeoutError, ReadTimeoutError) as exc:
-            raise TimeoutError(str(exc)) from exc
+        answer = self._transport.post(target, body, headers)
         return answer.status_code, answer.content, answer.headers
 
     def _too_large(self) -> Response:
