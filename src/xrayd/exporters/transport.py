@@ -132,12 +132,22 @@ def check_headers(headers: Mapping[str, str]) -> None:
         names.add(key)
 
 
-def request_head(target: str, headers: Mapping[str, str], length: int) -> bytes:
+def request_head(target: str, headers: Mapping[str, str], length: int,
+                 checked: set[tuple[str, ...]] | None = None) -> bytes:
     """The request line and headers of a POST with a ``length``-byte body: ``headers`` (see
-    check_headers) and the Content-Length."""
-    check_headers(headers)
-    lines = [f"POST {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items()),
-             f"Content-Length: {length}\r\n\r\n"]
+    check_headers) and the Content-Length. ``checked``: the sets of names already found
+    valid (each call of a transport sends the same names; the values are checked every time)."""
+    names = tuple(headers)
+    if checked is None or names not in checked:
+        check_headers(headers)
+        if checked is not None and len(checked) < 64:
+            checked.add(names)
+    lines = [f"POST {target} HTTP/1.1"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r} has a line break")
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {length}\r\n\r\n")
     return "\r\n".join(lines).encode("latin-1")
 
 
@@ -266,6 +276,7 @@ class DirectTransport:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[_Connection] = set()
+        self._checked: set[tuple[str, ...]] = set()  # header names found valid (request_head)
 
     @staticmethod
     def _tls_context(verify: bool) -> ssl.SSLContext:
@@ -316,7 +327,7 @@ class DirectTransport:
         """POST ``body`` to ``target`` (a path, with its query) on this transport's endpoint;
         ``headers`` must include Host. Raises OSError (TimeoutError, ConnectionError,
         ResponseError ...) on a transport failure; the connection is then dropped."""
-        request = request_head(target, headers, len(body)) + body
+        request = request_head(target, headers, len(body), self._checked) + body
         deadline = time.monotonic() + self.timeout
         conn = self._connection(deadline)
         try:
