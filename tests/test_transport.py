@@ -231,7 +231,7 @@ def test_header_values_cannot_carry_line_breaks():
 def test_framing_is_the_transports_alone_and_each_name_goes_once(headers):
     with pytest.raises(ValueError):
         request_head("/p", {"Host": "x", **headers}, 3)
-    session = transport.SessionTransport("http://127.0.0.1:9", None)
+    session = transport.SessionTransport("http://127.0.0.1:9", None, 2.0)
     with pytest.raises(ValueError):  # refused before anything is sent
         session.post("/p", b"abc", {"Host": "x", **headers})
 
@@ -333,4 +333,51 @@ def test_the_sampling_proxy_answers_502_for_an_endless_upstream_head(serve):
     finally:
         server.stop()
         signing.close()
+    assert flood.done.wait(30) and flood.sent < 32 * 1024 * 1024
+
+
+def session_post(url: str, timeout: float = 5.0):
+    """A POST through SessionTransport (botocore's HTTP session, as with an outbound proxy)."""
+    from botocore.httpsession import URLLib3Session
+
+    client = transport.SessionTransport(url, URLLib3Session(timeout=timeout), timeout)
+    try:
+        return client.post("/TraceSegments", b'{"a":1}', {"Host": "x"})
+    finally:
+        client.close()
+
+
+def test_the_session_transport_keeps_the_body_limits(serve, monkeypatch):
+    server = serve(lambda conn, n: conn.sendall(answer(b'{"ok":1}')))
+    response = session_post(server.url)
+    assert (response.status_code, response.content) == (200, b'{"ok":1}')
+    head = server.requests[0].partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert [line for line in head if line.lower().startswith(b"content-length")] == [
+        b"Content-Length: 7"]
+
+    monkeypatch.setattr(transport, "MAX_RESPONSE_BYTES", 100_000)
+
+    def huge(conn: socket.socket, n: int) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+        for _ in range(20):
+            conn.sendall(b"x" * 65536)
+
+    with pytest.raises(ResponseError, match="larger than"):
+        session_post(serve(huge).url)
+
+    def truncated(conn: socket.socket, n: int) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+        conn.shutdown(socket.SHUT_RDWR)
+
+    with pytest.raises(ResponseError, match="before the response was complete"):
+        session_post(serve(truncated).url)
+
+
+def test_the_session_transport_refuses_an_endless_head(serve):
+    from botocore.exceptions import HTTPClientError
+
+    flood = Flood(b"X-Flood: 0123456789abcdef\r\n")
+    with pytest.raises(HTTPClientError) as error:  # http.client's own limit, which botocore
+        session_post(serve(flood).url, timeout=60)  # reports as a closed connection
+    assert "more than 100 headers" in repr(error.value.kwargs.get("error"))
     assert flood.done.wait(30) and flood.sent < 32 * 1024 * 1024

@@ -231,7 +231,7 @@ class _ChildSender:
             self._transport = SessionTransport(endpoint, URLLib3Session(
                 verify=verify, proxies={"http": proxy, "https": proxy}, timeout=timeout,
                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            ))
+            ), timeout)
         else:
             self._transport = DirectTransport(endpoint, verify, timeout)
 

@@ -356,25 +356,59 @@ class DirectTransport:
 class SessionTransport:
     """POSTs through botocore's HTTP session (used with an outbound proxy: CONNECT tunnels,
     proxy TLS), with DirectTransport's ``post``: the same headers in, the Content-Length added
-    once (by botocore's request preparer), the same Response out."""
+    once (by botocore's request preparer), the same Response out, the same limits on the body
+    (MAX_RESPONSE_BYTES, read by the deadline, complete). The response head is read by
+    ``http.client``, which allows 100 header lines of at most 64 KiB each."""
 
-    def __init__(self, endpoint: str, session: Any) -> None:
+    def __init__(self, endpoint: str, session: Any, timeout: float) -> None:
         parts = urlsplit(endpoint)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.session = session
+        self.timeout = timeout
 
     def post(self, target: str, body: bytes, headers: Mapping[str, str]) -> Response:
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
         check_headers(headers)
-        prepared = AWSRequest(method="POST", url=self.base + target, data=body,
-                              headers=dict(headers)).prepare()
+        deadline = time.monotonic() + self.timeout
+        request = AWSRequest(method="POST", url=self.base + target, data=body,
+                             headers=dict(headers))
+        request.stream_output = True  # the body is read here, within the limits
         try:
-            answer = self.session.send(prepared)
+            answer = self.session.send(request.prepare())
         except (ConnectTimeoutError, ReadTimeoutError) as exc:
             raise TimeoutError(str(exc)) from exc
-        return Response(answer.status_code, answer.content, answer.headers)
+        raw = answer.raw
+        try:
+            content = self._body(raw, answer.headers.get("content-length"), deadline)
+        except BaseException:
+            raw.close()  # not reused: the rest of the answer is still on it
+            raw.release_conn()
+            raise
+        raw.release_conn()
+        return Response(answer.status_code, content, answer.headers)
+
+    def _body(self, raw: Any, length: str | None, deadline: float) -> bytes:
+        from urllib3.exceptions import HTTPError
+        from urllib3.exceptions import ReadTimeoutError as ReadTimeout
+
+        chunks, size = [], 0
+        try:
+            while chunk := raw.read(_READ):
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise ResponseError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no complete response within {self.timeout:g} s")
+                chunks.append(chunk)
+        except ReadTimeout:
+            raise TimeoutError(f"no complete response within {self.timeout:g} s") from None
+        except HTTPError as exc:
+            raise ResponseError(f"malformed response: {exc}") from None
+        if length is not None and length.isdigit() and size != int(length):
+            raise ResponseError("connection closed before the response was complete")
+        return b"".join(chunks)
 
     def close(self) -> None:
         self.session.close()

@@ -129,7 +129,7 @@ class XRayExporter:
         proxy = aws.proxy_for(aws.endpoint)  # "" when NO_PROXY names the endpoint
         self._proxy = proxy
         self._transport: Transport = (
-            SessionTransport(aws.endpoint, aws.http_session(pool_size)) if proxy
+            SessionTransport(aws.endpoint, aws.http_session(pool_size), REQUEST_TIMEOUT) if proxy
             else DirectTransport(aws.endpoint, aws.verify, REQUEST_TIMEOUT))
         self._signer = Signer(aws.endpoint, aws.region)
         self._prefix = urlsplit(aws.endpoint).path  # requests go to prefix + path

@@ -111,7 +111,8 @@ class SigningProxy:
         # a framing header, which the transport (or botocore's session) sets once.
         self._signer = Signer(self.upstream, aws.region)
         self._transport: Transport = (
-            SessionTransport(self.upstream, aws.http_session(UPSTREAM_THREADS, timeout))
+            SessionTransport(self.upstream, aws.http_session(UPSTREAM_THREADS, timeout),
+                             timeout)
             if self.proxy else DirectTransport(self.upstream, aws.verify, timeout))
         self._pool = ThreadPoolExecutor(UPSTREAM_THREADS, thread_name_prefix="proxy-upstream")
 
