@@ -5,8 +5,9 @@ stacks cost more CPU than the signing: botocore's URLLib3Session about 790 µs a
 ``http.client`` about 150 µs (its response headers go through the ``email`` parser), while the
 exchange itself — one write of the request, one read of the answer, parsed by httptools
 (llhttp, in C) — costs about 35 µs (docs/benchmarks.md). Requests are signed by botocore either
-way; this module only moves bytes. TLS uses the CA bundle botocore would use. Through an
-outbound proxy the daemon keeps botocore's session (the exporter chooses).
+way; this module only moves bytes, and alone decides their framing (Content-Length). TLS uses
+the CA bundle botocore would use. Through an outbound proxy, SessionTransport sends through
+botocore's session with the same interface and limits (the caller chooses).
 
 The request goes out in one write (headers and body together), with TCP_NODELAY: no waiting for
 the peer's delayed ACK. Every call is bounded by one deadline, ``timeout`` seconds from its
