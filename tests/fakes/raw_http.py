@@ -53,8 +53,10 @@ class RawRequest:
     def headers(self) -> dict[str, str]:
         """First value of each name, names as sent (duplicates are in ``lines``)."""
         first: dict[str, str] = {}
+        names: set[str] = set()
         for key, value in self.lines:
-            if key.lower() not in {k.lower() for k in first}:
+            if key.lower() not in names:
+                names.add(key.lower())
                 first[key] = value
         return first
 
