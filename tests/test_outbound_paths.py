@@ -67,29 +67,37 @@ def assert_strictly_accepted(upstream: XRayUpstream, route: HttpProxy | None, pa
     return seen
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper"])
-def test_put_trace_segments(upstream, route, offload, monkeypatch):
+def exporter_for(upstream: XRayUpstream, route: HttpProxy | None, offload: bool,
+                 monkeypatch) -> tuple[XRayExporter, int]:
+    """An exporter and the PutTraceSegments calls it made: with ``offload``, as many as it
+    takes to have the helper process running, so that the next call goes through it."""
     monkeypatch.setattr(xray, "OFFLOAD_CALLS_PER_SECOND", 2)
     exporter = XRayExporter(context(upstream, route), pool_size=1, offload=offload)
+    calls = 0
+    while offload and calls < 40:
+        assert exporter.put(DOCS) == []
+        calls += 1
+        helper = exporter._helper
+        if helper is not None and helper.ready.wait(10) and helper.usable:
+            break
+    assert (exporter._helper is not None and exporter._helper.usable) == offload
+    return exporter, calls
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper"])
+def test_put_trace_segments(upstream, route, offload, monkeypatch):
+    exporter, calls = exporter_for(upstream, route, offload, monkeypatch)
     try:
-        calls = 0
-        while calls < 40:
-            assert exporter.put(DOCS) == []
-            calls += 1
-            helper = exporter._helper
-            if helper is not None and helper.ready.wait(10) and helper.usable:
-                assert exporter.put(DOCS) == []  # this one through the helper process
-                calls += 1
-                break
-        assert (exporter._helper is not None and exporter._helper.usable) == offload
+        assert exporter.put(DOCS) == []  # through the helper process with offload
     finally:
         exporter.close()
-    seen = assert_strictly_accepted(upstream, route, "/TraceSegments", calls)
+    seen = assert_strictly_accepted(upstream, route, "/TraceSegments", calls + 1)
     assert seen[-1].json()["TraceSegmentDocuments"] == [d.decode() for d in DOCS]
 
 
-def test_put_telemetry_records(upstream, route):
-    exporter = XRayExporter(context(upstream, route), pool_size=1, offload=False)
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper"])
+def test_put_telemetry_records(upstream, route, offload, monkeypatch):
+    exporter, _calls = exporter_for(upstream, route, offload, monkeypatch)
     body = orjson.dumps({"TelemetryRecords": [{"Timestamp": 1700000000.0,
                                                "SegmentsReceivedCount": 1}],
                          "EC2InstanceId": "", "Hostname": "h", "ResourceARN": ""})
