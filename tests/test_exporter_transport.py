@@ -1,92 +1,51 @@
 """The exporter's fast paths (docs/benchmarks.md): kept-alive direct connections, and signing and
-sending in a forked helper process under load. A small X-Ray endpoint checks every request's
-SigV4 signature with botocore, as the service would, and counts connections."""
+sending in a forked helper process under load. The strict X-Ray fake (fakes/xray_upstream.py)
+judges every request from the raw bytes received and checks its SigV4 signature with botocore,
+as the service would, and counts connections."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import socket
-import threading
 
-import orjson
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from fakes.xray_upstream import XRayUpstream
 from xrayd import aws
 from xrayd.exporters import xray
 from xrayd.exporters.xray import UploadError, XRayExporter
 
-ACCESS_KEY, SECRET_KEY = "AKIDTESTTESTTEST", "test-secret-key"
+ACCESS_KEY = "AKIDTESTTESTTEST"
 
 
-class SigningCheckedXRay(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class Endpoint:
+    """What the tests ask of the X-Ray endpoint, read from the strict fake's record."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.documents: list[str] = []
-        self.bad_signatures = 0
-        self.connections: set[tuple] = set()
-        self.close_after_response = False
-        self.lock = threading.Lock()
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.fake = XRayUpstream()
+        self.url = self.fake.url
 
+    @property
+    def documents(self) -> list[str]:
+        return [doc for seen in self.fake.requests("/TraceSegments") if seen.verdict.ok
+                for doc in seen.json()["TraceSegmentDocuments"]]
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: SigningCheckedXRay
+    @property
+    def bad_signatures(self) -> int:
+        return sum(1 for seen in self.fake.seen if not seen.verdict.ok)
 
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        ok = self.signature_valid(body)
-        with self.server.lock:
-            self.server.connections.add(self.client_address)
-            if ok:
-                self.server.documents += orjson.loads(body)["TraceSegmentDocuments"]
-            else:
-                self.server.bad_signatures += 1
-        answer = b'{"UnprocessedTraceSegments":[]}' if ok else (
-            b'{"__type":"InvalidSignatureException","message":"bad signature"}')
-        self.send_response(200 if ok else 403)
-        self.send_header("Content-Length", str(len(answer)))
-        if self.server.close_after_response:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def signature_valid(self, body: bytes) -> bool:
-        """Recompute the signature over the signed headers with botocore."""
-        authorization = self.headers.get("Authorization", "")
-        try:
-            signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
-            scope = authorization.split("Credential=")[1].split(",")[0].split("/")
-        except IndexError:
-            return False
-        headers = {name: self.headers[name] for name in signed if name != "host"}
-        request = AWSRequest(method="POST", url=self.server.url + self.path, data=body,
-                             headers=headers)
-        request.context["timestamp"] = self.headers["X-Amz-Date"]
-        signer = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), scope[3], scope[2])
-        expected = signer.signature(
-            signer.string_to_sign(request, signer.canonical_request(request)), request)
-        return scope[0] == ACCESS_KEY and authorization.endswith(f"Signature={expected}")
+    @property
+    def connections(self) -> int:
+        return self.fake.connections
 
 
 @pytest.fixture
 def endpoint():
-    server = SigningCheckedXRay()
+    server = Endpoint()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.fake.stop()
 
 
 def exporter_for(url: str, offload: bool) -> XRayExporter:
@@ -108,11 +67,11 @@ def test_direct_calls_are_signed_and_share_one_kept_alive_connection(endpoint):
         exporter.close()
     assert endpoint.bad_signatures == 0
     assert endpoint.documents == [d.decode() for i in range(5) for d in docs(3, f"b{i}")]
-    assert len(endpoint.connections) == 1
+    assert endpoint.connections == 1
 
 
 def test_a_connection_closed_by_the_server_is_replaced(endpoint):
-    endpoint.close_after_response = True
+    endpoint.fake.close_after_response = True
     exporter = exporter_for(endpoint.url, offload=False)
     try:
         for i in range(3):
@@ -120,7 +79,7 @@ def test_a_connection_closed_by_the_server_is_replaced(endpoint):
     finally:
         exporter.close()
     assert len(endpoint.documents) == 3
-    assert len(endpoint.connections) == 3
+    assert endpoint.connections == 3
 
 
 def test_under_load_the_helper_process_signs_and_sends(endpoint, monkeypatch):

@@ -73,14 +73,14 @@ def test_an_idle_helper_ends_itself_and_a_new_one_comes_with_load(monkeypatch):
     import time
 
     from conftest import wait_until
-    from test_exporter_transport import SigningCheckedXRay, docs, exporter_for
+    from test_exporter_transport import Endpoint, docs, exporter_for
     from xrayd.exporters import offload, xray
 
     monkeypatch.setattr(xray, "OFFLOAD_CALLS_PER_SECOND", 3)
     monkeypatch.setattr(xray, "REFORK_SECONDS", 0.0)
     monkeypatch.setattr(offload, "IDLE_EXIT_SECONDS", 0.5)
-    upstream = SigningCheckedXRay()
-    exporter = exporter_for(f"http://127.0.0.1:{upstream.server_address[1]}", offload=True)
+    upstream = Endpoint()
+    exporter = exporter_for(upstream.url, offload=True)
 
     def burst(tag: str) -> offload.Helper:
         for i in range(20):
@@ -101,7 +101,6 @@ def test_an_idle_helper_ends_itself_and_a_new_one_comes_with_load(monkeypatch):
         assert second is not first and second.usable
     finally:
         exporter.close()
-        upstream.shutdown()
-        upstream.server_close()
+        upstream.fake.stop()
     assert any('"via-helper-0"' in d for d in upstream.documents)
     assert any('"in-process-0"' in d for d in upstream.documents)

@@ -101,9 +101,12 @@ def test_sdk_request_shapes_are_signed_and_forwarded(start_xrayd, upstream, body
     seen = upstream.requests("/GetSamplingRules")[-1]
     assert seen.verdict.ok, seen.verdict
     assert seen.body == (body or b"")
-    # Everything the upstream received was signed, except User-Agent (never signed by SigV4).
+    # Everything the upstream received was signed, except User-Agent (never signed by SigV4)
+    # and the framing, which the transport sets after signing (as botocore's clients do).
     unsigned = {k.lower() for k in seen.headers} - set(seen.verdict.signed_headers)
-    assert unsigned <= {"user-agent", "authorization"}, unsigned
+    assert unsigned <= {"user-agent", "authorization", "content-length"}, unsigned
+    names = [name.lower() for name, _ in seen.lines]
+    assert len(names) == len(set(names)), seen.lines  # each header once on the wire
 
 
 def test_keep_alive_and_hop_by_hop_headers(start_xrayd, upstream):
@@ -251,3 +254,20 @@ def test_chunked_and_expect_continue_bodies_are_forwarded_signed(start_xrayd, up
     assert rules.body == b"{}" and rules.verdict.ok
     assert targets.body == b'{"SamplingStatisticsDocuments": []}' and targets.verdict.ok
     assert "expect" not in {k.lower() for k in targets.headers}
+
+
+def test_forwarded_sampling_calls_are_framed_once_and_pass_a_strict_upstream(start_xrayd,
+                                                                             upstream):
+    """Issue 11 item 1: the proxy's signed headers and the transport both put Content-Length
+    on the request; an upstream that judges the bytes it received refused every call."""
+    upstream.rules = [sampling_rule("Default", "*", 0.05, 1, 10000)]
+    _daemon, _udp, tcp = start_proxying(start_xrayd, upstream.url)
+    for path, body in (("/GetSamplingRules", b"{}"),
+                       ("/SamplingTargets", b'{"SamplingStatisticsDocuments":[]}')):
+        status, answer = post(tcp, path, body, {"Content-Type": "application/json",
+                                                "Content-Length": str(len(body))})
+        assert status == 200, answer
+        seen = upstream.requests(path)[-1]
+        assert seen.verdict.ok, seen.verdict
+        framing = [(n, v) for n, v in seen.lines if n.lower() == "content-length"]
+        assert framing == [("Content-Length", str(len(body)))]

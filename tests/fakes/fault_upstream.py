@@ -5,6 +5,10 @@ denied, hang, connection reset, or partial UnprocessedTraceSegments.
 
 In "ok" mode the request is answered itself (documents recorded), or forwarded unchanged to
 another X-Ray API (moto server) when ``forward_to`` is set.
+
+Requests are judged from the raw bytes received (fakes/raw_http.py): duplicate or conflicting
+framing headers get 400 and count as bad requests; signatures are checked against the header
+lines as received.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from fakes.raw_http import RawRequest, Reply, StrictHttpServer, json_reply
 
 ACCESS_KEY = "AKIDTESTTESTTEST"
 SECRET_KEY = "test-secret-key"
@@ -42,12 +47,14 @@ class Phase:
             raise ValueError(f"unknown mode {self.mode}")
 
 
-def verify_sigv4(method: str, path: str, headers: dict[str, str], body: bytes,
+def verify_sigv4(method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes,
                  secret_key: str = SECRET_KEY) -> str:
-    """"" when the request carries a valid SigV4 signature for ``secret_key``, else why not."""
+    """"" when the request carries a valid SigV4 signature for ``secret_key``, else why not.
+    ``headers``: the header lines as received."""
     from fakes.sigv4 import verify
 
-    host = {k.lower(): v for k, v in headers.items()}.get("host", "")
+    headers = list(headers)
+    host = next((v for k, v in headers if k.lower() == "host"), "")
     verdict = verify(method, f"http://{host}{path}", headers, body, {ACCESS_KEY: secret_key})
     return "" if verdict.ok else verdict.reason or "bad signature"
 
@@ -58,6 +65,7 @@ class Record:
 
     requests: int = 0
     bad_signatures: int = 0
+    bad_requests: int = 0  # refused for their framing (400)
     by_mode: dict[str, int] = field(default_factory=dict)
     accepted: int = 0  # documents answered as processed
     refused: int = 0  # documents answered as unprocessed
@@ -77,17 +85,20 @@ class FaultUpstream:
         self._started = time.monotonic()
         self._override: Phase | None = None
         self._stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.server.handle_error = lambda *_: None  # resets and hangs end connections abruptly
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server: StrictHttpServer | None = None
+        self.port = 0
+        self.url = ""
 
     def start(self) -> FaultUpstream:
         self._started = time.monotonic()
-        self._thread.start()
+        self.server = StrictHttpServer(self._serve, on_refused=self._refused)
+        self.port = self.server.port
+        self.url = self.server.url
         return self
+
+    def _refused(self, request: RawRequest) -> None:
+        with self._lock:
+            self.record.bad_requests += 1
 
     def restart_schedule(self) -> None:
         self._started = time.monotonic()
@@ -111,74 +122,49 @@ class FaultUpstream:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.stop()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                # Headers and body go out in separate writes: without this, Nagle's algorithm
-                # and the client's delayed ACK add 40 ms to every answer.
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                upstream._serve(self)
-
-        return Handler
-
-    def _serve(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
+    def _serve(self, request: RawRequest, conn: socket.socket) -> Reply | None:
+        body = request.body
         phase = self.phase()
         with self._lock:
             self.record.requests += 1
             self.record.by_mode[phase.mode] = self.record.by_mode.get(phase.mode, 0) + 1
-        why = verify_sigv4(h.command, h.path, dict(h.headers.items()), body)
+        why = verify_sigv4(request.method, request.target, request.lines, body)
         if why:
             with self._lock:
                 self.record.bad_signatures += 1
-            return self._answer(h, 403, {"__type": "InvalidSignatureException", "message": why})
-        if h.path != "/TraceSegments":
-            return self._answer(h, 404, {"__type": "UnknownOperationException",
-                                         "message": h.path})
+            return json_reply(403, {"__type": "InvalidSignatureException", "message": why})
+        if request.path != "/TraceSegments":
+            return json_reply(404, {"__type": "UnknownOperationException",
+                                    "message": request.path})
         mode = phase.mode
         if mode == "error":
-            return self._answer(h, phase.status, {"__type": "InternalFailure",
-                                                  "message": "injected failure"})
+            return json_reply(phase.status, {"__type": "InternalFailure",
+                                             "message": "injected failure"})
         if mode == "throttle":
-            return self._answer(h, 429, {"__type": "ThrottledException",
-                                         "message": "Rate exceeded"})
+            return json_reply(429, {"__type": "ThrottledException", "message": "Rate exceeded"})
         if mode == "deny":
-            return self._answer(h, 403, {"__type": "AccessDeniedException",
-                                         "message": "not authorized to perform: "
-                                                    "xray:PutTraceSegments"})
+            return json_reply(403, {"__type": "AccessDeniedException",
+                                    "message": "not authorized to perform: "
+                                               "xray:PutTraceSegments"})
         if mode == "hang":
             self._stopping.wait(phase.hang_seconds)
-            h.close_connection = True
             return None
         if mode == "reset":
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            h.close_connection = True
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
-                h.connection.close()
+                conn.close()
             return None
         try:
             docs = [d.encode() for d in json.loads(body)["TraceSegmentDocuments"]]
         except (ValueError, KeyError, TypeError):
-            return self._answer(h, 400, {"__type": "InvalidRequestException",
-                                         "message": "bad body"})
+            return json_reply(400, {"__type": "InvalidRequestException", "message": "bad body"})
         if mode == "ok" and phase.delay:
             self._stopping.wait(phase.delay)
         if mode == "ok" and self.forward_to:
-            return self._forward(h, body, docs)
+            return self._forward(request, docs)
         refused = []
         if mode == "partial":
             refused = [d for i, d in enumerate(docs) if i % phase.unprocessed_every == 0]
@@ -189,7 +175,7 @@ class FaultUpstream:
         for doc in refused:
             entries.append({"Id": json.loads(doc).get("id", ""),
                             "ErrorCode": phase.unprocessed_code, "Message": "injected"})
-        return self._answer(h, 200, {"UnprocessedTraceSegments": entries})
+        return json_reply(200, {"UnprocessedTraceSegments": entries})
 
     def _accept(self, docs: list[bytes], refused: int) -> None:
         with self._lock:
@@ -200,12 +186,12 @@ class FaultUpstream:
         if self.sink is not None:
             self.sink(docs)
 
-    def _forward(self, h: BaseHTTPRequestHandler, body: bytes, docs: list[bytes]) -> None:
+    def _forward(self, request: RawRequest, docs: list[bytes]) -> Reply:
         target = urlsplit(self.forward_to)
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
         try:
-            headers = {k: v for k, v in h.headers.items() if k.lower() != "host"}
-            conn.request("POST", h.path, body=body, headers=headers)
+            headers = {k: v for k, v in request.lines if k.lower() != "host"}
+            conn.request("POST", request.target, body=request.body, headers=headers)
             response = conn.getresponse()
             answer = response.read()
             status = response.status
@@ -213,19 +199,4 @@ class FaultUpstream:
             conn.close()
         if status == 200:
             self._accept(docs, 0)
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(answer)))
-        h.end_headers()
-        h.wfile.write(answer)
-
-    @staticmethod
-    def _answer(h: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/x-amz-json-1.1")
-        if status >= 400 and "__type" in payload:
-            h.send_header("x-amzn-ErrorType", payload["__type"])
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        return Reply(status, answer, [("Content-Type", "application/json")])

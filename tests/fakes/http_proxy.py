@@ -1,15 +1,19 @@
 """A forward HTTP proxy for tests: CONNECT tunnels and absolute-URI requests (plain HTTP
-forwarding), recording every target it was asked for."""
+forwarding), recording every target it was asked for.
+
+Strict as the X-Ray fakes are (fakes/raw_http.py): each request head is judged from the raw bytes
+received (duplicate or conflicting framing headers get 400 and are recorded in ``refused``), and
+a forwarded request goes on as it came, its header lines in order with their duplicates, less
+the hop-by-hop ones, so that the upstream judges the client's bytes, not this proxy's."""
 
 from __future__ import annotations
 
-import http.client
 import select
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import urlsplit
+
+from fakes.raw_http import RawRequest, Reply, StrictHttpServer
 
 HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "te",
        "trailer", "transfer-encoding", "upgrade"}
@@ -17,61 +21,14 @@ HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "t
 
 class HttpProxy:
     def __init__(self) -> None:
-        proxy = self
         self.targets: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._server = StrictHttpServer(self._handle)
+        self.url = self._server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_CONNECT(self) -> None:
-                proxy._record("CONNECT", self.path)
-                host, _, port = self.path.rpartition(":")
-                try:
-                    upstream = socket.create_connection((host, int(port)), timeout=5)
-                except OSError:
-                    self.send_error(502)
-                    return
-                self.send_response(200, "Connection established")
-                self.end_headers()
-                proxy._pipe(self.connection, upstream)
-                self.close_connection = True
-
-            def do_POST(self) -> None:
-                proxy._record(self.command, self.path)
-                parts = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-                conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
-                try:
-                    path = parts.path + (f"?{parts.query}" if parts.query else "")
-                    conn.request(self.command, path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    data = answer.read()
-                except OSError:
-                    self.send_error(502)
-                    return
-                finally:
-                    conn.close()
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in HOP and key.lower() != "content-length":
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    @property
+    def refused(self) -> list[RawRequest]:
+        return self._server.refused
 
     def _record(self, method: str, target: str) -> None:
         with self._lock:
@@ -80,6 +37,38 @@ class HttpProxy:
     def seen(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self.targets)
+
+    def _handle(self, request: RawRequest, conn: socket.socket) -> Reply | None:
+        self._record(request.method, request.target)
+        if request.method == "CONNECT":
+            host, _, port = request.target.rpartition(":")
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=5)
+            except (OSError, ValueError):
+                return Reply(502, close=True)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self._pipe(conn, upstream)
+            return None
+        parts = urlsplit(request.target)
+        if parts.scheme != "http" or not parts.hostname:
+            return Reply(400, b"absolute http URI expected", close=True)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{request.method} {path} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in request.lines
+                  if name.lower() not in HOP and name.lower() != "content-length"]
+        lines += [f"Content-Length: {len(request.body)}", "Connection: close"]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 80),
+                                          timeout=10) as upstream:
+                upstream.sendall(head + request.body)
+                answer = b""
+                while chunk := upstream.recv(65536):
+                    answer += chunk
+        except OSError:
+            return Reply(502, close=True)
+        conn.sendall(answer)  # as the upstream sent it, with its Connection: close
+        return None
 
     @staticmethod
     def _pipe(client: socket.socket, upstream: socket.socket) -> None:
@@ -98,5 +87,4 @@ class HttpProxy:
             upstream.close()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

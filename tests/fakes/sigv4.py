@@ -1,11 +1,12 @@
 """SigV4 verification with botocore, as AWS does it: rebuild the canonical request from what
-arrived (the headers the signature names), sign it again with the secret of the access key the
-request names, and compare."""
+arrived (the header lines the signature names, as received: a name sent twice is one canonical
+header with its values joined by ",", as AWS joins them), sign it again with the secret of the
+access key the request names, and compare. The signature itself is botocore's computation."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -30,18 +31,24 @@ def parse_authorization(value: str) -> dict[str, str]:
     return fields
 
 
-def verify(method: str, url: str, headers: Mapping[str, str], body: bytes,
-           secrets: Mapping[str, str]) -> Verdict:
-    """``headers``: as received (any case); ``secrets``: access key id -> secret key."""
+def verify(method: str, url: str, headers: Mapping[str, str] | Iterable[tuple[str, str]],
+           body: bytes, secrets: Mapping[str, str]) -> Verdict:
+    """``headers``: the header lines as received, as (name, value) pairs in order (or a
+    mapping, any case); ``secrets``: access key id -> secret key."""
     from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
+    from botocore.awsrequest import AWSRequest, HTTPHeaders
     from botocore.credentials import Credentials
 
-    lower = {k.lower(): v for k, v in headers.items()}
-    if "authorization" not in lower:
+    lines = list(headers.items() if isinstance(headers, Mapping) else headers)
+    values: dict[str, list[str]] = {}
+    for name, value in lines:
+        values.setdefault(name.lower(), []).append(value)
+    if "authorization" not in values:
         return Verdict(False, reason="unsigned request")
+    if len(values["authorization"]) > 1:
+        return Verdict(False, reason="more than one Authorization header")
     try:
-        fields = parse_authorization(lower["authorization"])
+        fields = parse_authorization(values["authorization"][0])
         access_key, date, region, service, _ = fields["Credential"].split("/")
         signed = tuple(fields["SignedHeaders"].split(";"))
         signature = fields["Signature"]
@@ -50,19 +57,23 @@ def verify(method: str, url: str, headers: Mapping[str, str], body: bytes,
     secret = secrets.get(access_key)
     if secret is None:
         return Verdict(False, access_key, region, service, signed, "unknown access key")
-    missing = [h for h in signed if h not in lower]
+    missing = [h for h in signed if h not in values]
     if missing:
         return Verdict(False, access_key, region, service, signed, f"signed headers missing: "
                        f"{missing}")
-    request = AWSRequest(method=method, url=url, data=body,
-                         headers={h: lower[h] for h in signed})
-    request.context["timestamp"] = lower.get("x-amz-date", "")
-    token = lower.get("x-amz-security-token")
-    auth = SigV4Auth(Credentials(access_key, secret, token), service, region)
+    request = AWSRequest(method=method, url=url, data=body)
+    # Every received line of a signed name, duplicates kept: botocore joins them with ",".
+    request.headers = HTTPHeaders.from_pairs(
+        [(name, value) for name, value in lines if name.lower() in signed])
+    amz_date = ",".join(values.get("x-amz-date", []))
+    request.context["timestamp"] = amz_date
+    tokens = values.get("x-amz-security-token")
+    auth = SigV4Auth(Credentials(access_key, secret, ",".join(tokens) if tokens else None),
+                     service, region)
     canonical = auth.canonical_request(request)
     expected = auth.signature(auth.string_to_sign(request, canonical), request)
     if not hmac.compare_digest(expected, signature):
         return Verdict(False, access_key, region, service, signed, "signature mismatch")
-    if not lower.get("x-amz-date", "").startswith(date):
+    if not amz_date.startswith(date):
         return Verdict(False, access_key, region, service, signed, "date mismatch")
     return Verdict(True, access_key, region, service, signed)

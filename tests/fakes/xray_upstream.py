@@ -3,18 +3,22 @@ SamplingTargets), SigV4 checks with botocore against known credentials, a record
 request, and fault injection (an HTTP status, a hang, a dropped connection).
 
 PutTraceSegments and PutTelemetryRecords are accepted too (verified, recorded), so it can stand
-in for the whole API where a test needs to see headers."""
+in for the whole API where a test needs to see headers.
+
+It is strict as X-Ray's front end is (fakes/raw_http.py): requests are judged from the raw bytes
+received, duplicate or conflicting framing headers are refused with 400 (recorded in ``seen``
+with the reason), and signatures are checked against the header lines as received."""
 
 from __future__ import annotations
 
 import json
-import ssl
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fakes.raw_http import RawRequest, Reply, StrictHttpServer, json_reply
 from fakes.sigv4 import Verdict, verify
 
 
@@ -26,6 +30,7 @@ class Seen:
     body: bytes
     verdict: Verdict
     status: int = 0  # what it was answered (0: no answer)
+    lines: list[tuple[str, str]] = field(default_factory=list)  # header lines as received
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -64,49 +69,37 @@ class XRayUpstream:
     seen: list[Seen] = field(default_factory=list)
     tls: tuple[str, str] | None = None  # (certificate file, key file): serve HTTPS
 
+    close_after_response: bool = False  # answer with Connection: close
+
     def __post_init__(self) -> None:
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                upstream._handle(self)
-
-            do_GET = do_PUT = do_DELETE = do_POST
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        if self.tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(*self.tls)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-            self.url = f"https://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = StrictHttpServer(self._handle, tls=self.tls, on_refused=self._refused)
+        self.port = self._server.port
+        self.url = self._server.url
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self._server.connections
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def requests(self, path: str) -> list[Seen]:
         with self._lock:
             return [s for s in self.seen if s.path == path]
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
-        headers = {k: v for k, v in handler.headers.items()}
-        url = f"http://{headers.get('Host', '')}{handler.path}"
-        verdict = verify(handler.command, url, headers, body, self.secrets)
-        seen = Seen(handler.command, handler.path.split("?")[0], headers, body, verdict)
+    def _refused(self, request: RawRequest) -> None:
+        seen = Seen(request.method, request.path, request.headers, b"",
+                    Verdict(False, reason=request.problem), 400, request.lines)
+        with self._lock:
+            self.seen.append(seen)
+
+    def _handle(self, request: RawRequest, conn: socket.socket) -> Reply | None:
+        url = f"http://{request.header('host')}{request.target}"
+        verdict = verify(request.method, url, request.lines, request.body, self.secrets)
+        seen = Seen(request.method, request.path, request.headers, request.body, verdict,
+                    lines=request.lines)
         with self._lock:
             self.seen.append(seen)
         fault = self.fault
@@ -114,21 +107,18 @@ class XRayUpstream:
             if fault.hang:
                 time.sleep(fault.hang)
             if fault.close:
-                handler.close_connection = True
-                handler.connection.shutdown(2)
-                return
+                conn.shutdown(socket.SHUT_RDWR)
+                return None
             if fault.status:
                 seen.status = fault.status
-                self._send(handler, fault.status, {"__type": "InjectedFault",
-                                                   "message": f"injected {fault.status}"})
-                return
+                return json_reply(fault.status, {"__type": "InjectedFault",
+                                                 "message": f"injected {fault.status}"})
         if not verdict.ok:
             seen.status = 403
-            self._send(handler, 403, {"__type": "InvalidSignatureException",
-                                      "message": verdict.reason})
-            return
+            return json_reply(403, {"__type": "InvalidSignatureException",
+                                    "message": verdict.reason})
         seen.status = 200
-        self._send(handler, 200, self._answer(seen))
+        return json_reply(200, self._answer(seen), close=self.close_after_response)
 
     def _answer(self, seen: Seen) -> dict[str, Any]:
         if seen.path == "/GetSamplingRules":
@@ -147,12 +137,3 @@ class XRayUpstream:
         if seen.path == "/TraceSegments":
             return {"UnprocessedTraceSegments": []}
         return {}
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/x-amz-json-1.1")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)

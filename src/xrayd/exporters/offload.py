@@ -218,21 +218,22 @@ class _ChildSender:
         from botocore.credentials import ReadOnlyCredentials
 
         from xrayd.exporters.signing import Signer
-        from xrayd.exporters.transport import DirectTransport
+        from xrayd.exporters.transport import DirectTransport, SessionTransport, Transport
 
-        self._endpoint, self._region = endpoint, region
+        self._endpoint = endpoint
         self._prefix = urlsplit(endpoint).path
         self._credentials = ReadOnlyCredentials
         self._signer = Signer(endpoint, region)
-        self._direct = None if proxy else DirectTransport(endpoint, verify, timeout)
-        self._http = None
+        self._transport: Transport
         if proxy:
             from botocore.httpsession import URLLib3Session
 
-            self._http = URLLib3Session(
+            self._transport = SessionTransport(endpoint, URLLib3Session(
                 verify=verify, proxies={"http": proxy, "https": proxy}, timeout=timeout,
                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            )
+            ), timeout)
+        else:
+            self._transport = DirectTransport(endpoint, verify, timeout)
 
     def send(self, meta: dict, body: bytes) -> tuple[dict, bytes]:
         from xrayd.exporters.xray import classify_send_error, request_body
@@ -247,18 +248,9 @@ class _ChildSender:
             body = request_body(docs)
         credentials = self._credentials(*meta["credentials"])
         try:
-            if self._direct is not None:
-                signed = self._signer.sign(self._endpoint + path, meta["headers"], body,
-                                           credentials)
-                response = self._direct.post(self._prefix + path, body, signed)
-            else:
-                from botocore.auth import SigV4Auth
-                from botocore.awsrequest import AWSRequest
-
-                request = AWSRequest(method="POST", url=self._endpoint + path, data=body,
-                                     headers=meta["headers"])
-                SigV4Auth(credentials, "xray", self._region).add_auth(request)
-                response = self._http.send(request.prepare())  # type: ignore[union-attr]
+            signed = self._signer.sign(self._endpoint + path, meta["headers"], body,
+                                       credentials)
+            response = self._transport.post(self._prefix + path, body, signed)
             content = response.content
         except Exception as exc:
             error = classify_send_error(exc)

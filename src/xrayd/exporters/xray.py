@@ -1,7 +1,7 @@
 """PutTraceSegments to the X-Ray API: signed by botocore's SigV4 signer (exporters/signing.py),
-sent on kept-alive connections (exporters/transport.py; botocore's HTTP session when an outbound
-proxy is set). Building the request body directly (the documents are already JSON) skips the
-botocore client's per-call work, which costs more than the upload."""
+sent on kept-alive connections (exporters/transport.py; through botocore's HTTP session when an
+outbound proxy is set). Building the request body directly (the documents are already JSON)
+skips the botocore client's per-call work, which costs more than the upload."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import orjson
 from xrayd.aws import REQUEST_TIMEOUT, AwsContext, CredentialsError, user_agent
 from xrayd.exporters.offload import Helper, HelperUnavailable
 from xrayd.exporters.signing import Signer
-from xrayd.exporters.transport import DirectTransport
+from xrayd.exporters.transport import DirectTransport, SessionTransport, Transport
 
 # Above this many calls a second (50 documents each: 10,000 segments/s) signing and sending move
 # to a helper process (exporters/offload.py), off the GIL the UDP reader needs. Below it a call
@@ -122,22 +122,17 @@ class XRayExporter:
     name = "xray"
 
     def __init__(self, aws: AwsContext, pool_size: int, offload: bool = True) -> None:
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
         self.aws = aws
         self.url = aws.endpoint + "/TraceSegments"
         # Through a proxy, botocore's session (CONNECT tunnels, proxy TLS); else plain
         # kept-alive connections, which cost half the CPU per call.
         proxy = aws.proxy_for(aws.endpoint)  # "" when NO_PROXY names the endpoint
         self._proxy = proxy
-        self._direct = None if proxy else DirectTransport(aws.endpoint, aws.verify,
-                                                               REQUEST_TIMEOUT)
-        self._http = aws.http_session(pool_size) if proxy else None
+        self._transport: Transport = (
+            SessionTransport(aws.endpoint, aws.http_session(pool_size), REQUEST_TIMEOUT) if proxy
+            else DirectTransport(aws.endpoint, aws.verify, REQUEST_TIMEOUT))
         self._signer = Signer(aws.endpoint, aws.region)
         self._prefix = urlsplit(aws.endpoint).path  # requests go to prefix + path
-        self._sigv4 = SigV4Auth
-        self._request = AWSRequest
         self._user_agent = user_agent()
         self._channels = pool_size + 1  # the upload workers and telemetry
         self._offload = offload
@@ -188,13 +183,8 @@ class XRayExporter:
         if body is None:
             body = request_body(docs or ())
         try:
-            if self._direct is not None:
-                signed = self._signer.sign(url, headers, body, credentials)
-                response = self._direct.post(self._prefix + path, body, signed)
-            else:
-                request = self._request(method="POST", url=url, data=body, headers=headers)
-                self._sigv4(credentials, "xray", self.aws.region).add_auth(request)
-                response = self._http.send(request.prepare())
+            signed = self._signer.sign(url, headers, body, credentials)
+            response = self._transport.post(self._prefix + path, body, signed)
         except Exception as exc:
             raise classify_send_error(exc) from exc
         content = response.content
@@ -254,7 +244,4 @@ class XRayExporter:
     def close(self) -> None:
         if self._helper is not None:
             self._helper.close()
-        if self._direct is not None:
-            self._direct.close()
-        if self._http is not None:
-            self._http.close()
+        self._transport.close()

@@ -12,11 +12,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from xrayd.aws import AwsContext, CredentialsError
+from xrayd.exporters.signing import Signer
+from xrayd.exporters.transport import DirectTransport, SessionTransport, Transport
 from xrayd.logs import RateLimitedLog
 from xrayd.server.threaded import Request, Response, ThreadedHttpServer
 from xrayd.stats import PROXY_REQUESTS, Stats
@@ -58,9 +59,17 @@ def _values(headers: Any, name: str) -> list[str]:
 
 
 def request_headers(headers: Headers) -> dict[str, str]:
-    """The caller's headers to forward: hop-by-hop ones and those signing replaces dropped."""
+    """The caller's headers to forward, each name once (repeated ones joined with ",", as a
+    signature would see them): hop-by-hop ones and those signing replaces dropped."""
     drop = hop_by_hop(headers) | REPLACED
-    return {k: v for k, v in _items(headers) if k.lower() not in drop}
+    kept: dict[str, tuple[str, str]] = {}
+    for name, value in _items(headers):
+        key = name.lower()
+        if key in drop:
+            continue
+        first = kept.get(key)
+        kept[key] = (name, value) if first is None else (first[0], f"{first[1]},{value}")
+    return dict(kept.values())
 
 
 def response_headers(headers: Headers) -> list[tuple[str, str]]:
@@ -74,18 +83,6 @@ def _items(headers: Any) -> Iterable[tuple[str, str]]:
     return headers.items() if hasattr(headers, "items") else headers
 
 
-def sign(credentials: Any, region: str, method: str, url: str, headers: dict[str, str],
-         body: bytes) -> dict[str, str]:
-    """The headers to send: ``headers`` plus Content-Length and the SigV4 headers."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-
-    headers = {**headers, "Content-Length": str(len(body))}
-    request = AWSRequest(method=method, url=url, data=body, headers=headers)
-    SigV4Auth(credentials, "xray", region).add_auth(request)
-    return dict(request.headers.items())
-
-
 def error_response(status: int, error_type: str, message: str) -> Response:
     body = orjson.dumps({"__type": error_type, "message": message})
     return Response(status, body, [("x-amzn-ErrorType", error_type)],
@@ -94,9 +91,9 @@ def error_response(status: int, error_type: str, message: str) -> Response:
 
 class SigningProxy:
     """The proxy's request handler. ``upstream`` is scheme://host[:port]. Upstream calls are
-    signed with botocore's SigV4Auth and sent on kept-alive connections
-    (exporters/transport.py), or through botocore's HTTP session when an outbound proxy is set,
-    as the uploads are."""
+    signed and sent as the uploads are: botocore's SigV4Auth (exporters/signing.py), then
+    kept-alive connections, or botocore's HTTP session when an outbound proxy is set
+    (exporters/transport.py)."""
 
     def __init__(self, aws: AwsContext, upstream: str, logs: RateLimitedLog,
                  timeout: float = UPSTREAM_TIMEOUT, max_body: int = MAX_BODY_BYTES,
@@ -110,15 +107,13 @@ class SigningProxy:
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.proxy = aws.proxy_for(self.upstream) or None
-        self._host = urlsplit(self.upstream).netloc
-        self._direct = None
-        self._http = None
-        if self.proxy:
-            self._http = aws.http_session(UPSTREAM_THREADS, timeout)
-        else:
-            from xrayd.exporters.transport import DirectTransport
-
-            self._direct = DirectTransport(self.upstream, aws.verify, timeout)
+        # Signed as the uploads are (exporters/signing.py): Host and the SigV4 headers, never
+        # a framing header, which the transport (or botocore's session) sets once.
+        self._signer = Signer(self.upstream, aws.region)
+        self._transport: Transport = (
+            SessionTransport(self.upstream, aws.http_session(UPSTREAM_THREADS, timeout),
+                             timeout)
+            if self.proxy else DirectTransport(self.upstream, aws.verify, timeout))
         self._pool = ThreadPoolExecutor(UPSTREAM_THREADS, thread_name_prefix="proxy-upstream")
 
     def server(self, address: str) -> ThreadedHttpServer:
@@ -127,10 +122,7 @@ class SigningProxy:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._direct is not None:
-            self._direct.close()
-        if self._http is not None:
-            self._http.close()
+        self._transport.close()
 
     def handle(self, request: Request) -> Response:
         response = self._answer(request)
@@ -158,11 +150,13 @@ class SigningProxy:
             return error_response(503, "NoCredentials", str(exc))
 
         url = self.upstream + request.target
-        forwarded = {**request_headers(request.headers), "Host": self._host}
-        headers = sign(credentials, self.aws.region, "POST", url, forwarded, request.body)
+        headers = self._signer.sign(url, request_headers(request.headers), request.body,
+                                    credentials)
         try:
+            # The direct transport keeps to its timeout; botocore's session (through an
+            # outbound proxy) times each read, so the caller's wait is bounded here too.
             status, content, answer_headers = self._pool.submit(
-                self._send, request.target, request.body, headers).result()
+                self._send, request.target, request.body, headers).result(self.timeout + 1)
         except TimeoutError:
             self.logs.error("proxy-upstream",
                             f"http: proxy error: no answer from {self.upstream} within "
@@ -175,19 +169,7 @@ class SigningProxy:
 
     def _send(self, target: str, body: bytes, headers: dict[str, str]
               ) -> tuple[int, bytes, Any]:
-        if self._direct is not None:
-            answer = self._direct.post(target, body, headers)
-            return answer.status_code, answer.content, answer.headers
-        url = self.upstream + target
-        from botocore.awsrequest import AWSRequest
-        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
-
-        assert self._http is not None
-        prepared = AWSRequest(method="POST", url=url, data=body, headers=headers).prepare()
-        try:
-            answer = self._http.send(prepared)
-        except (ConnectTimeoutError, ReadTimeoutError) as exc:
-            raise TimeoutError(str(exc)) from exc
+        answer = self._transport.post(target, body, headers)
         return answer.status_code, answer.content, answer.headers
 
     def _too_large(self) -> Response:
