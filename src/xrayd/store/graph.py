@@ -21,20 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CLIENT = ("client", "client")
-# Subsegment names the SDKs give AWS calls, and the resource type X-Ray gives their inferred
-# node; other AWS services are typed AWS::<name> (as AWS::SimpleSystemsManagement).
-AWS_RESOURCE_TYPES = {
-    "DynamoDB": "AWS::DynamoDB::Table",
-    "S3": "AWS::S3::Bucket",
-    "SQS": "AWS::SQS::Queue",
-    "SNS": "AWS::SNS::Topic",
-    "Lambda": "AWS::Lambda",
-    "Kinesis": "AWS::Kinesis::Stream",
-}
-
-
-def aws_type(name: str) -> str:
-    return AWS_RESOURCE_TYPES.get(name, f"AWS::{name}")
 
 
 def histogram(counts: Counter[float]) -> list[dict[str, Any]]:

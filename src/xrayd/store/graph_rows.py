@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from xrayd.store.graph import CLIENT, OK, Graph, Node, aws_type, outcome
+from xrayd.store.graph import CLIENT, OK, Graph, Node, outcome
+from xrayd.store.summary import aws_type
 
 MAX_PARENT_HOPS = 64
 CHUNK = 500

@@ -43,7 +43,13 @@ def _inferred_type(e: Entity) -> str:
     for key, service in _RESOURCE_FIELDS:
         if key in aws:
             return AWS_TYPES[service]
-    return AWS_TYPES.get(e.name.lower(), f"AWS::{e.name}")
+    return aws_type(e.name)
+
+
+def aws_type(name: str) -> str:
+    """The node type of an AWS call's subsegment by its name (the SDKs name it after the
+    service: DynamoDB, S3, ...)."""
+    return AWS_TYPES.get(name.lower(), f"AWS::{name}")
 
 
 def _num(value: Any) -> float | None:
