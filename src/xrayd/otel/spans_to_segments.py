@@ -317,7 +317,8 @@ def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
 # -- exceptions --------------------------------------------------------------------------------
 
 _PY_FRAME = re.compile(r'\s*File "([^"]*)", line (\d+), in (.*)')
-_JAVA_FRAME = re.compile(r"\s*at (?:[^/(]*/)?([^(]+)\(([^:)]*)(?::(\d+))?\)")
+# "at loader/module@version/pkg.Class.method(File.java:12)": the prefix up to the last "/" goes
+_JAVA_FRAME = re.compile(r"\s*at (?:[^(]*/)?([^(/]+)\(([^:)]*)(?::(\d+))?\)")
 _JS_FRAME = re.compile(r"\s*at (?:(.*?) \()?([^()]*?):(\d+):\d+\)?\s*$")
 MAX_FRAMES = 100
 
