@@ -81,7 +81,12 @@ def any_value(value: Any) -> Any:
 
 
 def attributes(pairs: Iterable[Any]) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in pairs}
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        value = kv.value
+        text = value.string_value  # most attributes are strings: one access instead of two
+        out[kv.key] = text if text else any_value(value)
+    return out
 
 
 def _first(attrs: dict[str, Any], names: tuple[str, ...]) -> Any:
@@ -387,77 +392,105 @@ def _annotation_value(value: Any) -> Any:
     return None
 
 
-def span_document(span: Any, resource: ResourceFacts, scope: dict[str, Any] | None,
-                  options: Options, new_id: Callable[[], str] = _random_id) -> dict[str, Any]:
-    """The segment document of one span; IdError (with Reason in ``args[1]``) when its ids
-    cannot be X-Ray's."""
+_ZERO_SPAN = bytes(8)
+_HTTP_TRIGGERS = frozenset((*sc.HTTP_METHOD, *sc.HTTP_STATUS, *sc.HTTP_URL))
+_SQL_TRIGGERS = frozenset(sc.DB_SYSTEM)
+_AWS_TRIGGERS = sc.AWS_KEYS | {"messaging.url"}
+
+
+def _trace_id(raw: bytes, known: dict[bytes, str]) -> str:
     try:
-        trace_id = xray_trace_id(span.trace_id)
+        return known[raw]
+    except KeyError:
+        pass
+    try:
+        text = xray_trace_id(raw)
     except IdError as exc:
         raise IdError(str(exc), Reason.TRACE_ID) from None
+    if len(known) < 4096:
+        known[raw] = text
+    return text
+
+
+def _span_id(raw: bytes, reason: str, what: str = "") -> str:
+    if len(raw) == 8 and raw != _ZERO_SPAN:
+        return raw.hex()
     try:
-        segment_id = xray_span_id(span.span_id)
+        return xray_span_id(raw)  # raises with the message
     except IdError as exc:
-        raise IdError(str(exc), Reason.SPAN_ID) from None
+        raise IdError(f"{what}{exc}", reason) from None
+
+
+def span_document(span: Any, resource: ResourceFacts, scope: dict[str, Any] | None,
+                  options: Options, new_id: Callable[[], str] = _random_id,
+                  trace_ids: dict[bytes, str] | None = None) -> dict[str, Any]:
+    """The segment document of one span; IdError (with Reason in ``args[1]``) when its ids
+    cannot be X-Ray's. ``trace_ids`` caches id conversions across the spans of a request."""
+    trace_id = _trace_id(span.trace_id, trace_ids if trace_ids is not None else {})
+    segment_id = _span_id(span.span_id, Reason.SPAN_ID)
     parent = span.parent_span_id
-    if parent:
-        try:
-            parent_id: str | None = xray_span_id(parent)
-        except IdError as exc:
-            raise IdError(f"parent {exc}", Reason.PARENT_ID) from None
-    else:
-        parent_id = None
+    parent_id = _span_id(parent, Reason.PARENT_ID, "parent ") if parent else None
     kind = span.kind
+    span_name = span.name
     attrs = attributes(span.attributes)
+    keys = attrs.keys()
     is_segment = kind in (SERVER, CONSUMER) or parent_id is None
     doc: dict[str, Any] = {}
     if is_segment:
         local = attrs.get(sc.AWS_LOCAL_SERVICE)
-        name = local if isinstance(local, str) and local else resource.service or span.name
+        name = local if isinstance(local, str) and local else resource.service or span_name
     else:
-        name = subsegment_name(attrs, kind, span.name)
+        name = subsegment_name(attrs, kind, span_name)
     doc["name"] = fix_name(name)
     doc["id"] = segment_id
     doc["trace_id"] = trace_id
     doc["start_time"] = span.start_time_unix_nano / 1e9
-    if span.end_time_unix_nano:
-        doc["end_time"] = span.end_time_unix_nano / 1e9
+    end = span.end_time_unix_nano
+    if end:
+        doc["end_time"] = end / 1e9
     else:
         doc["in_progress"] = True
     if parent_id is not None:
         doc["parent_id"] = parent_id
+    aws_sdk = attrs.get(sc.RPC_SYSTEM) == sc.AWS_API
     if not is_segment:
         doc["type"] = "subsegment"
-        if is_aws_sdk(attrs) or _first(attrs, sc.AWS_SERVICE) is not None:
+        if aws_sdk or _first(attrs, sc.AWS_SERVICE) is not None:
             doc["namespace"] = "aws"
         elif kind in (CLIENT, PRODUCER):
             doc["namespace"] = "remote"
     elif resource.origin:
         doc["origin"] = resource.origin
 
-    http = http_block(attrs, kind)
     http_status = None
-    if http is not None:
-        doc["http"] = http
-        http_status = http.get("response", {}).get("status")
+    if not keys.isdisjoint(_HTTP_TRIGGERS):
+        http = http_block(attrs, kind)
+        if http is not None:
+            doc["http"] = http
+            http_status = http.get("response", {}).get("status")
     status = span.status
-    events = [(event.name, attributes(event.attributes)) for event in span.events]
-    error, throttle, fault = error_flags(status.code, http_status)
+    code = status.code
+    raw_events = span.events
+    events = [(event.name, attributes(event.attributes)) for event in raw_events
+              ] if raw_events else []
+    error, throttle, fault = error_flags(code, http_status)
     if error:
         doc["error"] = True
     if throttle:
         doc["throttle"] = True
     if fault:
         doc["fault"] = True
-    cause = cause_block(events, status.code, status.message, kind, resource.language, new_id)
-    if cause is not None:
-        doc["cause"] = cause
+    if events or code == STATUS_ERROR:
+        cause = cause_block(events, code, status.message, kind, resource.language, new_id)
+        if cause is not None:
+            doc["cause"] = cause
 
     aws = dict(resource.aws) if is_segment else {}
-    aws.update(aws_span_block(attrs))
+    if aws_sdk or not keys.isdisjoint(_AWS_TRIGGERS):
+        aws.update(aws_span_block(attrs))
     if aws:
         doc["aws"] = aws
-    sql = sql_block(attrs)
+    sql = sql_block(attrs) if not keys.isdisjoint(_SQL_TRIGGERS) else None
     if sql is not None:
         doc["sql"] = sql
     if is_segment and resource.service_block is not None:
@@ -474,7 +507,7 @@ def span_document(span: Any, resource: ResourceFacts, scope: dict[str, Any] | No
     metadata: dict[str, Any] = {}
     if default:
         metadata["default"] = default
-    metadata["otel"] = _otel_metadata(span, kind, scope, events)
+    metadata["otel"] = _otel_metadata(span, span_name, kind, scope, events, raw_events)
     doc["metadata"] = metadata
     return doc
 
@@ -505,20 +538,22 @@ def _split_attributes(attrs: dict[str, Any], has_sql: bool,
     return annotations, default
 
 
-def _otel_metadata(span: Any, kind: int, scope: dict[str, Any] | None,
-                   events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def _otel_metadata(span: Any, span_name: str, kind: int, scope: dict[str, Any] | None,
+                   events: list[tuple[str, dict[str, Any]]], raw_events: Any) -> dict[str, Any]:
     """What X-Ray has no field for: the span's own name and kind, its scope, events (other
     than exceptions) and links."""
-    meta: dict[str, Any] = {"span_name": span.name, "kind": KIND_NAMES.get(kind, str(kind))}
+    meta: dict[str, Any] = {"span_name": span_name, "kind": KIND_NAMES.get(kind, str(kind))}
     if scope:
         meta["scope"] = scope
-    kept = [
-        {"name": name, "time": event.time_unix_nano / 1e9, **({"attributes": a} if a else {})}
-        for (name, a), event in zip(events, span.events, strict=True)
-        if name != sc.EXCEPTION_EVENT
-    ]
-    if kept:
-        meta["events"] = kept
+    if events:
+        kept = [
+            {"name": name, "time": event.time_unix_nano / 1e9,
+             **({"attributes": a} if a else {})}
+            for (name, a), event in zip(events, raw_events, strict=True)
+            if name != sc.EXCEPTION_EVENT
+        ]
+        if kept:
+            meta["events"] = kept
     links = []
     for link in span.links:
         entry: dict[str, Any] = {"trace_id": _link_trace_id(link.trace_id),
@@ -551,6 +586,7 @@ def convert_request(request: Any, options: Options = Options(),
     out = Converted()
     dumps = orjson.dumps
     append = out.documents.append
+    trace_ids: dict[bytes, str] = {}
     for resource_spans in request.resource_spans:
         facts = resource_facts(attributes(resource_spans.resource.attributes))
         for scope_spans in resource_spans.scope_spans:
@@ -559,7 +595,8 @@ def convert_request(request: Any, options: Options = Options(),
             for span in scope_spans.spans:
                 out.spans += 1
                 try:
-                    doc = span_document(span, facts, scope or None, options, new_id)
+                    doc = span_document(span, facts, scope or None, options, new_id,
+                                        trace_ids)
                 except IdError as exc:
                     out.rejected[exc.args[1]] += 1
                     if len(out.messages) < max_messages:
