@@ -180,9 +180,12 @@ class Daemon:
         names = frozenset(n.strip() for n in cfg.otel_indexed_attributes.split(",") if n.strip())
         options = Options(indexed_attributes=names,
                           index_all_attributes=cfg.otel_index_all_attributes)
+        # Conversion in worker processes (one a core, 2 to 4) and two threads feeding them
+        # T1S datagrams: all started by the first OpenTelemetry request, not before.
         return OtlpIntake(queue.put_many, self._spilled, self.logs, options,
                           free_bytes=lambda: batcher.budget - queue.snapshot()[0],
-                          metrics_sink=self.metrics_sink)
+                          metrics_sink=self.metrics_sink,
+                          workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2)
 
     def set_metrics_sink(self, sink) -> None:
         """Where M1 datagrams' ExportMetricsServiceRequest bytes go (an OTLP exporter)."""
@@ -417,6 +420,8 @@ class Daemon:
             server.stop()
         if self.receiver is not None:
             self.receiver.stop()
+        if self.otlp is not None:
+            self.otlp.close()  # what waits for conversion goes into the queue before its close
         if self.offline is not None:
             self.offline.stop()
         if self.queue is not None and self.uploader is not None:

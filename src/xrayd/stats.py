@@ -20,7 +20,7 @@ class IntakeCounters:
 
     def __init__(self) -> None:
         self.received = 0
-        self.accepted = 0  # documents handed to the queue, OTLP conversions included
+        self.accepted = 0  # X-Ray segment documents handed to the queue
         self.rejected: Counter[Reason] = Counter()
         # OpenTelemetry counters of this receiver, by (Stats name, label), e.g.
         # (OTEL_SEGMENTS, "otlp-udp"): merged into Stats' own on every read.
@@ -121,8 +121,7 @@ class Stats:
     def intake_by_source(self) -> dict[str, int]:
         """Segment documents taken in, by source: X-Ray datagrams and each OTLP receiver."""
         otel = self.by_label(OTEL_SEGMENTS)
-        udp_converted = otel.get("otlp-udp", 0)
-        return {SOURCE_XRAY: self.accepted - udp_converted,
+        return {SOURCE_XRAY: self.accepted,
                 **{source: otel.get(source, 0) for source in OTEL_SOURCES}}
 
     @property

@@ -21,13 +21,20 @@ class DecodeError(ValueError):
     """``reason`` is a counter label; ``str()`` says what was wrong."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(reason, message)
         self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[1])
 
 
 class TooLarge(DecodeError):
     def __init__(self, limit: int) -> None:
         super().__init__("too_large", f"body larger than {limit} bytes after decompression")
+        self.limit = limit
+
+    def __reduce__(self):
+        return TooLarge, (self.limit,)
 
 
 def gunzip(data: bytes, limit: int = MAX_BODY) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from xrayd.otel.decode import MAX_BODY, DecodeError, traces_from_protobuf
+from xrayd.otel.decode import MAX_BODY, DecodeError
 from xrayd.receivers.otlp_intake import Count, OtlpIntake
 from xrayd.receivers.udp import split_address
 from xrayd.stats import OTEL_REQUESTS_REJECTED
@@ -64,13 +64,12 @@ class OtlpGrpcReceiver:
         )
 
         try:
-            request = traces_from_protobuf(data)
+            outcome = self.intake.body(data, SOURCE, self.count)
         except DecodeError as exc:
             self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{exc.reason}", 1)
             self.intake.logs.warn(f"otlp-grpc:{exc.reason}",
                                   f"Rejected an OTLP/gRPC request: {exc}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        outcome = self.intake.traces(request, SOURCE, self.count, back_pressure=True)
         if outcome.busy:
             context.abort(grpc.StatusCode.UNAVAILABLE, "memory budget full, retry later")
         response = ExportTraceServiceResponse()

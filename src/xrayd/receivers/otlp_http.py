@@ -6,14 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xrayd.otel.decode import (
-    MAX_BODY,
-    DecodeError,
-    TooLarge,
-    gunzip,
-    traces_from_json,
-    traces_from_protobuf,
-)
+from xrayd.otel.decode import MAX_BODY, DecodeError, TooLarge
 from xrayd.receivers.otlp_intake import Count, OtlpIntake
 from xrayd.server.threaded import Request, Response, ThreadedHttpServer
 from xrayd.stats import OTEL_REQUESTS_REJECTED
@@ -70,20 +63,17 @@ class OtlpHttpHandler:
                                f"unsupported content type {media[:60]!r}: use {PROTOBUF} or "
                                f"{JSON}", PROTOBUF, "bad_content_type")
         encoding = (request.header("content-encoding") or "identity").strip().lower()
-        body = request.body
+        if encoding not in ("gzip", "identity"):
+            return self._error(415, INVALID_ARGUMENT,
+                               f"unsupported content encoding {encoding[:30]!r}", media,
+                               "bad_content_encoding")
         try:
-            if encoding == "gzip":
-                body = gunzip(body, self.max_body)
-            elif encoding != "identity":
-                return self._error(415, INVALID_ARGUMENT,
-                                   f"unsupported content encoding {encoding[:30]!r}", media,
-                                   "bad_content_encoding")
-            decoded = traces_from_json(body) if media == JSON else traces_from_protobuf(body)
+            outcome = self.intake.body(request.body, SOURCE, self.count, is_json=media == JSON,
+                                       gzipped=encoding == "gzip", limit=self.max_body)
         except TooLarge as exc:
             return self._error(413, INVALID_ARGUMENT, str(exc), media, exc.reason)
         except DecodeError as exc:
             return self._error(400, INVALID_ARGUMENT, str(exc), media, exc.reason)
-        outcome = self.intake.traces(decoded, SOURCE, self.count, back_pressure=True)
         if outcome.busy:
             response = self._error(503, UNAVAILABLE,
                                    "memory budget full, retry later", media, None)

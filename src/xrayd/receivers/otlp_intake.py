@@ -4,12 +4,14 @@ per source. Used by the UDP reader (T1S/T1U/M1), OTLP/HTTP and OTLP/gRPC."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xrayd.batcher import doc_cost
-from xrayd.otel.spans_to_segments import Options, convert_request
+from xrayd.otel.spans_to_segments import Converted, Options, convert_request
 from xrayd.stats import (
     OTEL_METRICS,
     OTEL_REQUESTS_REJECTED,
@@ -22,6 +24,7 @@ from xrayd.stats import (
 if TYPE_CHECKING:
     from xrayd.batcher import Spill
     from xrayd.logs import RateLimitedLog
+    from xrayd.receivers.convert_workers import ConvertPool
 
 # (Stats name, label, amount): Stats.add for the request receivers, a lock-free per-thread
 # counter for the UDP reader.
@@ -42,17 +45,54 @@ class OtlpIntake:
                  on_spill: Callable[[Spill], None], logs: RateLimitedLog,
                  options: Options | None = None,
                  free_bytes: Callable[[], int] | None = None,
-                 metrics_sink: MetricsSink | None = None) -> None:
+                 metrics_sink: MetricsSink | None = None,
+                 workers: int = 0, backlog_threads: int = 0) -> None:
         self.put_many = put_many
         self.on_spill = on_spill
         self.logs = logs
         self.options = options or Options()
         self.free_bytes = free_bytes
         self.metrics_sink = metrics_sink
+        # Worker processes for large requests, and threads converting T1S datagrams off the
+        # UDP reader: both started on first use (0: convert in the receiving thread).
+        self.workers = workers
+        self.backlog_threads = backlog_threads
+        self.pool: ConvertPool | None = None
+        self.backlog: Backlog | None = None
+        self._lazy = threading.Lock()
+        self._closed = False
+
+    def udp_backlog(self, count: Count) -> Backlog | None:
+        """Where the UDP reader leaves T1S payloads; None: convert them in the reader."""
+        if self.backlog is None and self.backlog_threads and not self._closed:
+            with self._lazy:
+                if self.backlog is None:
+                    self.backlog = Backlog(self, count, "otlp-udp", self.backlog_threads)
+        return self.backlog
+
+    def _pool(self) -> ConvertPool | None:
+        if self.pool is None and self.workers and not self._closed:
+            from xrayd.receivers.convert_workers import ConvertPool
+
+            with self._lazy:
+                if self.pool is None:
+                    self.pool = ConvertPool(self.options, self.workers, self.logs.logger)
+        return self.pool
+
+    def close(self) -> None:
+        """Convert what waits, stop the threads and the worker processes."""
+        self._closed = True
+        if self.backlog is not None:
+            self.backlog.close()
+        if self.pool is not None:
+            self.pool.close()
 
     def convert(self, request: Any, source: str, count: Count) -> tuple[list[bytes], Outcome]:
         """The request's segment documents; its unconvertible spans counted and logged."""
-        converted = convert_request(request, self.options)
+        return self._account(convert_request(request, self.options), source, count)
+
+    def _account(self, converted: Converted, source: str,
+                 count: Count) -> tuple[list[bytes], Outcome]:
         count(OTEL_SPANS_RECEIVED, source, converted.spans)
         outcome = Outcome(rejected=sum(converted.rejected.values()))
         for reason, n in converted.rejected.items():
@@ -70,6 +110,27 @@ class OtlpIntake:
         """Convert and queue; with ``back_pressure``, refuse the whole request (busy) when its
         documents do not fit in the free budget, instead of spilling older ones."""
         docs, outcome = self.convert(request, source, count)
+        return self._queue(docs, outcome, source, count, back_pressure)
+
+    def body(self, body: bytes, source: str, count: Count, *, is_json: bool = False,
+             gzipped: bool = False, limit: int | None = None,
+             back_pressure: bool = True) -> Outcome:
+        """A request body (OTLP/HTTP or gRPC): decoded and converted by the worker pool when
+        there is one, else here; DecodeError when it does not decode."""
+        from xrayd.otel.decode import MAX_BODY
+        from xrayd.receivers.convert_workers import decode_and_convert
+
+        limit = MAX_BODY if limit is None else limit
+        pool = self._pool()
+        if pool is not None:
+            converted = pool.convert(body, is_json, gzipped, limit)
+        else:
+            converted = decode_and_convert(body, is_json, gzipped, limit, self.options)
+        docs, outcome = self._account(converted, source, count)
+        return self._queue(docs, outcome, source, count, back_pressure)
+
+    def _queue(self, docs: list[bytes], outcome: Outcome, source: str, count: Count,
+               back_pressure: bool) -> Outcome:
         if not docs:
             return outcome
         if (back_pressure and self.free_bytes is not None
@@ -98,6 +159,63 @@ class OtlpIntake:
             return
         sink(payload)
         count(OTEL_METRICS, "forwarded", 1)
+
+
+class Backlog:
+    """T1S payloads (already decoded and checked by the UDP reader), converted by threads of
+    their own so the reader only reads: the payloads waiting are joined into one request (two
+    serialized OTLP requests one after the other are one request with both's spans) and go
+    to the worker pool. Bounded: when full, a payload is dropped and counted."""
+
+    def __init__(self, intake: OtlpIntake, count: Count, source: str, threads: int = 2,
+                 max_payloads: int = 2048, batch_bytes: int = 512 * 1024) -> None:
+        self.intake = intake
+        self.count = count
+        self.source = source
+        self.batch_bytes = batch_bytes
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_payloads)
+        self._threads = [threading.Thread(target=self._run, name=f"{source}-convert",
+                                          daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            self.count(OTEL_REQUESTS_REJECTED, f"{self.source}:busy", 1)
+            self.intake.logs.warn(f"otel-busy:{self.source}",
+                                  "OpenTelemetry spans dropped: conversion is behind")
+
+    def _run(self) -> None:
+        from xrayd.otel.decode import DecodeError
+
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while (first := get()) is not None:
+            batch, size, stop = [first], len(first), False
+            while size < self.batch_bytes:
+                try:
+                    more = get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+                size += len(more)
+            try:
+                self.intake.body(b"".join(batch), self.source, self.count, back_pressure=False)
+            except DecodeError as exc:  # checked by the reader: not expected
+                self.count(OTEL_REQUESTS_REJECTED, f"{self.source}:{exc.reason}", len(batch))
+            if stop:
+                return
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Convert what is waiting, then stop."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
 
 
 def count_into(counter: Any) -> Count:

@@ -282,13 +282,19 @@ class UdpReceiver:
         if prefix == UNSAMPLED_SPANS:
             self.otlp.unsampled(_span_count(request), OTLP_SOURCE, count)
             return None
+        backlog = self.otlp.udp_backlog(count)
+        if backlog is not None:  # converted by threads of its own
+            backlog.submit(raw)
+            return None
         docs, _ = self.otlp.convert(request, OTLP_SOURCE, count)
-        for doc in docs:
-            append(doc)
         if docs:
             from xrayd.stats import OTEL_SEGMENTS
 
+            # Handed over with the X-Ray documents, whose count ``accepted`` is.
+            self.counters.accepted -= len(docs)
             count(OTEL_SEGMENTS, OTLP_SOURCE, len(docs))
+        for doc in docs:
+            append(doc)
         return None
 
     def _hand_over(self, bodies: list[bytes]) -> None:
