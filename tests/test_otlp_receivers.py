@@ -403,3 +403,86 @@ def test_bad_otlp_datagrams_are_rejected_with_reasons_and_valid_ones_kept(udp_re
     assert stats.rejected() == {Reason.OTLP_BAD_BASE64: 1, Reason.OTLP_BAD_PROTOBUF: 2}
     assert stats.intake_by_source()["xray"] == 1
     assert stats.intake_by_source()["otlp-udp"] == 1
+
+
+# -- conversion in worker processes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pool():
+    from xrayd.otel.spans_to_segments import Options
+    from xrayd.receivers.convert_workers import ConvertPool
+
+    workers = ConvertPool(Options(), size=1, log=logging.getLogger("test-pool"))
+    yield workers
+    workers.close()
+
+
+def test_worker_pool_converts_like_the_daemon_itself(pool):
+    from xrayd.otel.decode import traces_from_protobuf
+    from xrayd.otel.spans_to_segments import Options, convert_request
+
+    request = one_span_request(count=2000)
+    request.resource_spans[0].scope_spans[0].spans.add(name="bad", trace_id=b"\x01" * 16)
+    body = request.SerializeToString()
+    local = convert_request(traces_from_protobuf(body), Options())
+    pooled = pool.convert(body, False, False)
+    assert pool._started == 1  # a worker did it
+    assert pooled.documents == local.documents and len(pooled.documents) == 2000
+    assert pooled.rejected == local.rejected == {"bad_span_id": 1}
+    assert pooled.spans == 2001 and pooled.messages == local.messages
+    assert pool.convert(gzip.compress(body), False, True).documents == local.documents
+
+
+def test_worker_pool_decode_errors_and_bombs(pool):
+    from xrayd.otel.decode import DecodeError, TooLarge
+
+    with pytest.raises(DecodeError) as info:
+        pool.convert(b"\xff\xfe" * 20_000, False, False)
+    assert info.value.reason == "bad_protobuf"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(compressor.compress(bytes(1 << 20)) for _ in range(64)) + compressor.flush()
+    with pytest.raises(TooLarge):
+        pool.convert(bomb, False, True, limit=1 << 20)
+    assert len(pool.convert(one_span_request(count=500).SerializeToString(), False,
+                            False).documents) == 500
+
+
+def test_a_dead_worker_falls_back_to_in_process_conversion(pool):
+    body = one_span_request(count=500).SerializeToString()
+    assert len(pool.convert(body, False, False).documents) == 500
+    [worker] = pool._all
+    worker.process.kill()
+    worker.process.wait()
+    assert len(pool.convert(body, False, False).documents) == 500  # in-process, after a log
+    assert len(pool.convert(body, False, False).documents) == 500  # a new worker
+    assert pool._all and pool._all[0] is not worker
+
+
+def test_t1s_datagrams_converted_off_the_reader_thread(pipeline):
+    from xrayd.receivers.udp import UdpReceiver, bind_udp
+
+    sink, stats, _, _ = pipeline
+    intake = OtlpIntake(sink.put_many, lambda spill: None,
+                        RateLimitedLog(logging.getLogger("test-otlp")), workers=1,
+                        backlog_threads=2)
+    sock = bind_udp("127.0.0.1:0")
+    receiver = UdpReceiver(sock, lambda d: sink.put_many([d]), stats.intake(), lambda s: None,
+                           RateLimitedLog(logging.getLogger("test-udp")),
+                           put_many=sink.put_many, pace=False, otlp=intake)
+    receiver.start()
+    header = b'{"format":"json","version":1}\nT1S'
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(200):
+                request = one_span_request(span_id=(i + 1).to_bytes(8, "big"))
+                sender.sendto(header + base64.b64encode(request.SerializeToString()),
+                              ("127.0.0.1", sock.getsockname()[1]))
+        wait_until(lambda: stats.received == 200, what="200 datagrams read")
+    finally:
+        receiver.stop()
+        intake.close()  # converts what still waits
+    assert len(sink.docs) == 200
+    assert {orjson.loads(d)["id"] for d in sink.docs} == {
+        (i + 1).to_bytes(8, "big").hex() for i in range(200)}
+    assert stats.intake_by_source()["otlp-udp"] == 200 and stats.accepted == 0
