@@ -111,6 +111,12 @@ class Daemon:
     def cpu(self) -> float:
         return procstat.cpu_seconds(self.proc.pid)
 
+    def cpu_split(self) -> tuple[float, float]:
+        """(the daemon process, its conversion workers) CPU seconds."""
+        total = procstat.cpu_seconds(self.proc.pid)
+        workers = sum(procstat.cpu_seconds(child) for child in procstat.tree(self.proc.pid)[1:])
+        return total - workers, workers
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -138,6 +144,17 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
     bodies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     for first in range(0, spans, batch):
         bodies.put(build_request(first, min(batch, spans - first)))
+    # Warm-up: the conversion workers start with the first large requests (their start-up,
+    # about half a CPU second each, is not part of the figures).
+    warm = 8 * batch
+    sink.reset(warm)
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+    for first in range(0, warm, batch):
+        conn.request("POST", "/v1/traces", build_request(first, batch),
+                     {"Content-Type": "application/x-protobuf"})
+        conn.getresponse().read()
+    conn.close()
+    wait_for_sink(sink, warm, 30)
     sink.reset(spans)
     busy = [0]
     errors: list[str] = []
@@ -166,6 +183,8 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
 
     progress(f"OTLP/HTTP: sending over {connections} connections")
     cpu0 = daemon.cpu()
+    main0, workers0 = daemon.cpu_split()
+    sink0, sender0 = sink.cpu(), time.process_time()
     started = time.monotonic_ns()
     threads = [threading.Thread(target=send) for _ in range(connections)]
     for thread in threads:
@@ -173,9 +192,12 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
     for thread in threads:
         thread.join()
     sent_ns = time.monotonic_ns()
+    sender_cpu = time.process_time() - sender0
     stats, done_ns = wait_for_sink(sink, spans, 120)
     cpu = daemon.cpu() - cpu0
+    main1, workers1 = daemon.cpu_split()
     seconds = (done_ns - started) / 1e9
+    delivered = max(stats["unique"], 1)
     return {"spans": spans, "batch": batch, "connections": connections,
             "delivered": stats["unique"], "lost": spans - stats["unique"],
             "answers_503": busy[0], "errors": errors[:5],
@@ -183,7 +205,12 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
             "seconds_to_sink": round(seconds, 3),
             "spans_per_second": round(stats["unique"] / seconds),
             "xrayd_cpu_seconds": round(cpu, 2),
-            "xrayd_cpu_us_per_span": round(cpu / max(stats["unique"], 1) * 1e6, 1)}
+            "xrayd_cpu_us_per_span": round(cpu / delivered * 1e6, 1),
+            "main_process_cpu_us_per_span": round((main1 - main0) / delivered * 1e6, 1),
+            "workers_cpu_us_per_span": round((workers1 - workers0) / delivered * 1e6, 1),
+            "sender_cpu_us_per_span": round(sender_cpu / delivered * 1e6, 1),
+            "sink_cpu_us_per_span": round((sink.cpu() - sink0) / delivered * 1e6, 1),
+            "load_average_1min": os.getloadavg()[0]}
 
 
 def udp_phase(daemon: Daemon, sink: SinkProcess, rate: int, seconds: float,
@@ -211,7 +238,8 @@ def udp_phase(daemon: Daemon, sink: SinkProcess, rate: int, seconds: float,
             "datagram_bytes": len(datagrams[0]), "send_rate": round(total / send_seconds),
             "delivered": stats["unique"], "lost": total - stats["unique"],
             "kernel_drops": procstat.udp_receive_errors() - drops0,
-            "xrayd_cpu_us_per_span": round(cpu / max(stats["unique"], 1) * 1e6, 1)}
+            "xrayd_cpu_us_per_span": round(cpu / max(stats["unique"], 1) * 1e6, 1),
+            "load_average_1min": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

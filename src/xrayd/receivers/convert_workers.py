@@ -31,6 +31,7 @@ from xrayd.store.parse_helper import HelperFailed, _grow_pipe, _read, _write
 
 MIN_POOLED_BYTES = 16 * 1024  # about 50 spans: smaller requests are converted in-process
 REPLY_TIMEOUT = 60.0
+GC_EVERY = 64
 
 # request: (body, json?, gzip?, limit); answer: (error reason, message) or
 # (spans, {reason: count}, messages, documents)
@@ -166,12 +167,20 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = json.loads(sys.argv[1])
     options = Options(frozenset(settings["indexed"]), bool(settings["all"]))
+    # A request makes thousands of small dicts and no reference cycles (an exception's
+    # traceback may): automatic collections, triggered by the allocations, would cost a third
+    # of the conversion time. One collection every GC_EVERY requests instead.
     gc.freeze()
+    gc.disable()
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    served = 0
     while True:
         request = _read(stdin)
         if request is None:
             return 0
+        served += 1
+        if served % GC_EVERY == 0:
+            gc.collect()
         body, is_json, gzipped, limit = _decode_request(request)
         try:
             out = decode_and_convert(body, is_json, gzipped, limit, options)
