@@ -158,9 +158,10 @@ def test_standard_http_exporter_with_gzip(http_receiver):
     check_documents([orjson.loads(d) for d in sink.docs], trace_id)
 
 
-def test_standard_grpc_exporter(grpc_receiver):
+@pytest.mark.parametrize("compression", [None, grpc.Compression.Gzip])
+def test_standard_grpc_exporter(grpc_receiver, compression):
     address, sink, stats, _ = grpc_receiver
-    trace_id = run_app(GrpcExporter(endpoint=address, insecure=True))
+    trace_id = run_app(GrpcExporter(endpoint=address, insecure=True, compression=compression))
     check_documents([orjson.loads(d) for d in sink.docs], trace_id)
     assert stats.get(OTEL_SEGMENTS, "otlp-grpc") == 3
 
