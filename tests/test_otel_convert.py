@@ -308,3 +308,85 @@ def test_ten_thousand_spans_in_one_request():
     out = convert_request(request(*spans))
     assert out.spans == 10_000 and len(out.documents) == 10_000 and not out.rejected
     assert len({orjson.loads(d)["id"] for d in out.documents}) == 10_000
+
+
+def test_urls_that_do_not_parse_do_not_break_the_name():
+    (client,) = convert(span("GET", Span.SPAN_KIND_CLIENT, attrs={"url.full": "http://[oops/x",
+                                                                  "http.request.method": "GET"}))
+    assert client["name"] == "GET" and client["http"]["request"]["url"] == "http://[oops/x"
+    (db,) = convert(span("q", attrs={"db.name": "d", "db.connection_string": "jdbc:x://[zz"}))
+    assert db["name"] == "d"
+
+
+# Random requests: whatever decodes as OTLP converts without an exception (every span either
+# a document or a counted rejection).
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VALUES = st.recursive(
+    st.one_of(st.text(max_size=20), st.integers(-2**63, 2**63 - 1), st.booleans(),
+              st.floats(allow_nan=True), st.binary(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8)
+KEYS = st.one_of(st.sampled_from(sorted({
+    "http.method", "http.request.method", "http.status_code", "http.response.status_code",
+    "url.full", "http.url", "server.address", "server.port", "url.path", "url.query",
+    "db.system", "db.name", "db.connection_string", "rpc.system", "rpc.service",
+    "aws.remote.service", "peer.service", "enduser.id", "aws.xray.annotations",
+    "aws.dynamodb.table_names", "client.address", "http.client_ip"})), st.text(max_size=10))
+
+
+def any_value_of(value) -> AnyValue:
+    result = AnyValue()
+    if isinstance(value, bool):
+        result.bool_value = value
+    elif isinstance(value, int):
+        result.int_value = value
+    elif isinstance(value, float):
+        result.double_value = value
+    elif isinstance(value, bytes):
+        result.bytes_value = value
+    elif isinstance(value, list):
+        result.array_value.values.extend(any_value_of(v) for v in value)
+    elif isinstance(value, dict):
+        result.kvlist_value.values.extend(KeyValue(key=k, value=any_value_of(v))
+                                          for k, v in value.items())
+    else:
+        result.string_value = value
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.binary(max_size=17), st.binary(max_size=9), st.binary(max_size=9),
+    st.integers(0, 7), st.integers(0, 3), st.text(max_size=10),
+    st.dictionaries(KEYS, VALUES, max_size=6),
+    st.lists(st.dictionaries(st.sampled_from(["exception.type", "exception.message",
+                                              "exception.stacktrace", "x"]), VALUES,
+                             max_size=3), max_size=2)), max_size=4),
+    st.dictionaries(st.sampled_from(["service.name", "cloud.provider", "cloud.platform",
+                                     "telemetry.sdk.language", "aws.log.group.names",
+                                     "aws.ecs.launchtype"]), VALUES, max_size=4))
+def test_random_spans_convert_or_are_counted(spans, resource):
+    built = []
+    for trace, span_id, parent, kind, code, name, attrs, events in spans:
+        one = Span(name=name, kind=kind, trace_id=trace, span_id=span_id, parent_span_id=parent,
+                   start_time_unix_nano=T0, end_time_unix_nano=T0 + 5,
+                   attributes=[KeyValue(key=k, value=any_value_of(v)) for k, v in attrs.items()])
+        one.status.code = code
+        for event in events:
+            one.events.add(name="exception", attributes=[
+                KeyValue(key=k, value=any_value_of(v)) for k, v in event.items()])
+        built.append(one)
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.extend(KeyValue(key=k, value=any_value_of(v))
+                                  for k, v in resource.items())
+    rs.scope_spans.add().spans.extend(built)
+    out = convert_request(ExportTraceServiceRequest.FromString(req.SerializeToString()))
+    assert out.spans == len(built)
+    assert len(out.documents) + sum(out.rejected.values()) == len(built)
+    for document in out.documents:
+        parsed = orjson.loads(document)
+        assert parsed["name"] and len(parsed["name"]) <= 200

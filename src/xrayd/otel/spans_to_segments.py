@@ -288,6 +288,13 @@ def aws_span_block(attrs: dict[str, Any]) -> dict[str, Any]:
     return block
 
 
+def _host_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. "http://[": not a URL after all
+        return None
+
+
 def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
     """What a subsegment calls, in the Collector's order of preference."""
     aws_sdk = is_aws_sdk(attrs)
@@ -305,7 +312,7 @@ def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
     if db_name is not None:
         name = str(db_name)
         connection = _first(attrs, sc.DB_CONNECTION)
-        host = urlsplit(str(connection).removeprefix("jdbc:")).hostname if connection else None
+        host = _host_of(str(connection).removeprefix("jdbc:")) if connection else None
         host = host or _first(attrs, sc.PEER_NAME)
         return f"{name}@{host}" if host else name
     for value in (attrs.get(sc.RPC_SERVICE), _first(attrs, sc.PEER_NAME)):
@@ -313,7 +320,7 @@ def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
             return value
     url = _first(attrs, sc.HTTP_URL)
     if isinstance(url, str) and kind == CLIENT:
-        host = urlsplit(url).hostname
+        host = _host_of(url)
         if host:
             return host
     return span_name
