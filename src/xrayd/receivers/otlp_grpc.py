@@ -28,7 +28,7 @@ class OtlpGrpcReceiver:
         self.bound: tuple[str, int] | None = None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp-grpc"),
-            maximum_concurrent_rpcs=workers * 16,
+            maximum_concurrent_rpcs=workers * 8,  # each may hold a 20 MiB message
             options=[
                 # Checked by grpc against the decompressed size of each message.
                 ("grpc.max_receive_message_length", max_message),

@@ -16,6 +16,7 @@ PATH = "/v1/traces"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 RETRY_AFTER_SECONDS = 1
+MAX_CONNECTIONS = 32
 # google.rpc.Code values used in error bodies
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE = 3, 8, 14
 
@@ -117,6 +118,8 @@ def make_server(address: str, intake: OtlpIntake, count: Count,
         return Response(413, status_body(INVALID_ARGUMENT, f"body larger than {max_body} bytes",
                                          PROTOBUF), content_type=PROTOBUF)
 
+    # Each connection may hold a 20 MiB body (and its inflated copy) at once: fewer
+    # connections than the server's default bound the memory that can take.
     return ThreadedHttpServer(address, handler, max_body=max_body, too_large=too_large,
-                              name="otlp-http")
+                              max_connections=MAX_CONNECTIONS, name="otlp-http")
 
