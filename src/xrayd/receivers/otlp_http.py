@@ -115,6 +115,8 @@ def make_server(address: str, intake: OtlpIntake, count: Count,
 
     def too_large() -> Response:
         count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:too_large", 1)
+        intake.logs.warn(f"{SOURCE}:too_large",
+                         f"Rejected an OTLP/HTTP request (413): body over {max_body} bytes")
         return Response(413, status_body(INVALID_ARGUMENT, f"body larger than {max_body} bytes",
                                          PROTOBUF), content_type=PROTOBUF)
 
