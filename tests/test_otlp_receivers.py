@@ -487,3 +487,18 @@ def test_t1s_datagrams_converted_off_the_reader_thread(pipeline):
     assert {orjson.loads(d)["id"] for d in sink.docs} == {
         (i + 1).to_bytes(8, "big").hex() for i in range(200)}
     assert stats.intake_by_source()["otlp-udp"] == 200 and stats.accepted == 0
+
+
+def test_body_over_the_limit_gets_413_before_it_is_read(pipeline):
+    _, stats, intake, _ = pipeline
+    server = make_server(f"127.0.0.1:{free_port()}", intake, stats_count(stats.add),
+                         max_body=1000)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.bound[1]}/v1/traces"
+        status, _, answer = post(url, bytes(2000))
+        assert status == 413 and answer.startswith(b"\x08\x03")
+        assert stats.by_label(OTEL_REQUESTS_REJECTED) == {"otlp-http:too_large": 1}
+        assert post(url, one_span_request().SerializeToString())[0] == 200
+    finally:
+        server.stop()
