@@ -466,7 +466,7 @@ def test_t1s_datagrams_converted_off_the_reader_thread(pipeline):
     sink, stats, _, _ = pipeline
     intake = OtlpIntake(sink.put_many, lambda spill: None,
                         RateLimitedLog(logging.getLogger("test-otlp")), workers=1,
-                        backlog_threads=2)
+                        backlog_threads=2, shared_count=stats_count(stats.add))
     sock = bind_udp("127.0.0.1:0")
     receiver = UdpReceiver(sock, lambda d: sink.put_many([d]), stats.intake(), lambda s: None,
                            RateLimitedLog(logging.getLogger("test-udp")),

@@ -173,7 +173,7 @@ class Daemon:
         """The OpenTelemetry intake on the segment queue (light: protobuf, grpc and the
         OpenTelemetry packages are only imported by the receivers that use them)."""
         from xrayd.otel.spans_to_segments import Options
-        from xrayd.receivers.otlp_intake import OtlpIntake
+        from xrayd.receivers.otlp_intake import OtlpIntake, stats_count
 
         cfg, queue = self.config, self.queue
         assert queue is not None
@@ -185,7 +185,8 @@ class Daemon:
         return OtlpIntake(queue.put_many, self._spilled, self.logs, options,
                           free_bytes=lambda: batcher.budget - queue.snapshot()[0],
                           metrics_sink=self.metrics_sink,
-                          workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2)
+                          workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2,
+                          shared_count=stats_count(self.stats.add))
 
     def set_metrics_sink(self, sink) -> None:
         """Where M1 datagrams' ExportMetricsServiceRequest bytes go (an OTLP exporter)."""

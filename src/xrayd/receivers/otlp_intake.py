@@ -46,7 +46,8 @@ class OtlpIntake:
                  options: Options | None = None,
                  free_bytes: Callable[[], int] | None = None,
                  metrics_sink: MetricsSink | None = None,
-                 workers: int = 0, backlog_threads: int = 0) -> None:
+                 workers: int = 0, backlog_threads: int = 0,
+                 shared_count: Count | None = None) -> None:
         self.put_many = put_many
         self.on_spill = on_spill
         self.logs = logs
@@ -57,17 +58,22 @@ class OtlpIntake:
         # UDP reader: both started on first use (0: convert in the receiving thread).
         self.workers = workers
         self.backlog_threads = backlog_threads
+        if backlog_threads and shared_count is None:
+            raise ValueError("the backlog's threads need a thread-safe count (Stats.add)")
+        self.shared_count = shared_count
         self.pool: ConvertPool | None = None
         self.backlog: Backlog | None = None
         self._lazy = threading.Lock()
         self._closed = False
 
-    def udp_backlog(self, count: Count) -> Backlog | None:
+    def udp_backlog(self) -> Backlog | None:
         """Where the UDP reader leaves T1S payloads; None: convert them in the reader."""
         if self.backlog is None and self.backlog_threads and not self._closed:
+            assert self.shared_count is not None
             with self._lazy:
                 if self.backlog is None:
-                    self.backlog = Backlog(self, count, "otlp-udp", self.backlog_threads)
+                    self.backlog = Backlog(self, self.shared_count, "otlp-udp",
+                                           self.backlog_threads)
         return self.backlog
 
     def _pool(self) -> ConvertPool | None:

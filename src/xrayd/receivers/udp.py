@@ -282,7 +282,7 @@ class UdpReceiver:
         if prefix == UNSAMPLED_SPANS:
             self.otlp.unsampled(_span_count(request), OTLP_SOURCE, count)
             return None
-        backlog = self.otlp.udp_backlog(count)
+        backlog = self.otlp.udp_backlog()
         if backlog is not None:  # converted by threads of its own
             backlog.submit(raw)
             return None
