@@ -172,7 +172,7 @@ class Daemon:
     def _otlp_intake(self, batcher):
         """The OpenTelemetry intake on the segment queue (light: protobuf, grpc and the
         OpenTelemetry packages are only imported by the receivers that use them)."""
-        from xrayd.otel.spans_to_segments import Options
+        from xrayd.otel import Options
         from xrayd.receivers.otlp_intake import OtlpIntake, stats_count
 
         cfg, queue = self.config, self.queue

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from xrayd.otel import Options
 from xrayd.otel import semconv as sc
 from xrayd.otel.ids import IdError, xray_span_id, xray_trace_id
 
@@ -43,15 +44,6 @@ class Reason:
     TRACE_ID = "bad_trace_id"
     SPAN_ID = "bad_span_id"
     PARENT_ID = "bad_parent_id"
-
-
-@dataclass(frozen=True)
-class Options:
-    """Which span attributes become annotations (X-Ray indexes those), like the Collector's
-    ``indexed_attributes`` / ``index_all_attributes``; the others go to metadata."""
-
-    indexed_attributes: frozenset[str] = frozenset()
-    index_all_attributes: bool = False
 
 
 @dataclass
@@ -585,7 +577,10 @@ def _link_trace_id(raw: bytes) -> str:
 # -- a whole request ---------------------------------------------------------------------------
 
 
-def convert_request(request: Any, options: Options = Options(),
+_DEFAULT_OPTIONS = Options()
+
+
+def convert_request(request: Any, options: Options = _DEFAULT_OPTIONS,
                     new_id: Callable[[], str] = _random_id,
                     max_messages: int = 3) -> Converted:
     """Every span of an ExportTraceServiceRequest as a JSON document; the spans that cannot be

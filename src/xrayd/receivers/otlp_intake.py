@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xrayd.batcher import doc_cost
-from xrayd.otel.spans_to_segments import Converted, Options, convert_request
+from xrayd.otel import Options
 from xrayd.stats import (
     OTEL_METRICS,
     OTEL_REQUESTS_REJECTED,
@@ -24,6 +24,7 @@ from xrayd.stats import (
 if TYPE_CHECKING:
     from xrayd.batcher import Spill
     from xrayd.logs import RateLimitedLog
+    from xrayd.otel.spans_to_segments import Converted
     from xrayd.receivers.convert_workers import ConvertPool
 
 # (Stats name, label, amount): Stats.add for the request receivers, a lock-free per-thread
@@ -95,6 +96,8 @@ class OtlpIntake:
 
     def convert(self, request: Any, source: str, count: Count) -> tuple[list[bytes], Outcome]:
         """The request's segment documents; its unconvertible spans counted and logged."""
+        from xrayd.otel.spans_to_segments import convert_request  # at the first OTel request
+
         return self._account(convert_request(request, self.options), source, count)
 
     def _account(self, converted: Converted, source: str,
