@@ -202,18 +202,20 @@ def http_block(attrs: dict[str, Any], kind: int) -> dict[str, Any] | None:
         url = _build_url(attrs, kind)
     if url is not None:
         request["url"] = str(url)
-    agent = _first(attrs, sc.USER_AGENT)
+    keys = attrs.keys()
+    agent = _first(attrs, sc.USER_AGENT) if not keys.isdisjoint(sc.USER_AGENT) else None
     if agent is not None:
         request["user_agent"] = str(agent)
-    client_ip = _first(attrs, sc.CLIENT_IP)
-    if client_ip is not None and kind == SERVER:
+    client_ip = _first(attrs, sc.CLIENT_IP) if kind == SERVER else None
+    if client_ip is not None:
         request["client_ip"] = str(client_ip)
         if "http.client_ip" in attrs:  # the X-Forwarded-For address, as the Collector says
             request["x_forwarded_for"] = True
     response: dict[str, Any] = {}
     if status is not None:
         response["status"] = status
-    length = _int(_first(attrs, sc.RESPONSE_LENGTH))
+    length = (_int(_first(attrs, sc.RESPONSE_LENGTH))
+              if not keys.isdisjoint(sc.RESPONSE_LENGTH) else None)
     if length is not None:
         response["content_length"] = length
     block: dict[str, Any] = {}
@@ -287,6 +289,9 @@ def _host_of(url: str) -> str | None:
         return None
 
 
+_EARLY_NAMES = frozenset((sc.PEER_SERVICE, *sc.AWS_SERVICE, sc.RPC_SERVICE))
+
+
 def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
     """What a subsegment calls, in the Collector's order of preference."""
     aws_sdk = is_aws_sdk(attrs)
@@ -296,11 +301,13 @@ def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
             if aws_sdk:
                 remote = remote.removeprefix("AWS::").removeprefix("AWS.SDK.")
             return remote
-    for value in (attrs.get(sc.PEER_SERVICE), _first(attrs, sc.AWS_SERVICE),
-                  attrs.get(sc.RPC_SERVICE) if aws_sdk else None):
-        if isinstance(value, str) and value:
-            return value
-    db_name = _first(attrs, sc.DB_NAME)
+    keys = attrs.keys()
+    if not keys.isdisjoint(_EARLY_NAMES):
+        for value in (attrs.get(sc.PEER_SERVICE), _first(attrs, sc.AWS_SERVICE),
+                      attrs.get(sc.RPC_SERVICE) if aws_sdk else None):
+            if isinstance(value, str) and value:
+                return value
+    db_name = _first(attrs, sc.DB_NAME) if not keys.isdisjoint(sc.DB_NAME) else None
     if db_name is not None:
         name = str(db_name)
         connection = _first(attrs, sc.DB_CONNECTION)
