@@ -63,6 +63,16 @@ COUNTERS = (
      "http_5xx, no_credentials, other)."),
     (names.PROXY_REQUESTS, "xrayd_proxy_requests", "status",
      "Requests answered by the sampling proxy, by HTTP status."),
+    (names.OTEL_SPANS_RECEIVED, "xrayd_otel_spans_received", "source",
+     "OpenTelemetry spans received, by source (otlp-udp, otlp-http, otlp-grpc)."),
+    (names.OTEL_SPANS_REJECTED, "xrayd_otel_spans_rejected", "source_reason",
+     "OpenTelemetry spans that could not become segments, as source:reason."),
+    (names.OTEL_SPANS_UNSAMPLED, "xrayd_otel_spans_unsampled", "source",
+     "Unsampled OpenTelemetry spans (T1U datagrams): counted, not sent."),
+    (names.OTEL_REQUESTS_REJECTED, "xrayd_otel_requests_rejected", "source_reason",
+     "OTLP requests or payloads refused whole, as source:reason (bad_protobuf, busy, ...)."),
+    (names.OTEL_METRICS, "xrayd_otel_metrics_payloads", "outcome",
+     "OTLP metrics payloads (M1 datagrams): forwarded or dropped_no_exporter."),
 )
 
 
@@ -80,6 +90,13 @@ class StatsCollector:
                                        "Valid segment documents taken in from UDP.")
         accepted.add_metric([], stats.accepted)
         yield accepted
+        intake = CounterMetricFamily(
+            "xrayd_intake_segments", "Segment documents taken in, by source (xray: X-Ray "
+            "datagrams; otlp-udp, otlp-http, otlp-grpc: converted OpenTelemetry spans).",
+            labels=["source"])
+        for source, count in stats.intake_by_source().items():
+            intake.add_metric([source], count)
+        yield intake
         rejected = CounterMetricFamily("xrayd_datagrams_rejected",
                                        "UDP datagrams rejected, by reason.", labels=["reason"])
         for reason, count in sorted(stats.rejected().items()):

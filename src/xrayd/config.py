@@ -54,9 +54,27 @@ class Config:
     store_retention_hours: int = 0  # 0: the default (72)
     store_max_size_mb: int = 0  # 0: the default (1024)
     sampling_rules_file: str = ""
+    # OpenTelemetry intake (docs/opentelemetry.md). "" = the mode's default (offline:
+    # 127.0.0.1:4318 and :4317, normal: off); "off" disables.
+    otlp_http_address: str = ""
+    otlp_grpc_address: str = ""
+    otel_indexed_attributes: str = ""  # comma-separated span attribute names -> annotations
+    otel_index_all_attributes: bool = False
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+OTLP_HTTP_DEFAULT = "127.0.0.1:4318"  # the OpenTelemetry SDKs' default endpoints
+OTLP_GRPC_DEFAULT = "127.0.0.1:4317"
+
+
+def otlp_address(setting: str, offline: bool, default: str) -> str:
+    """Where an OTLP receiver listens: the setting, else the default in offline mode; "" when
+    off ("off", or not set in normal mode)."""
+    if setting.strip().lower() == "off":
+        return ""
+    return setting or (default if offline else "")
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,10 @@ KEYS: tuple[Key, ...] = (
     Key("Store.RetentionHours", "store_retention_hours", int),
     Key("Store.MaxSizeMB", "store_max_size_mb", int),
     Key("SamplingRulesFile", "sampling_rules_file", str),
+    Key("OTLPHTTPAddress", "otlp_http_address", str),
+    Key("OTLPGRPCAddress", "otlp_grpc_address", str),
+    Key("OpenTelemetry.IndexedAttributes", "otel_indexed_attributes", list),
+    Key("OpenTelemetry.IndexAllAttributes", "otel_index_all_attributes", bool),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 
@@ -169,6 +191,12 @@ def _coerce(key: Key, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value or None
         raise _type_error(key.path, value, int)
+    if key.kind is list:  # a YAML list of names, or one comma-separated string
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value) or None
+        if isinstance(value, str):
+            return value or None
+        raise _type_error(key.path, value, list)
     # Strings: like yaml.v2, a scalar of another type is taken as its text.
     if isinstance(value, bool):
         value = "true" if value else "false"

@@ -77,6 +77,11 @@ class Daemon:
         self.admin = None
         self.intake_open = False
         self.offline = None
+        self.otlp = None  # OtlpIntake: T1S/T1U/M1 datagrams and the OTLP receivers
+        self.otlp_servers: list = []  # OTLP/HTTP and OTLP/gRPC receivers that started
+        # Raw ExportMetricsServiceRequest bytes (M1 datagrams) go here when an OTLP exporter
+        # is wired; None: counted and dropped.
+        self.metrics_sink = None
 
     def start(self) -> None:
         cfg = self.config
@@ -141,12 +146,14 @@ class Daemon:
         exporter = XRayExporter(context, pool_size=pool)
         self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency,
                                  spool=self.spool, replay_threads=REPLAY_THREADS)
+        self.otlp = self._otlp_intake(batcher)
         self.receiver = UdpReceiver(
             sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
-            put_many=self.queue.put_many,
+            put_many=self.queue.put_many, otlp=self.otlp,
         )
         log.debug("Batch size: %d", batcher.max_batch)
         self._start_admin()
+        self._start_otlp_receivers()
         # Everything loaded so far (botocore's tables above all) lives as long as the daemon:
         # out of the collector's sight, a full collection takes a few milliseconds instead of
         # tens, during which the UDP reader would wait for the GIL and the kernel drop datagrams.
@@ -161,6 +168,72 @@ class Daemon:
         self._start_telemetry(aws, context, exporter)
         self._start_proxy(context, upstream)
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
+
+    def _otlp_intake(self, batcher):
+        """The OpenTelemetry intake on the segment queue (light: protobuf, grpc and the
+        OpenTelemetry packages are only imported by the receivers that use them)."""
+        from xrayd.otel import Options
+        from xrayd.receivers.otlp_intake import OtlpIntake, stats_count
+
+        cfg, queue = self.config, self.queue
+        assert queue is not None
+        names = frozenset(n.strip() for n in cfg.otel_indexed_attributes.split(",") if n.strip())
+        options = Options(indexed_attributes=names,
+                          index_all_attributes=cfg.otel_index_all_attributes)
+        # Conversion in worker processes (one a core, 2 to 4) and two threads feeding them
+        # T1S datagrams: all started by the first OpenTelemetry request, not before.
+        return OtlpIntake(queue.put_many, self._spilled, self.logs, options,
+                          free_bytes=lambda: batcher.budget - queue.snapshot()[0],
+                          metrics_sink=self.metrics_sink,
+                          workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2,
+                          shared_count=stats_count(self.stats.add))
+
+    def set_metrics_sink(self, sink) -> None:
+        """Where M1 datagrams' ExportMetricsServiceRequest bytes go (an OTLP exporter)."""
+        self.metrics_sink = sink
+        if self.otlp is not None:
+            self.otlp.metrics_sink = sink
+
+    def _start_otlp_receivers(self) -> None:
+        """OTLP/HTTP and OTLP/gRPC, where configured (offline mode: on by default). A port
+        that cannot be bound is logged and the daemon goes on without that receiver."""
+        from xrayd.config import OTLP_GRPC_DEFAULT, OTLP_HTTP_DEFAULT, otlp_address
+
+        cfg, log = self.config, self.log
+        http = otlp_address(cfg.otlp_http_address, cfg.offline, OTLP_HTTP_DEFAULT)
+        grpc_address = otlp_address(cfg.otlp_grpc_address, cfg.offline, OTLP_GRPC_DEFAULT)
+        if not http and not grpc_address:
+            return
+        from xrayd.receivers.otlp_intake import stats_count
+
+        count = stats_count(self.stats.add)
+        assert self.otlp is not None
+        if http:
+            from xrayd.receivers import otlp_http
+
+            server = otlp_http.make_server(http, self.otlp, count)
+            self._start_otlp_server("OTLP/HTTP", http, server, "POST /v1/traces")
+        if grpc_address:
+            try:
+                from xrayd.receivers.otlp_grpc import OtlpGrpcReceiver
+
+                receiver = OtlpGrpcReceiver(grpc_address, self.otlp, count)
+            except Exception as exc:  # grpcio missing or broken: the rest still works
+                log.error("OTLP/gRPC receiver not started: %s", exc)
+                return
+            self._start_otlp_server("OTLP/gRPC", grpc_address, receiver,
+                                    "opentelemetry TraceService/Export")
+
+    def _start_otlp_server(self, what: str, address: str, server, detail: str) -> None:
+        try:
+            server.start()
+        except (OSError, ValueError) as exc:
+            self.log.error("%s receiver not started: cannot listen on %s: %s (the daemon goes "
+                           "on without it; set another address, or off)", what, address,
+                           getattr(exc, "strerror", None) or exc)
+            return
+        self.otlp_servers.append(server)
+        self.log.info("Receiving OpenTelemetry spans by %s on %s (%s)", what, address, detail)
 
     def _start_trimmer(self) -> None:
         from xrayd.memory import DrainTrimmer
@@ -230,12 +303,14 @@ class Daemon:
         self.queue = SegmentQueue(batcher, time.monotonic)
         self.uploader = Uploader(self.queue, self.offline.exporter, self.stats, self.logs,
                                  self.config.concurrency)
+        self.otlp = self._otlp_intake(batcher)
         self.receiver = UdpReceiver(
             sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
-            put_many=self.queue.put_many,
+            put_many=self.queue.put_many, otlp=self.otlp,
         )
         self.log.debug("Batch size: %d", batcher.max_batch)
         self._start_admin()
+        self._start_otlp_receivers()
         self.uploader.start()
         self.receiver.start()
         self._start_trimmer()
@@ -342,8 +417,12 @@ class Daemon:
             self.http.stop()
         if self.signing_proxy is not None:
             self.signing_proxy.close()
+        for server in self.otlp_servers:
+            server.stop()
         if self.receiver is not None:
             self.receiver.stop()
+        if self.otlp is not None:
+            self.otlp.close()  # what waits for conversion goes into the queue before its close
         if self.offline is not None:
             self.offline.stop()
         if self.queue is not None and self.uploader is not None:

@@ -88,6 +88,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("sampling-rules", "", str, "sampling_rules_file",
          "Offline mode: JSON file of sampling rules in the X-Ray SamplingRule shape (config key "
          "SamplingRulesFile)."),
+    Flag("otlp-http-address", "", str, "otlp_http_address",
+         "Receive OpenTelemetry spans by OTLP/HTTP on this TCP address (config key "
+         "OTLPHTTPAddress; offline mode: 127.0.0.1:4318 unless off, normal mode: off)."),
+    Flag("otlp-grpc-address", "", str, "otlp_grpc_address",
+         "Receive OpenTelemetry spans by OTLP/gRPC on this TCP address (config key "
+         "OTLPGRPCAddress; offline mode: 127.0.0.1:4317 unless off, normal mode: off)."),
+    Flag("otel-indexed-attributes", "", str, "otel_indexed_attributes",
+         "Comma-separated span attribute names that become X-Ray annotations (config key "
+         "OpenTelemetry.IndexedAttributes); the others go to metadata."),
+    Flag("otel-index-all-attributes", "", bool, "otel_index_all_attributes",
+         "Every simple span attribute becomes an annotation (config key "
+         "OpenTelemetry.IndexAllAttributes)."),
 )
 
 _BY_NAME: dict[str, Flag] = {}

@@ -30,7 +30,9 @@ class Reason(enum.StrEnum):
     BAD_FORMAT = "header_wrong_format"
     BAD_VERSION = "header_wrong_version"
     NOT_UTF8 = "body_not_utf8"
-    OTLP_BODY = "otlp_payload_unsupported"
+    OTLP_BODY = "otlp_payload_unsupported"  # only where no OTLP intake is wired
+    OTLP_BAD_BASE64 = "otlp_bad_base64"
+    OTLP_BAD_PROTOBUF = "otlp_bad_protobuf"
 
     @property
     def description(self) -> str:
@@ -46,6 +48,8 @@ _DESCRIPTIONS = {
     Reason.BAD_VERSION: 'invalid header: "version" is not the integer 1',
     Reason.NOT_UTF8: "invalid segment: not UTF-8 text",
     Reason.OTLP_BODY: "OTLP payload (T1S/T1U/M1 after the header), which X-Ray cannot accept",
+    Reason.OTLP_BAD_BASE64: "invalid OTLP payload: the text after T1S/T1U/M1 is not base64",
+    Reason.OTLP_BAD_PROTOBUF: "invalid OTLP payload: not an OTLP protobuf message",
 }
 
 
@@ -76,6 +80,21 @@ def check_header(header: bytes) -> Reason | None:
     version = fields.get("version")
     if type(version) is not int or version != 1:
         return Reason.BAD_VERSION
+    return None
+
+
+# What the AWS Distro for OpenTelemetry's UDP exporters put after the header line, followed by
+# the base64 of an OTLP protobuf message: sampled spans, unsampled spans, metrics.
+SAMPLED_SPANS, UNSAMPLED_SPANS, METRICS = b"T1S", b"T1U", b"M1"
+
+
+def otlp_payload(body: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, base64 text) of an OTLP-over-UDP body, None for anything else."""
+    head = body[:3]
+    if head in (SAMPLED_SPANS, UNSAMPLED_SPANS):
+        return head, body[3:]
+    if head[:2] == METRICS:
+        return METRICS, body[2:]
     return None
 
 

@@ -16,12 +16,15 @@ from xrayd.protocol import Reason
 class IntakeCounters:
     """Written by one receiver thread only."""
 
-    __slots__ = ("accepted", "received", "rejected")
+    __slots__ = ("accepted", "otel", "received", "rejected")
 
     def __init__(self) -> None:
         self.received = 0
-        self.accepted = 0
+        self.accepted = 0  # X-Ray segment documents handed to the queue
         self.rejected: Counter[Reason] = Counter()
+        # OpenTelemetry counters of this receiver, by (Stats name, label), e.g.
+        # (OTEL_SEGMENTS, "otlp-udp"): merged into Stats' own on every read.
+        self.otel: Counter[tuple[str, str]] = Counter()
 
 
 # Names of the counters kept in Stats. Labels are given per call.
@@ -37,6 +40,15 @@ SEGMENTS_RETRIED = "segments_retried"  # documents sent again (after an error or
 SEGMENTS_SPOOLED = "segments_spooled"  # written to the spool (pending until replayed)
 SEGMENTS_REPLAYED = "segments_replayed"  # taken back out of the spool for upload
 SPOOL_RECOVERED = "spool_recovered"  # found in the spool at start (written by an earlier run)
+# OpenTelemetry intake. Sources: otlp-udp (T1S/T1U/M1 datagrams), otlp-http, otlp-grpc.
+OTEL_SPANS_RECEIVED = "otel_spans_received"  # label: source
+OTEL_SEGMENTS = "otel_segments_accepted"  # label: source; spans converted and queued
+OTEL_SPANS_REJECTED = "otel_spans_rejected"  # label: source:reason (e.g. otlp-http:bad_span_id)
+OTEL_SPANS_UNSAMPLED = "otel_spans_unsampled"  # label: source; T1U spans, counted, not sent
+OTEL_REQUESTS_REJECTED = "otel_requests_rejected"  # label: source:reason (bad_protobuf, busy...)
+OTEL_METRICS = "otel_metrics_payloads"  # label: forwarded | dropped_no_exporter
+SOURCE_XRAY = "xray"
+OTEL_SOURCES = ("otlp-udp", "otlp-http", "otlp-grpc")
 PROXY_REQUESTS = "proxy_requests"  # label: HTTP status the proxy answered, e.g. "200", "502"
 
 # Upper bounds (seconds) of the upload latency histogram's buckets.
@@ -87,16 +99,30 @@ class Stats:
         with self._lock:
             self._counts[(name, label)] += amount
 
+    def _all_counts(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            counts = Counter(self._counts)
+            intakes = list(self._intakes)
+        for intake in intakes:
+            if intake.otel:
+                counts.update(dict(intake.otel))
+        return counts
+
     def get(self, name: str, label: str | None = None) -> int:
         """A total; with label None, summed over every label."""
-        with self._lock:
-            if label is not None:
-                return self._counts[(name, label)]
-            return sum(v for (n, _), v in self._counts.items() if n == name)
+        counts = self._all_counts()
+        if label is not None:
+            return counts[(name, label)]
+        return sum(v for (n, _), v in counts.items() if n == name)
 
     def by_label(self, name: str) -> dict[str, int]:
-        with self._lock:
-            return {label: v for (n, label), v in self._counts.items() if n == name}
+        return {label: v for (n, label), v in self._all_counts().items() if n == name}
+
+    def intake_by_source(self) -> dict[str, int]:
+        """Segment documents taken in, by source: X-Ray datagrams and each OTLP receiver."""
+        otel = self.by_label(OTEL_SEGMENTS)
+        return {SOURCE_XRAY: self.accepted,
+                **{source: otel.get(source, 0) for source in OTEL_SOURCES}}
 
     @property
     def received(self) -> int:
@@ -118,7 +144,9 @@ class Stats:
         parts = [f"datagrams received {self.received}", f"accepted {self.accepted}",
                  f"rejected {sum(rejected.values())}"]
         parts += [f"rejected[{reason.value}] {n}" for reason, n in sorted(rejected.items())]
-        with self._lock:
-            items = sorted(self._counts.items())
+        sources = self.intake_by_source()
+        if any(sources[s] for s in OTEL_SOURCES):
+            parts += [f"intake[{source}] {n}" for source, n in sources.items()]
+        items = sorted(self._all_counts().items())
         parts += [f"{name}[{label}] {n}" if label else f"{name} {n}" for (name, label), n in items]
         return ", ".join(parts)

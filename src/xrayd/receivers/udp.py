@@ -16,14 +16,25 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from xrayd.protocol import KNOWN_HEADERS, MAX_DATAGRAM, HeaderCache, Reason, classify
+from xrayd.protocol import (
+    KNOWN_HEADERS,
+    MAX_DATAGRAM,
+    METRICS,
+    UNSAMPLED_SPANS,
+    HeaderCache,
+    Reason,
+    classify,
+    otlp_payload,
+)
 
 if TYPE_CHECKING:  # not imported at run time: this module is loaded before the port is bound
     from xrayd.batcher import Spill
     from xrayd.logs import RateLimitedLog
     from xrayd.receivers.mmsg import MultiReader
+    from xrayd.receivers.otlp_intake import OtlpIntake
     from xrayd.stats import IntakeCounters
 
+OTLP_SOURCE = "otlp-udp"
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
 GOOD_HEADERS = 256  # distinct valid header lines remembered for the fast path
 HAND_OVER_AT = 256  # under a flood, documents go to the queue at least this often
@@ -100,6 +111,7 @@ class UdpReceiver:
         warnings: RateLimitedLog,
         put_many: Callable[[list[bytes]], Spill | None] | None = None,
         pace: bool = True,
+        otlp: OtlpIntake | None = None,
     ) -> None:
         self.sock = sock
         self.put = put
@@ -108,6 +120,8 @@ class UdpReceiver:
         self.on_spill = on_spill
         self.warnings = warnings
         self.pace = pace  # False: read as soon as a datagram is there (tests)
+        self.otlp = otlp  # T1S/T1U/M1 payloads (ADOT's UDP exporters); None: rejected
+        self._otlp_count = None
         self.headers = HeaderCache()
         self._good_headers: set[bytes] = set(KNOWN_HEADERS)
         self._stopping = False
@@ -230,10 +244,58 @@ class UdpReceiver:
             if reason is Reason.EMPTY and self._stopping:
                 keep_going = False  # our own wake-up datagram
                 continue
+            if reason is Reason.OTLP_BODY and self.otlp is not None:
+                reason = self._take_otlp(data[cut + 1:], append)
+                if reason is None:
+                    continue
             counters.rejected[reason] += 1
             self._log_rejected(reason, data)
         counters.received += len(datagrams) - (not keep_going)
         return keep_going
+
+    def _take_otlp(self, body: bytes, append: Callable[[bytes], None]) -> Reason | None:
+        """An OpenTelemetry payload: T1S spans converted to segment documents (appended),
+        T1U spans and M1 metrics counted (metrics forwarded when a sink is wired); the
+        reason when the payload cannot be decoded."""
+        # Imported at the first OTLP datagram: an X-Ray-only daemon never loads protobuf.
+        from xrayd.otel.decode import DecodeError, from_base64, traces_from_protobuf
+        from xrayd.receivers.otlp_intake import count_into
+
+        assert self.otlp is not None
+        if self._otlp_count is None:
+            self._otlp_count = count_into(self.counters.otel)
+        count = self._otlp_count
+        prefix, text = otlp_payload(body)  # type: ignore[misc]
+        try:
+            raw = from_base64(text)
+        except DecodeError:
+            return Reason.OTLP_BAD_BASE64
+        if prefix == METRICS:
+            if not _is_metrics_request(raw):
+                return Reason.OTLP_BAD_PROTOBUF
+            self.otlp.metrics(raw, count)
+            return None
+        try:
+            request = traces_from_protobuf(raw)
+        except DecodeError:
+            return Reason.OTLP_BAD_PROTOBUF
+        if prefix == UNSAMPLED_SPANS:
+            self.otlp.unsampled(_span_count(request), OTLP_SOURCE, count)
+            return None
+        backlog = self.otlp.udp_backlog()
+        if backlog is not None:  # converted by threads of its own
+            backlog.submit(raw)
+            return None
+        docs, _ = self.otlp.convert(request, OTLP_SOURCE, count)
+        if docs:
+            from xrayd.stats import OTEL_SEGMENTS
+
+            # Handed over with the X-Ray documents, whose count ``accepted`` is.
+            self.counters.accepted -= len(docs)
+            count(OTEL_SEGMENTS, OTLP_SOURCE, len(docs))
+        for doc in docs:
+            append(doc)
+        return None
 
     def _hand_over(self, bodies: list[bytes]) -> None:
         if not bodies:
@@ -280,3 +342,21 @@ class UdpReceiver:
         except OSError:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _span_count(request) -> int:
+    return sum(len(scope.spans) for resource in request.resource_spans
+               for scope in resource.scope_spans)
+
+
+def _is_metrics_request(raw: bytes) -> bool:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    try:
+        ExportMetricsServiceRequest().ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,283 @@
+"""OpenTelemetry intake benchmark: ``.venv/bin/python -m bench.bench_otlp [--quick]``.
+
+Two phases against one xrayd (normal mode, uploading to bench/sink.c with PutTraceSegments):
+
+* OTLP/HTTP: ``--spans`` spans in ExportTraceServiceRequests of ``--batch`` spans (the
+  BatchSpanProcessor's default export size is 512), sent as fast as xrayd answers over
+  ``--connections`` kept-alive connections; a 503 is retried after its Retry-After, as the
+  SDKs do. Figures: spans/s from the first request until the sink holds every span, lost spans
+  (must be 0), 503 answers, xrayd's CPU per span.
+* T1S over UDP (ADOT's UDP exporter format): datagrams of ``--udp-batch`` spans at each rate of
+  ``--udp-rates`` spans/s for ``--udp-seconds``; lost spans and CPU per span at each rate.
+
+Each span is a CLIENT span with the usual HTTP attributes and a few custom ones, named
+``bench-<seq>-<ns>`` so the sink counts it exactly (the name lands in the document's
+``metadata.otel.span_name``). Payloads are built before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from bench import procstat
+from bench.run import RESULTS, SinkProcess, progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import SAFE_ENV, free_port, free_udp_tcp_port
+
+HEADER = b'{"format":"json","version":1}\n'
+
+
+def _kv(key: str, value: str | int) -> KeyValue:
+    any_value = AnyValue()
+    if isinstance(value, int):
+        any_value.int_value = value
+    else:
+        any_value.string_value = value
+    return KeyValue(key=key, value=any_value)
+
+
+RESOURCE = [_kv("service.name", "bench-shop"), _kv("telemetry.sdk.name", "opentelemetry"),
+            _kv("telemetry.sdk.language", "python"), _kv("telemetry.sdk.version", "1.44.0"),
+            _kv("host.name", "bench-host"), _kv("service.instance.id", "instance-1")]
+
+
+def build_request(first_seq: int, count: int) -> bytes:
+    """``count`` spans numbered from ``first_seq``, 8 spans per trace."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(RESOURCE)
+    scope = resource_spans.scope_spans.add()
+    scope.scope.name = "bench"
+    now_ns = time.time_ns()
+    epoch = (now_ns // 10**9).to_bytes(4, "big")
+    for seq in range(first_seq, first_seq + count):
+        trace = epoch + (seq // 8 + 1).to_bytes(12, "big")
+        scope.spans.add(
+            name=f"bench-{seq}-{now_ns}", kind=3, trace_id=trace,
+            span_id=(seq + 1).to_bytes(8, "big"), parent_span_id=(seq // 8 + 1).to_bytes(8, "big"),
+            start_time_unix_nano=now_ns, end_time_unix_nano=now_ns + 1_000_000,
+            attributes=[_kv("http.request.method", "GET"),
+                        _kv("url.full", f"http://backend.local/items/{seq % 100}"),
+                        _kv("http.response.status_code", 200),
+                        _kv("server.address", "backend.local"), _kv("server.port", 8080),
+                        _kv("customer.id", f"c-{seq % 1000}"),
+                        _kv("network.protocol.version", "1.1"),
+                        _kv("thread.name", "worker-1")])
+    return request.SerializeToString()
+
+
+class Daemon:
+    def __init__(self, sink: SinkProcess, workdir: Path) -> None:
+        self.udp_port = free_udp_tcp_port()
+        self.http_port = free_port()
+        self.log = open(workdir / "xrayd.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xrayd", "-b", f"127.0.0.1:{self.udp_port}",
+             "-t", f"127.0.0.1:{self.udp_port}", "--endpoint", sink.url, "-n", "us-east-1",
+             "-m", "64", "-o", "--otlp-http-address", f"127.0.0.1:{self.http_port}",
+             "-l", "warn"],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **SAFE_ENV},
+            cwd=workdir)
+        deadline = time.monotonic() + 30
+        while not procstat.udp_port_bound(self.udp_port):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("xrayd did not start")
+            time.sleep(0.05)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("OTLP/HTTP port not listening") from None
+                time.sleep(0.05)
+        time.sleep(1.0)  # the rest of start-up does not count
+
+    def cpu(self) -> float:
+        return procstat.cpu_seconds(self.proc.pid)
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(the daemon process, its conversion workers) CPU seconds."""
+        total = procstat.cpu_seconds(self.proc.pid)
+        workers = sum(procstat.cpu_seconds(child) for child in procstat.tree(self.proc.pid)[1:])
+        return total - workers, workers
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def wait_for_sink(sink: SinkProcess, expect: int, limit: float) -> tuple[dict, int]:
+    """The sink's stats once it holds ``expect`` spans or stops growing; (stats, ns seen)."""
+    deadline = time.monotonic() + limit
+    last, since = -1, time.monotonic()
+    while True:
+        stats = sink.stats()
+        if stats["unique"] >= expect:
+            return stats, time.monotonic_ns()
+        if stats["unique"] != last:
+            last, since = stats["unique"], time.monotonic()
+        elif time.monotonic() - since > 3 or time.monotonic() > deadline:
+            return stats, time.monotonic_ns()
+        time.sleep(0.01)
+
+
+def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
+               connections: int) -> dict:
+    progress(f"OTLP/HTTP: building {spans} spans in requests of {batch}")
+    bodies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    for first in range(0, spans, batch):
+        bodies.put(build_request(first, min(batch, spans - first)))
+    # Warm-up: the conversion workers start with the first large requests (their start-up,
+    # about half a CPU second each, is not part of the figures).
+    warm = 8 * batch
+    sink.reset(warm)
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+    for first in range(0, warm, batch):
+        conn.request("POST", "/v1/traces", build_request(first, batch),
+                     {"Content-Type": "application/x-protobuf"})
+        conn.getresponse().read()
+    conn.close()
+    wait_for_sink(sink, warm, 30)
+    sink.reset(spans)
+    busy = [0]
+    errors: list[str] = []
+
+    def send() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+        while True:
+            try:
+                body = bodies.get_nowait()
+            except queue.Empty:
+                break
+            while True:
+                conn.request("POST", "/v1/traces", body,
+                             {"Content-Type": "application/x-protobuf"})
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    break
+                if response.status == 503:
+                    busy[0] += 1
+                    time.sleep(float(response.getheader("Retry-After", "1")))
+                    continue
+                errors.append(f"HTTP {response.status}")
+                break
+        conn.close()
+
+    progress(f"OTLP/HTTP: sending over {connections} connections")
+    cpu0 = daemon.cpu()
+    main0, workers0 = daemon.cpu_split()
+    sink0, sender0 = sink.cpu(), time.process_time()
+    started = time.monotonic_ns()
+    threads = [threading.Thread(target=send) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sent_ns = time.monotonic_ns()
+    sender_cpu = time.process_time() - sender0
+    stats, done_ns = wait_for_sink(sink, spans, 120)
+    cpu = daemon.cpu() - cpu0
+    main1, workers1 = daemon.cpu_split()
+    seconds = (done_ns - started) / 1e9
+    delivered = max(stats["unique"], 1)
+    return {"spans": spans, "batch": batch, "connections": connections,
+            "delivered": stats["unique"], "lost": spans - stats["unique"],
+            "answers_503": busy[0], "errors": errors[:5],
+            "send_seconds": round((sent_ns - started) / 1e9, 3),
+            "seconds_to_sink": round(seconds, 3),
+            "spans_per_second": round(stats["unique"] / seconds),
+            "xrayd_cpu_seconds": round(cpu, 2),
+            "xrayd_cpu_us_per_span": round(cpu / delivered * 1e6, 1),
+            "main_process_cpu_us_per_span": round((main1 - main0) / delivered * 1e6, 1),
+            "workers_cpu_us_per_span": round((workers1 - workers0) / delivered * 1e6, 1),
+            "sender_cpu_us_per_span": round(sender_cpu / delivered * 1e6, 1),
+            "sink_cpu_us_per_span": round((sink.cpu() - sink0) / delivered * 1e6, 1),
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def udp_phase(daemon: Daemon, sink: SinkProcess, rate: int, seconds: float,
+              batch: int) -> dict:
+    total = int(rate * seconds) // batch * batch
+    datagrams = [HEADER + b"T1S" + base64.b64encode(build_request(first, batch))
+                 for first in range(0, total, batch)]
+    sink.reset(total)
+    interval = batch / rate
+    cpu0 = daemon.cpu()
+    drops0 = procstat.udp_receive_errors()
+    started = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        address = ("127.0.0.1", daemon.udp_port)
+        for i, datagram in enumerate(datagrams):
+            due = started + i * interval
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            sock.sendto(datagram, address)
+    send_seconds = time.monotonic() - started
+    stats, _ = wait_for_sink(sink, total, 60)
+    cpu = daemon.cpu() - cpu0
+    return {"rate": rate, "spans": total, "spans_per_datagram": batch,
+            "datagram_bytes": len(datagrams[0]), "send_rate": round(total / send_seconds),
+            "delivered": stats["unique"], "lost": total - stats["unique"],
+            "kernel_drops": procstat.udp_receive_errors() - drops0,
+            "xrayd_cpu_us_per_span": round(cpu / max(stats["unique"], 1) * 1e6, 1),
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spans", type=int, default=300_000)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--connections", type=int, default=2)
+    parser.add_argument("--udp-rates", default="20000,30000")
+    parser.add_argument("--udp-seconds", type=float, default=5.0)
+    parser.add_argument("--udp-batch", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.spans, args.udp_rates, args.udp_seconds = 20_000, "5000", 1.0
+    RESULTS.mkdir(exist_ok=True)
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-otlp-{os.getpid()}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    sink = SinkProcess()
+    daemon = Daemon(sink, workdir)
+    results: dict = {"machine_cpus": os.cpu_count(), "sink": sink.kind}
+    try:
+        results["otlp_http"] = http_phase(daemon, sink, args.spans, args.batch,
+                                          args.connections)
+        progress(json.dumps(results["otlp_http"]))
+        results["udp_t1s"] = []
+        for rate in (int(r) for r in args.udp_rates.split(",")):
+            progress(f"T1S over UDP at {rate} spans/s")
+            results["udp_t1s"].append(udp_phase(daemon, sink, rate, args.udp_seconds,
+                                                args.udp_batch))
+            progress(json.dumps(results["udp_t1s"][-1]))
+    finally:
+        daemon.stop()
+        sink.stop()
+    out = RESULTS / f"otlp-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

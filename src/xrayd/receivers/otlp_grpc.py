@@ -1,0 +1,79 @@
+"""OTLP/gRPC trace receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` on
+grpcio, with the same limits and answers as OTLP/HTTP (INVALID_ARGUMENT for undecodable
+requests, UNAVAILABLE when the memory budget is full, partial success for rejected spans)."""
+
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from xrayd.otel.decode import MAX_BODY, DecodeError
+from xrayd.receivers.otlp_intake import Count, OtlpIntake
+from xrayd.receivers.udp import split_address
+from xrayd.stats import OTEL_REQUESTS_REJECTED
+
+SOURCE = "otlp-grpc"
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+WORKERS = 4
+
+
+class OtlpGrpcReceiver:
+    def __init__(self, address: str, intake: OtlpIntake, count: Count,
+                 max_message: int = MAX_BODY, workers: int = WORKERS) -> None:
+        self.address = address
+        self.intake = intake
+        self.count = count
+        self.bound: tuple[str, int] | None = None
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp-grpc"),
+            maximum_concurrent_rpcs=workers * 8,  # each may hold a 20 MiB message
+            options=[
+                # Checked by grpc against the decompressed size of each message.
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", 1024 * 1024),
+                # Without this a port another process holds would be shared, not refused.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "Export": grpc.unary_unary_rpc_method_handler(self._export),  # raw bytes both ways
+        })
+        self._server.add_generic_rpc_handlers((handler,))
+
+    def start(self) -> None:
+        """Listen; OSError when the address cannot be bound."""
+        host, port = split_address(self.address)
+        target = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+        try:
+            bound = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.address}: {exc}") from None
+        if not bound:
+            raise OSError(f"cannot listen on {self.address}: address in use or not available")
+        self.bound = (host or "0.0.0.0", bound)
+        self._server.start()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._server.stop(grace).wait(grace + 1)
+
+    def _export(self, data: bytes, context: Any) -> bytes:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceResponse,
+        )
+
+        try:
+            outcome = self.intake.body(data, SOURCE, self.count)
+        except DecodeError as exc:
+            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{exc.reason}", 1)
+            self.intake.logs.warn(f"otlp-grpc:{exc.reason}",
+                                  f"Rejected an OTLP/gRPC request: {exc}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if outcome.busy:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "memory budget full, retry later")
+        response = ExportTraceServiceResponse()
+        if outcome.rejected:
+            response.partial_success.rejected_spans = outcome.rejected
+            response.partial_success.error_message = outcome.message
+        return response.SerializeToString()
