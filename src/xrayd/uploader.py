@@ -18,7 +18,7 @@ from typing import Protocol
 
 from xrayd import stats as names
 from xrayd.batcher import Batch
-from xrayd.exporters.xray import Unprocessed, UploadError
+from xrayd.delivery import Unprocessed, UploadError
 from xrayd.logs import RateLimitedLog
 from xrayd.protocol import document_ids
 from xrayd.retry import Breaker, RateLimiter, RetryPolicy
