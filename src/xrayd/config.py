@@ -54,6 +54,9 @@ class Config:
     store_retention_hours: int = 0  # 0: the default (72)
     store_max_size_mb: int = 0  # 0: the default (1024)
     sampling_rules_file: str = ""
+    # OTLP export (docs/otlp-export.md): beside the X-Ray upload or the offline store.
+    otlp_endpoint: str = ""  # "" = from OTEL_EXPORTER_OTLP_*; "off" = never
+    otlp_sigv4_region: str = ""  # sign OTLP requests with SigV4 (service xray) for this region
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -98,6 +101,8 @@ KEYS: tuple[Key, ...] = (
     Key("Store.RetentionHours", "store_retention_hours", int),
     Key("Store.MaxSizeMB", "store_max_size_mb", int),
     Key("SamplingRulesFile", "sampling_rules_file", str),
+    Key("OTLPEndpoint", "otlp_endpoint", str),
+    Key("OTLPSigV4Region", "otlp_sigv4_region", str),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 

@@ -110,6 +110,7 @@ class Uploader:
         self.limiter = limiter or RateLimiter(clock)
         self.breaker = breaker or Breaker(clock)
         self._diverting = False
+        self._not_before = float("-inf")  # no call before this time (a peer's Retry-After)
         self._stopping = threading.Event()
         self._spooled = threading.Event()  # set when a batch goes to the spool
         self._random = random.Random()
@@ -180,6 +181,16 @@ class Uploader:
         while pending:
             if spool_early and self._diverted():
                 return pending, error
+            hold = self._not_before - self.clock()
+            if hold > 0:
+                # The peer asked every caller to wait (Retry-After): wait with it, unless that
+                # takes longer than this batch may, then it goes to the spool (or fails).
+                if self.clock() - started + hold > policy.max_elapsed:
+                    return pending, error or UploadError(
+                        f"the peer asked to wait {hold:.1f} s (Retry-After)", "retry_after", True)
+                self.queue.kick()
+                self.sleep(hold)
+                continue
             wait = self.limiter.reserve()
             if wait > 0:
                 self.queue.kick()
@@ -196,6 +207,12 @@ class Uploader:
                 retriable = self._failed_attempt(exc)
                 wait = policy.next_delay(attempt, self.clock() - started, retriable,
                                          self._random.random())
+                if exc.retry_after is not None and retriable:
+                    self._not_before = max(self._not_before, self.clock() + exc.retry_after)
+                    if wait is not None:
+                        wait = max(wait, exc.retry_after)
+                        if self.clock() - started + wait > policy.max_elapsed:
+                            wait = None
                 if wait is None:
                     return pending, error
                 self.stats.add(names.BATCHES_RETRIED)
@@ -330,7 +347,9 @@ class Uploader:
                 self._spooled.wait(EMPTY_SPOOL_WAIT)
                 self._spooled.clear()
                 continue
-            wait = self.breaker.probe_due()
+            wait = self._not_before - self.clock()  # a peer's Retry-After first
+            if wait <= 0:
+                wait = self.breaker.probe_due()
             if wait > 0:
                 self._stopping.wait(min(wait, 1.0))
                 continue
