@@ -244,6 +244,8 @@ def test_bad_fields_are_skipped_and_counted_not_the_document():
     (json.dumps({"id": "53995c3f42cd8ad8", "name": "x", "start_time": 1}).encode(), "trace_id"),
     (json.dumps({"trace_id": "1-123-456", "id": "53995c3f42cd8ad8"}).encode(), "trace_id"),
     (json.dumps({"trace_id": TRACE, "id": "xyz", "name": "x"}).encode(), "id"),
+    (json.dumps({"trace_id": TRACE, "id": "0" * 16, "name": "x"}).encode(), "id"),
+    (json.dumps({"trace_id": "1-00000000-" + "0" * 24, "id": "1" * 16}).encode(), "trace_id"),
 ])
 def test_documents_without_usable_ids_give_no_span_and_a_reason(body, reason):
     report = Report()

@@ -160,7 +160,8 @@ class Daemon:
         # The UDP reader and the upload threads are I/O-bound: a thread waiting for the GIL
         # gets it within 0.5 ms instead of 5, so the reader drains the kernel buffer in time.
         sys.setswitchinterval(0.0005)
-        self.uploader.start()
+        for lane in self.lanes:
+            lane.uploader.start()
         self.receiver.start()
         self._start_trimmer()
         self.intake_open = True
@@ -331,7 +332,8 @@ class Daemon:
         assert self.queue is not None
         self.log.debug("Batch size: %d", self.queue.batcher.max_batch)
         self._start_admin()
-        self.uploader.start()
+        for lane in self.lanes:
+            lane.uploader.start()
         self.receiver.start()
         self._start_trimmer()
         self.intake_open = True

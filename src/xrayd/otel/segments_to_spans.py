@@ -542,6 +542,8 @@ def _children(children: Iterable[Any], parent_id: bytes, ctx: _Context, depth: i
             continue
         try:
             child_id = otel_span_id(str(child.get("id", "")).lower())
+            if not any(child_id):
+                raise IdError("span id is all zeros")
         except IdError:
             # Left out; its own subsegments hang from the nearest usable ancestor.
             ctx.report.skipped["subsegment_id"] += 1
@@ -566,12 +568,19 @@ def resource_spans(doc: Mapping[str, Any], report: Report) -> ResourceSpans:
         span_id = otel_span_id(str(doc.get("id", "")).lower())
     except IdError:
         raise Unconvertible("id") from None
+    if not any(trace_id):
+        raise Unconvertible("trace_id")  # all zeros: an invalid id in OTLP
+    if not any(span_id):
+        raise Unconvertible("id")
     parent = b""
     parent_text = doc.get("parent_id")
     if parent_text is not None:
         try:
             parent = otel_span_id(str(parent_text).lower())
         except IdError:
+            report.skipped["parent_id"] += 1
+        if parent and not any(parent):
+            parent = b""
             report.skipped["parent_id"] += 1
     ctx = _Context(trace_id, report, [])
     _walk(doc, span_id, parent, True, ctx, 0)
