@@ -58,6 +58,7 @@ AUTH_FIXES = {
 }
 AUTH_LOG_INTERVAL = 60.0
 EMPTY_SPOOL_WAIT = 5.0  # replay threads look at an empty spool this often (and when woken)
+MAX_RETRY_AFTER = 60.0  # a peer's Retry-After is honoured up to this many seconds
 
 
 def is_auth_error(error: UploadError) -> bool:
@@ -183,9 +184,9 @@ class Uploader:
                 return pending, error
             hold = self._not_before - self.clock()
             if hold > 0:
-                # The peer asked every caller to wait (Retry-After): wait with it, unless that
-                # takes longer than this batch may, then it goes to the spool (or fails).
-                if self.clock() - started + hold > policy.max_elapsed:
+                # The peer asked every caller to wait (Retry-After): wait with it; with a spool,
+                # a batch that may not wait that long goes there instead.
+                if self.spool is not None and self.clock() - started + hold > policy.max_elapsed:
                     return pending, error or UploadError(
                         f"the peer asked to wait {hold:.1f} s (Retry-After)", "retry_after", True)
                 self.queue.kick()
@@ -208,11 +209,15 @@ class Uploader:
                 wait = policy.next_delay(attempt, self.clock() - started, retriable,
                                          self._random.random())
                 if exc.retry_after is not None and retriable:
-                    self._not_before = max(self._not_before, self.clock() + exc.retry_after)
+                    after = min(exc.retry_after, MAX_RETRY_AFTER)
+                    self._not_before = max(self._not_before, self.clock() + after)
                     if wait is not None:
-                        wait = max(wait, exc.retry_after)
-                        if self.clock() - started + wait > policy.max_elapsed:
-                            wait = None
+                        wait = max(wait, after)
+                    elif self.spool is None and attempt < policy.max_attempts:
+                        wait = after  # the peer named the time; with no spool, wait for it
+                    if wait is not None and self.spool is not None and \
+                            self.clock() - started + wait > policy.max_elapsed:
+                        wait = None  # to the spool; its replay waits for the same time
                 if wait is None:
                     return pending, error
                 self.stats.add(names.BATCHES_RETRIED)
