@@ -11,6 +11,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_until
+from test_uploader_reliability import Clock
 from xrayd import logs
 from xrayd import stats as names
 from xrayd.admin import Sources, make_handler
@@ -135,17 +136,6 @@ def test_otel_spans_pass_through_to_otlp_lanes_and_converted_documents_to_the_ot
         assert item.queue.wait_drained(10)
     assert xray.docs == [doc(1), doc(2)]
     assert otlp.docs == [b"\x00tag" + b"rs-bytes"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Scripted(Recording):
