@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 
 import pytest
 from botocore.credentials import Credentials
@@ -234,3 +235,61 @@ def test_without_a_metrics_endpoint_metrics_are_counted_as_dropped():
     exporter = OtlpExporter(settings, lambda: None, counts)
     assert not exporter.forward_metrics(b"")
     assert counts.seen == {("otlp_metrics_dropped", "no_metrics_endpoint"): 1}
+
+
+@pytest.fixture
+def tls_receiver(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = OtlpReceiver(tls=(str(cert), str(key)), secrets=SECRETS).start()
+    yield server
+    server.stop()
+
+
+def test_https_with_verification_refuses_an_unknown_certificate(tls_receiver):
+    exporter = OtlpExporter(resolve_settings(tls_receiver.url + "/v1/traces", "", {}))
+    try:
+        with pytest.raises(UploadError) as caught:
+            exporter.put([segment(0)])
+    finally:
+        exporter.close()
+    assert caught.value.retriable and "certificate" in str(caught.value).lower()
+    assert tls_receiver.requests == []
+
+
+def test_https_signed_without_verification(tls_receiver):
+    settings = resolve_settings(tls_receiver.url + "/v1/traces", "us-east-1", {},
+                                verify=False)
+    exporter = OtlpExporter(settings, lambda: Credentials(
+        "AKIDTESTTESTTEST", "test-secret-key").get_frozen_credentials())
+    try:
+        exporter.put([segment(0)])
+    finally:
+        exporter.close()
+    assert tls_receiver.problems == []
+    (seen,) = tls_receiver.requests
+    assert seen.verdict.ok
+
+
+@pytest.mark.parametrize(("head", "problem"), [
+    (b"Content-Type: application/x-protobuf\r\nContent-Type: application/x-protobuf\r\n",
+     "header Content-Type sent twice"),
+    (b"Transfer-Encoding: chunked\r\n", "chunked/transfer-encoded request"),
+    (b"Content-Type: application/json\r\n", "content type 'application/json'"),
+])
+def test_the_receiver_judges_the_raw_request(receiver, head, problem):
+    """The fake is strict: what a careless client could send is refused, not tolerated."""
+    import socket
+
+    body = gzip.compress(ExportTraceServiceRequest().SerializeToString())
+    if b"Content-Type" not in head:
+        head += b"Content-Type: application/x-protobuf\r\n"
+    request = (b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\n" + head
+               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert receiver.problems == [problem]

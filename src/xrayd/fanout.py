@@ -136,14 +136,17 @@ class Fanout:
         return spill
 
     def put_otel(self, segment_docs: list[bytes], resource_spans: list[bytes],
-                 wrap: Callable[[bytes], bytes]) -> Spill | None:
+                 wrap: Callable[[bytes], bytes] | None = None) -> Spill | None:
         """OTel spans a receiver took in: converted to ``segment_docs`` for the lanes that take
         segments, passed through as they came (``resource_spans``, serialized ResourceSpans,
         each made a queue item by ``wrap``) to the lanes that take OTLP. The primary lane's
         Spill, for the receiver to count."""
+        if wrap is None and any(lane.takes_otlp for lane in self.lanes):
+            from xrayd.exporters.otlp import wrap_resource_spans as wrap
         spill = None
         for lane in self.lanes:
-            items = [wrap(rs) for rs in resource_spans] if lane.takes_otlp else segment_docs
+            items = [wrap(rs) for rs in resource_spans] if lane.takes_otlp and wrap else \
+                segment_docs
             if not items:
                 continue
             result = lane.queue.put_many(items)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ class OtlpReceiver:
     status: int = 200  # what to answer valid requests with
     retry_after: str = ""
     partial_rejected: int = 0
+    tls: tuple[str, str] | None = None  # (certificate, key) files: serve https
     requests: list[Received] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -57,7 +59,7 @@ class OtlpReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> OtlpReceiver:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -104,6 +106,16 @@ class OtlpReceiver:
                 conn, _ = sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(*self.tls)
+                try:
+                    conn.settimeout(5)
+                    conn = context.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    self._note(f"TLS handshake: {exc}")
+                    conn.close()
+                    continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -194,7 +206,7 @@ class OtlpReceiver:
             return self._refuse("body does not serialize back to the same bytes")
         verdict = None
         if self.secrets is not None:
-            url = f"http://{headers['host']}{path}"
+            url = f"{'https' if self.tls else 'http'}://{headers['host']}{path}"
             verdict = verify("POST", url, headers, body, self.secrets)
             if not verdict.ok:
                 return self._refuse(f"signature: {verdict.reason}")
