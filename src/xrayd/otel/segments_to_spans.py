@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
     KeyValueList,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from xrayd import __version__
 from xrayd.otel.ids import IdError, otel_span_id, otel_trace_id
@@ -120,20 +120,40 @@ def any_value(value: Any, depth: int = 0) -> AnyValue | None:
 
 
 class _Attrs:
-    """Attributes in insertion order, a later value for the same key replacing the earlier."""
+    """Attributes in insertion order, a later value for the same key replacing the earlier.
+    Values stay Python values until ``write`` puts them into a message's repeated field in
+    place (building AnyValue messages first and adding them would copy each one)."""
 
     __slots__ = ("values",)
 
     def __init__(self) -> None:
-        self.values: dict[str, AnyValue] = {}
+        self.values: dict[str, Any] = {}
 
     def put(self, key: str, value: Any) -> None:
-        converted = any_value(value)
-        if converted is not None:
-            self.values[key] = converted
+        if value is not None:
+            self.values[key] = value
+
+    def write(self, field: Any) -> None:
+        """Append the attributes to a repeated KeyValue field."""
+        for key, value in self.values.items():
+            kind = type(value)
+            if kind is str:
+                field.add(key=key).value.string_value = value
+            elif kind is bool:
+                field.add(key=key).value.bool_value = value
+            elif kind is int and _INT64[0] <= value <= _INT64[1]:
+                field.add(key=key).value.int_value = value
+            elif kind is float:
+                field.add(key=key).value.double_value = value
+            else:
+                converted = any_value(value)
+                if converted is not None:
+                    field.add(key=key).value.CopyFrom(converted)
 
     def key_values(self) -> list[KeyValue]:
-        return [KeyValue(key=k, value=v) for k, v in self.values.items()]
+        holder = Resource()
+        self.write(holder.attributes)
+        return list(holder.attributes)
 
 
 def _nanos(value: Any) -> int | None:
@@ -163,7 +183,8 @@ def _int(value: Any) -> int | None:
 # Resource
 
 
-def resource_of(doc: Mapping[str, Any], report: Report) -> Resource:
+def resource_of(doc: Mapping[str, Any], report: Report, resource: Resource | None = None
+                ) -> Resource:
     attrs = _Attrs()
     is_segment = doc.get("type") != "subsegment"
     name = doc.get("name")
@@ -191,7 +212,10 @@ def resource_of(doc: Mapping[str, Any], report: Report) -> Resource:
     if isinstance(arn, str) and arn:
         attrs.put("aws.xray.resource_arn", arn)
         attrs.put("cloud.resource_id", arn)
-    return Resource(attributes=attrs.key_values())
+    if resource is None:
+        resource = Resource()
+    attrs.write(resource.attributes)
+    return resource
 
 
 def _aws_resource(aws: Mapping[str, Any], attrs: _Attrs, report: Report) -> None:
@@ -252,7 +276,7 @@ def _aws_resource(aws: Mapping[str, Any], attrs: _Attrs, report: Report) -> None
 class _Context:
     trace_id: bytes
     report: Report
-    spans: list[Span]
+    spans: Any  # the ScopeSpans' repeated Span field: spans are built in place (no copies)
 
 
 def _kind(entity: Mapping[str, Any], top_level: bool) -> Span.SpanKind.ValueType:
@@ -266,6 +290,7 @@ def _kind(entity: Mapping[str, Any], top_level: bool) -> Span.SpanKind.ValueType
 
 def _span(entity: Mapping[str, Any], span_id: bytes, parent: bytes, top_level: bool,
           ctx: _Context) -> Span:
+    """The span of one (sub)segment, appended to the scope's spans."""
     report = ctx.report
     attrs = _Attrs()
     name = entity.get("name")
@@ -324,9 +349,14 @@ def _span(entity: Mapping[str, Any], span_id: bytes, parent: bytes, top_level: b
     if isinstance(precursors, list):
         attrs.put("aws.xray.precursor_ids", [p for p in precursors if isinstance(p, str)])
     events, message = _cause(entity.get("cause"), end, attrs, report)
-    span = Span(trace_id=ctx.trace_id, span_id=span_id, parent_span_id=parent, name=name,
-                kind=kind, start_time_unix_nano=start, end_time_unix_nano=end, events=events,
-                links=_links(entity.get("links"), report))
+    span = ctx.spans.add(trace_id=ctx.trace_id, span_id=span_id, parent_span_id=parent,
+                         name=name, kind=kind, start_time_unix_nano=start,
+                         end_time_unix_nano=end)
+    if events:
+        span.events.extend(events)
+    links = _links(entity.get("links"), report)
+    if links:
+        span.links.extend(links)
     errored = (entity.get("fault") is True or entity.get("cause") is not None
                or (http_status is not None and http_status >= 500))
     client_error = entity.get("error") is True or entity.get("throttle") is True or (
@@ -336,7 +366,7 @@ def _span(entity: Mapping[str, Any], span_id: bytes, parent: bytes, top_level: b
         span.status.code = STATUS_ERROR
         if message:
             span.status.message = message
-    span.attributes.extend(attrs.key_values())
+    attrs.write(span.attributes)
     return span
 
 
@@ -521,7 +551,6 @@ def _links(links: Any, report: Report) -> list[Span.Link]:
 def _walk(entity: Mapping[str, Any], span_id: bytes, parent: bytes, top_level: bool,
           ctx: _Context, depth: int) -> Span:
     span = _span(entity, span_id, parent, top_level, ctx)
-    ctx.spans.append(span)
     children = entity.get("subsegments")
     if children is None:
         return span
@@ -582,11 +611,14 @@ def resource_spans(doc: Mapping[str, Any], report: Report) -> ResourceSpans:
         if parent and not any(parent):
             parent = b""
             report.skipped["parent_id"] += 1
-    ctx = _Context(trace_id, report, [])
+    result = ResourceSpans()
+    scope = result.scope_spans.add()
+    scope.scope.CopyFrom(SCOPE)
+    ctx = _Context(trace_id, report, scope.spans)
     _walk(doc, span_id, parent, True, ctx, 0)
-    report.spans += len(ctx.spans)
-    return ResourceSpans(resource=resource_of(doc, report),
-                         scope_spans=[ScopeSpans(scope=SCOPE, spans=ctx.spans)])
+    report.spans += len(scope.spans)
+    resource_of(doc, report, result.resource)
+    return result
 
 
 def convert(document: bytes, report: Report) -> ResourceSpans | None:
