@@ -260,10 +260,6 @@ class OtlpExporter:
                 self._counts("otlp_metrics_forwarded", 1, "")
                 break
 
-    def metrics_pending(self) -> int:
-        with self._metrics_lock:
-            return len(self._metrics_queue)
-
     def close(self, timeout: float = 2.0) -> None:
         with self._metrics_lock:
             self._closed = True

@@ -80,11 +80,6 @@ class Report:
     documents: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
-    def merge(self, other: Report) -> None:
-        self.spans += other.spans
-        self.documents += other.documents
-        self.skipped.update(other.skipped)
-
 
 class Unconvertible(ValueError):
     """A document that gives no span (not JSON, not an object, no usable ids); the message is
