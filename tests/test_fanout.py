@@ -105,6 +105,26 @@ def test_a_stuck_exporter_holds_up_nothing_and_spills_only_its_own_share():
     assert "exporter otlp: sent" in lanes[1].summary()
 
 
+def test_a_stuck_primary_exporter_does_not_hold_up_the_otlp_lane():
+    stats = Stats()
+    stuck, fast = Stuck(), Recording()
+    lanes = [lane(stats, "xray", stuck, 40_000, True), lane(stats, "otlp", fast, 10**7, False)]
+    fanout = Fanout(lanes)
+    for item in lanes:
+        item.uploader.start()
+    try:
+        spills = [fanout.put(doc(n, pad=500)) for n in range(300)]
+        wait_until(lambda: len(fast.docs) == 300, timeout=10, what="every document exported")
+        assert any(spills)  # the primary's share ran full: the receiver counts it, as before
+        assert lanes[1].stats.get(names.SEGMENTS_SPILLED) == 0
+    finally:
+        stuck.release.set()
+        for item in lanes:
+            item.queue.close()
+        for item in lanes:
+            item.queue.wait_drained(10)
+
+
 def test_a_failing_exporter_fails_alone_and_counts_under_its_name():
     stats = Stats()
     good, bad = Recording(), Refusing()
