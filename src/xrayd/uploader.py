@@ -24,7 +24,7 @@ from xrayd.protocol import document_ids
 from xrayd.retry import Breaker, RateLimiter, RetryPolicy
 from xrayd.segment_queue import SegmentQueue
 from xrayd.spool import Entry, Spool
-from xrayd.stats import Stats
+from xrayd.stats import Histogram
 
 # UnprocessedTraceSegments error codes worth another attempt; any other code (InvalidTraceId,
 # InvalidSegment, MissingId, ...) describes the document itself and is final.
@@ -71,6 +71,14 @@ def auth_fix(error: UploadError) -> str:
     return AUTH_FIXES.get(key, "check the daemon's credentials and IAM permissions")
 
 
+class Counters(Protocol):
+    """Where the outcomes are counted: the daemon's Stats, or one exporter's (fanout.LaneStats)."""
+
+    upload_latency: Histogram
+
+    def add(self, name: str, amount: int = 1, label: str = "") -> None: ...
+
+
 class Exporter(Protocol):
     name: str
 
@@ -84,7 +92,7 @@ class Uploader:
         self,
         queue: SegmentQueue,
         exporter: Exporter,
-        stats: Stats,
+        stats: Counters,
         logs: RateLimitedLog,
         concurrency: int,
         policy: RetryPolicy | None = None,
