@@ -293,3 +293,27 @@ def test_the_receiver_judges_the_raw_request(receiver, head, problem):
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400")
     assert receiver.problems == [problem]
+
+
+def test_through_an_outbound_proxy_with_the_signature_intact(receiver):
+    from dataclasses import replace
+
+    from fakes.http_proxy import HttpProxy
+
+    proxy = HttpProxy()
+    receiver.secrets = SECRETS
+    try:
+        settings = replace(resolve_settings(receiver.url + "/v1/traces", "us-east-1", {}),
+                           proxy=proxy.url)
+        exporter = OtlpExporter(settings, lambda: Credentials(
+            "AKIDTESTTESTTEST", "test-secret-key").get_frozen_credentials())
+        try:
+            exporter.put([segment(0)])
+        finally:
+            exporter.close()
+        assert ("POST", receiver.url + "/v1/traces") in proxy.seen()
+    finally:
+        proxy.stop()
+    assert receiver.problems == []
+    (seen,) = receiver.requests
+    assert seen.verdict.ok

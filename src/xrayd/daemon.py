@@ -182,9 +182,19 @@ class Daemon:
         cfg = self.config
         settings = resolve_settings(cfg.otlp_endpoint, cfg.otlp_sigv4_region, os.environ,
                                     verify=not cfg.no_verify_ssl)
-        if settings is not None:
-            for warning in settings.warnings:
-                self.log.warning("%s", warning)
+        if settings is None:
+            return None
+        for warning in settings.warnings:
+            self.log.warning("%s", warning)
+        if cfg.proxy_address or os.environ.get("HTTPS_PROXY"):
+            from dataclasses import replace
+
+            from xrayd import aws
+
+            try:
+                settings = replace(settings, proxy=aws.proxy_url(cfg.proxy_address))
+            except aws.AwsSetupError as exc:
+                raise ValueError(str(exc)) from None
         return settings
 
     @staticmethod

@@ -42,6 +42,12 @@ GZIP_LEVEL = 5
 CONTENT_TYPE = "application/x-protobuf"
 
 
+def _proxy_for(url: str, proxy: str) -> str:
+    from xrayd.aws import proxy_for
+
+    return proxy_for(url, proxy)
+
+
 def wrap_resource_spans(serialized: bytes) -> bytes:
     """A ResourceSpans a receiver took in (serialized), as a queue item for OTLP exporters."""
     return RESOURCE_SPANS_TAG + serialized
@@ -104,13 +110,27 @@ def _no_counts(_name: str, _amount: int, _label: str) -> None:
 
 
 class _Endpoint:
-    """One URL: its transport, path and (when signing) signer."""
+    """One URL: its transport, path and (when signing) signer. Through an outbound proxy
+    (unless NO_PROXY names the host) requests go by botocore's HTTP session, as the X-Ray
+    exporter's do (CONNECT tunnels for https); else on the kept-alive connections of
+    exporters/transport.py."""
 
     def __init__(self, url: str, settings: OtlpSettings) -> None:
         parts = urlsplit(url)
         self.url = url
         self.target = parts.path + (f"?{parts.query}" if parts.query else "")
         self.transport = DirectTransport(url, settings.verify, settings.timeout)
+        self.session = None
+        proxy = settings.proxy and _proxy_for(url, settings.proxy)
+        if proxy:
+            import socket
+
+            from botocore.httpsession import URLLib3Session
+
+            self.session = URLLib3Session(
+                verify=settings.verify, proxies={"http": proxy, "https": proxy},
+                timeout=settings.timeout,
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         default_port = 443 if parts.scheme == "https" else 80
         port = parts.port or default_port
         host = parts.hostname or ""
@@ -203,7 +223,14 @@ class OtlpExporter:
             headers.pop("Host")
             headers = endpoint.signer.sign(endpoint.url, headers, data, credentials)
         try:
-            response = endpoint.transport.post(endpoint.target, data, headers)
+            if endpoint.session is not None:
+                from botocore.awsrequest import AWSRequest
+
+                request = AWSRequest(method="POST", url=endpoint.url, data=data,
+                                     headers=headers)
+                response = endpoint.session.send(request.prepare())
+            else:
+                response = endpoint.transport.post(endpoint.target, data, headers)
         except Exception as exc:
             raise classify_send_error(exc) from exc
         if 200 <= response.status_code < 300:
@@ -273,8 +300,10 @@ class OtlpExporter:
             self._metrics_bytes = 0
         if left:
             self._counts("otlp_metrics_dropped", left, "shutdown")
-        self._traces.transport.close()
-        if self._metrics is not None:
-            self._metrics.transport.close()
+        for endpoint in (self._traces, self._metrics):
+            if endpoint is not None:
+                endpoint.transport.close()
+                if endpoint.session is not None:
+                    endpoint.session.close()
 
 

@@ -24,6 +24,7 @@ class OtlpSettings:
     sigv4_region: str = ""
     verify: bool = True
     warnings: tuple[str, ...] = ()
+    proxy: str = ""  # outbound proxy URL (--proxy-address / HTTPS_PROXY); "" = direct
 
 
 def _with_path(url: str, path: str) -> str:
