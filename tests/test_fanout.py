@@ -4,6 +4,7 @@ metrics on the admin endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -78,28 +79,36 @@ def lane(stats: Stats, name: str, exporter, budget: int, primary: bool) -> Lane:
     return Lane(name, queue, uploader, lane_stats, lane_logs)
 
 
-def test_a_stuck_exporter_holds_up_nothing_and_spills_only_its_own_share():
-    stats = Stats()
-    fast, stuck = Recording(), Stuck()
-    lanes = [lane(stats, "xray", fast, 10**7, True), lane(stats, "otlp", stuck, 40_000, False)]
-    fanout = Fanout(lanes)
+@contextlib.contextmanager
+def running(*lanes: Lane, release: threading.Event | None = None):
+    """The lanes' workers started; at the end, a stuck exporter released and every lane
+    drained."""
     for item in lanes:
         item.uploader.start()
     try:
-        spills = [fanout.put(doc(n, pad=500)) for n in range(300)]
-        wait_until(lambda: len(fast.docs) == 300, timeout=10, what="every document delivered")
-        assert spills == [None] * 300  # the primary lane let nothing go
-        assert stats.get(names.SEGMENTS_SENT) == 300
-        otlp = lanes[1].stats
-        assert otlp.get(names.SEGMENTS_SPILLED) > 0  # its own share ran full
-        assert stats.get(names.SEGMENTS_SPILLED) == 0  # not the daemon-wide (primary) count
-        assert lanes[1].queue.snapshot()[0] <= 40_000
+        yield Fanout(lanes)
     finally:
-        stuck.release.set()
+        if release is not None:
+            release.set()
         for item in lanes:
             item.queue.close()
         for item in lanes:
             item.queue.wait_drained(10)
+
+
+def test_a_stuck_exporter_holds_up_nothing_and_spills_only_its_own_share():
+    stats = Stats()
+    fast, stuck = Recording(), Stuck()
+    lanes = [lane(stats, "xray", fast, 10**7, True), lane(stats, "otlp", stuck, 40_000, False)]
+    otlp = lanes[1].stats
+    with running(*lanes, release=stuck.release) as fanout:
+        spills = [fanout.put(doc(n, pad=500)) for n in range(300)]
+        wait_until(lambda: len(fast.docs) == 300, timeout=10, what="every document delivered")
+        assert spills == [None] * 300  # the primary lane let nothing go
+        assert stats.get(names.SEGMENTS_SENT) == 300
+        assert otlp.get(names.SEGMENTS_SPILLED) > 0  # its own share ran full
+        assert stats.get(names.SEGMENTS_SPILLED) == 0  # not the daemon-wide (primary) count
+        assert lanes[1].queue.snapshot()[0] <= 40_000
     held = 300 - otlp.get(names.SEGMENTS_SPILLED)
     assert len(stuck.docs) == held == otlp.get(names.SEGMENTS_SENT)
     assert "exporter otlp: sent" in lanes[1].summary()
@@ -109,33 +118,19 @@ def test_a_stuck_primary_exporter_does_not_hold_up_the_otlp_lane():
     stats = Stats()
     stuck, fast = Stuck(), Recording()
     lanes = [lane(stats, "xray", stuck, 40_000, True), lane(stats, "otlp", fast, 10**7, False)]
-    fanout = Fanout(lanes)
-    for item in lanes:
-        item.uploader.start()
-    try:
+    with running(*lanes, release=stuck.release) as fanout:
         spills = [fanout.put(doc(n, pad=500)) for n in range(300)]
         wait_until(lambda: len(fast.docs) == 300, timeout=10, what="every document exported")
         assert any(spills)  # the primary's share ran full: the receiver counts it, as before
         assert lanes[1].stats.get(names.SEGMENTS_SPILLED) == 0
-    finally:
-        stuck.release.set()
-        for item in lanes:
-            item.queue.close()
-        for item in lanes:
-            item.queue.wait_drained(10)
 
 
 def test_a_failing_exporter_fails_alone_and_counts_under_its_name():
     stats = Stats()
     good, bad = Recording(), Refusing()
     lanes = [lane(stats, "xray", good, 10**7, True), lane(stats, "otlp", bad, 10**7, False)]
-    fanout = Fanout(lanes)
-    for item in lanes:
-        item.uploader.start()
-    fanout.put_many([doc(n) for n in range(20)])
-    for item in lanes:
-        item.queue.close()
-        assert item.queue.wait_drained(10)
+    with running(*lanes) as fanout:
+        fanout.put_many([doc(n) for n in range(20)])
     assert len(good.docs) == 20
     assert stats.get(names.SEGMENTS_SENT) == 20 and stats.get(names.SEGMENTS_FAILED) == 0
     assert lanes[1].stats.get(names.SEGMENTS_FAILED, "connection_refused") == 20
@@ -147,13 +142,8 @@ def test_otel_spans_pass_through_to_otlp_lanes_and_converted_documents_to_the_ot
     xray, otlp = Recording(), Recording()
     lanes = [lane(stats, "xray", xray, 10**7, True), lane(stats, "otlp", otlp, 10**7, False)]
     lanes[1].takes_otlp = True
-    fanout = Fanout(lanes)
-    for item in lanes:
-        item.uploader.start()
-    fanout.put_otel([doc(1), doc(2)], [b"rs-bytes"], lambda b: b"\x00tag" + b)
-    for item in lanes:
-        item.queue.close()
-        assert item.queue.wait_drained(10)
+    with running(*lanes) as fanout:
+        fanout.put_otel([doc(1), doc(2)], [b"rs-bytes"], lambda b: b"\x00tag" + b)
     assert xray.docs == [doc(1), doc(2)]
     assert otlp.docs == [b"\x00tag" + b"rs-bytes"]
 

@@ -134,12 +134,14 @@ def test_request_body_is_one_export_request_of_converted_and_passed_through_span
 # -- against the receiver ----------------------------------------------------------------------
 
 
+def credentials():
+    return Credentials("AKIDTESTTESTTEST", "test-secret-key").get_frozen_credentials()
+
+
 def exporter_for(receiver: OtlpReceiver, region: str = "", counts=None) -> OtlpExporter:
     settings = resolve_settings(receiver.url + "/v1/traces", region, {
         "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=t1"})
-    creds = (lambda: Credentials("AKIDTESTTESTTEST", "test-secret-key").get_frozen_credentials()
-             ) if region else None
-    return OtlpExporter(settings, creds, counts or Counts())
+    return OtlpExporter(settings, credentials if region else None, counts or Counts())
 
 
 def test_put_sends_gzip_protobuf_with_the_configured_headers(receiver):
@@ -262,8 +264,7 @@ def test_https_with_verification_refuses_an_unknown_certificate(tls_receiver):
 def test_https_signed_without_verification(tls_receiver):
     settings = resolve_settings(tls_receiver.url + "/v1/traces", "us-east-1", {},
                                 verify=False)
-    exporter = OtlpExporter(settings, lambda: Credentials(
-        "AKIDTESTTESTTEST", "test-secret-key").get_frozen_credentials())
+    exporter = OtlpExporter(settings, credentials)
     try:
         exporter.put([segment(0)])
     finally:
@@ -305,8 +306,7 @@ def test_through_an_outbound_proxy_with_the_signature_intact(receiver):
     try:
         settings = replace(resolve_settings(receiver.url + "/v1/traces", "us-east-1", {}),
                            proxy=proxy.url)
-        exporter = OtlpExporter(settings, lambda: Credentials(
-            "AKIDTESTTESTTEST", "test-secret-key").get_frozen_credentials())
+        exporter = OtlpExporter(settings, credentials)
         try:
             exporter.put([segment(0)])
         finally:
