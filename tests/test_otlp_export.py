@@ -317,3 +317,20 @@ def test_through_an_outbound_proxy_with_the_signature_intact(receiver):
     assert receiver.problems == []
     (seen,) = receiver.requests
     assert seen.verdict.ok
+
+
+def test_documents_without_spans_are_counted_and_logged(receiver, caplog):
+    from xrayd.logs import RateLimitedLog, get_logger
+
+    counts = Counts()
+    settings = resolve_settings(receiver.url + "/v1/traces", "", {})
+    exporter = OtlpExporter(settings, counts=counts, logs=RateLimitedLog(get_logger()))
+    no_trace = json.dumps({"id": "0000000000000001", "name": "x", "start_time": 1}).encode()
+    with caplog.at_level("WARNING", logger=get_logger().name):
+        try:
+            assert exporter.put([no_trace, segment(0)]) == []
+        finally:
+            exporter.close()
+    assert counts.seen[("otlp_documents_unconverted", "trace_id")] == 1
+    assert "1 segment documents gave no span for OTLP export (no usable trace_id)" in caplog.text
+    assert len(receiver.spans()) == 1

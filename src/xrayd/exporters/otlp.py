@@ -183,7 +183,14 @@ class OtlpExporter:
     def _count_report(self, report: Report) -> None:
         for reason, count in report.skipped.items():
             if reason.startswith("document:"):
-                self._counts("otlp_documents_unconverted", count, reason[len("document:"):])
+                why = reason[len("document:"):]
+                self._counts("otlp_documents_unconverted", count, why)
+                if self._logs is not None:
+                    self._logs.warn(f"unconverted:{why}",
+                                    f"{count} segment documents gave no span for OTLP export "
+                                    f"(no usable {why})" if why in ("trace_id", "id") else
+                                    f"{count} segment documents gave no span for OTLP export "
+                                    f"({why})")
             else:
                 self._counts("otlp_fields_skipped", count, reason)
         if report.spans:
