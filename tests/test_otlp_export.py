@@ -334,3 +334,29 @@ def test_documents_without_spans_are_counted_and_logged(receiver, caplog):
     assert counts.seen[("otlp_documents_unconverted", "trace_id")] == 1
     assert "1 segment documents gave no span for OTLP export (no usable trace_id)" in caplog.text
     assert len(receiver.spans()) == 1
+
+
+def test_a_request_too_large_for_the_receiver_is_sent_again_in_halves(receiver):
+    counts = Counts()
+    exporter = exporter_for(receiver, counts=counts)
+    import hashlib
+
+    def blob(n: int) -> str:  # hex digests: they do not compress away
+        return "".join(hashlib.sha256(f"{n}-{i}".encode()).hexdigest() for i in range(40))
+
+    docs = [segment(n, metadata={"default": {"blob": blob(n)}}) for n in range(8)]
+    sizes = []
+    for half in (docs, docs[:4], docs[:2]):
+        body, _ = request_body(half, Report())
+        sizes.append(len(gzip.compress(body)))
+    receiver.max_body = sizes[2] + 50  # two documents fit, four do not
+    try:
+        assert exporter.put(docs) == []
+    finally:
+        exporter.close()
+    assert receiver.problems == []
+    assert len(receiver.requests) == 4
+    assert sorted(s.span_id.hex() for _, s in receiver.spans()) == [
+        f"{n + 1:016x}" for n in range(8)]
+    assert counts.seen[("otlp_requests_split", "")] == 3
+    assert counts.seen[("otlp_spans_converted", "")] == 8  # counted once

@@ -101,6 +101,9 @@ EXPORTER_COUNTERS = {
                                    "Segment documents that gave no span (no usable ids)."),
     "otlp_spans_rejected": ("xrayd_otlp_spans_rejected", "label",
                             "Spans the OTLP receiver refused in a partial success."),
+    "otlp_requests_split": ("xrayd_otlp_requests_split", "label",
+                            "OTLP requests the receiver found too large (413), sent again in "
+                            "halves."),
     "otlp_metrics_forwarded": ("xrayd_otlp_metrics_forwarded", "label",
                                "OTLP metrics requests forwarded to /v1/metrics."),
     "otlp_metrics_failed": ("xrayd_otlp_metrics_failed", "class",

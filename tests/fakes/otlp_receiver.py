@@ -49,6 +49,7 @@ class OtlpReceiver:
     retry_after: str = ""
     partial_rejected: int = 0
     tls: tuple[str, str] | None = None  # (certificate, key) files: serve https
+    max_body: int = MAX_BODY  # larger (compressed) bodies are answered 413
     requests: list[Received] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -188,6 +189,8 @@ class OtlpReceiver:
                body: bytes) -> tuple[int, bytes, list[str]]:
         if method != "POST":
             return self._refuse(f"method {method}")
+        if len(body) > self.max_body:
+            return 413, b"", []
         if headers.get("content-type") != "application/x-protobuf":
             return self._refuse(f"content type {headers.get('content-type')!r}")
         if headers.get("content-encoding") != "gzip":

@@ -176,9 +176,25 @@ class OtlpExporter:
         self._count_report(report)
         if not converted:
             return []  # nothing convertible: counted above, nothing to send
-        answer = self._post(self._traces, body)
-        self._partial_success(answer)
+        self._send(docs, body)
         return []
+
+    def _send(self, docs: Sequence[bytes], body: bytes) -> None:
+        """POST a request; one the receiver finds too large (413) is sent again in halves.
+        (A half that then fails fails the batch: delivery stays at least once.)"""
+        try:
+            answer = self._post(self._traces, body)
+        except UploadError as exc:
+            if exc.status != 413 or len(docs) < 2:
+                raise
+            self._counts("otlp_requests_split", 1, "")
+            middle = len(docs) // 2
+            for half in (docs[:middle], docs[middle:]):
+                part, converted = request_body(half, Report())  # counted the first time
+                if converted:
+                    self._send(half, part)
+            return
+        self._partial_success(answer)
 
     def _count_report(self, report: Report) -> None:
         for reason, count in report.skipped.items():
