@@ -7,8 +7,9 @@ global prometheus state).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -23,6 +24,9 @@ from xrayd import stats as names
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer, plain
 from xrayd.stats import Stats
 
+if TYPE_CHECKING:
+    from xrayd.fanout import Lane
+
 Depth = tuple[int, int, int]
 
 
@@ -36,6 +40,7 @@ class Sources:
     queue_depth: Callable[[], Depth] | None = None  # (bytes, documents queued, batches in flight)
     spool_depth: Callable[[], Depth] | None = None  # (documents, bytes, files)
     upload_rate_limit: Callable[[], float | None] | None = None
+    lanes: Callable[[], Sequence[Lane]] | None = None  # every exporter's lane (fanout.py)
 
 
 # Counters of Stats: (stats name, metric name, label name, help).
@@ -76,6 +81,48 @@ COUNTERS = (
 )
 
 
+# Per-exporter counters (fanout.LaneStats names): (metric name, label name, help).
+EXPORTER_COUNTERS = {
+    names.SEGMENTS_SENT: ("xrayd_exporter_segments_sent", "label",
+                          "Segments the exporter's destination accepted."),
+    names.SEGMENTS_FAILED: ("xrayd_exporter_segments_failed", "class",
+                            "Segments dropped because their batch could not be delivered."),
+    names.SEGMENTS_UNPROCESSED: ("xrayd_exporter_segments_unprocessed", "code",
+                                 "Segments the destination refused, by error code."),
+    names.SEGMENTS_SPILLED: ("xrayd_exporter_segments_spilled", "kind",
+                             "Segments let go because the exporter's share of the memory "
+                             "budget was full."),
+    names.SEGMENTS_DROPPED: ("xrayd_exporter_segments_dropped", "reason",
+                             "Segments dropped for another reason (shutdown, spool_full, ...)."),
+    names.SEGMENTS_SPOOLED: ("xrayd_exporter_segments_spooled", "label",
+                             "Segments written to the exporter's spool."),
+    names.SEGMENTS_REPLAYED: ("xrayd_exporter_segments_replayed", "label",
+                              "Segments taken back out of the exporter's spool."),
+    names.SEGMENTS_RETRIED: ("xrayd_exporter_segments_retried", "label",
+                             "Segments sent again after a failed call."),
+    names.BATCHES_SENT: ("xrayd_exporter_batches_sent", "label", "Successful calls."),
+    names.BATCHES_RETRIED: ("xrayd_exporter_batches_retried", "label", "Calls retried."),
+    names.UPLOAD_ERRORS: ("xrayd_exporter_errors", "class", "Failed calls, by class."),
+    "otlp_spans_converted": ("xrayd_otlp_spans_converted", "label",
+                             "Spans made from X-Ray segment documents for OTLP export."),
+    "otlp_fields_skipped": ("xrayd_otlp_fields_skipped", "reason",
+                            "Segment fields left out of the spans because they did not convert."),
+    "otlp_documents_unconverted": ("xrayd_otlp_documents_unconverted", "reason",
+                                   "Segment documents that gave no span (no usable ids)."),
+    "otlp_spans_rejected": ("xrayd_otlp_spans_rejected", "label",
+                            "Spans the OTLP receiver refused in a partial success."),
+    "otlp_requests_split": ("xrayd_otlp_requests_split", "label",
+                            "OTLP requests the receiver found too large (413), sent again in "
+                            "halves."),
+    "otlp_metrics_forwarded": ("xrayd_otlp_metrics_forwarded", "label",
+                               "OTLP metrics requests forwarded to /v1/metrics."),
+    "otlp_metrics_failed": ("xrayd_otlp_metrics_failed", "class",
+                            "OTLP metrics requests that could not be forwarded."),
+    "otlp_metrics_dropped": ("xrayd_otlp_metrics_dropped", "reason",
+                             "OTLP metrics requests not forwarded (no endpoint, queue full)."),
+}
+
+
 class StatsCollector:
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
@@ -113,6 +160,47 @@ class StatsCollector:
             yield family
         yield self._latency()
         yield from self._gauges()
+        if src.lanes is not None:
+            yield from self._exporters(src.lanes())
+
+    @staticmethod
+    def _exporter_counter(name: str) -> tuple[str, str, str]:
+        return EXPORTER_COUNTERS.get(
+            name, (f"xrayd_exporter_{name}", "label", name.replace("_", " ") + "."))
+
+    def _exporters(self, lanes: Sequence[Lane]) -> Iterator[Metric]:
+        """Every lane's counters and gauges, labelled with its exporter (xray, local, otlp)."""
+        values: dict[str, dict[tuple[str, ...], int]] = {}
+        for lane in lanes:
+            for (name, label), count in lane.stats.snapshot().items():
+                metric, label_name, _ = self._exporter_counter(name)
+                key = (lane.name,) if label_name == "label" else (lane.name, label or "unknown")
+                series = values.setdefault(name, {})
+                series[key] = series.get(key, 0) + count
+        for name, series in sorted(values.items()):
+            metric, label_name, help_text = self._exporter_counter(name)
+            labels = ["exporter"] if label_name == "label" else ["exporter", label_name]
+            family = CounterMetricFamily(metric, help_text, labels=labels)
+            for key, count in sorted(series.items()):
+                family.add_metric(list(key), count)
+            yield family
+        gauges = {
+            "xrayd_exporter_queue_segments": "Segments buffered in memory for the exporter.",
+            "xrayd_exporter_queue_bytes": "Bytes of the exporter's share of the budget in use.",
+            "xrayd_exporter_spool_segments": "Segments in the exporter's spool.",
+            "xrayd_exporter_up": "1 when the exporter's destination answered recently.",
+        }
+        made = {name: GaugeMetricFamily(name, text, labels=["exporter"])
+                for name, text in gauges.items()}
+        for lane in lanes:
+            held, queued, _ = lane.queue.snapshot()
+            made["xrayd_exporter_queue_segments"].add_metric([lane.name], queued)
+            made["xrayd_exporter_queue_bytes"].add_metric([lane.name], held)
+            spooled = lane.spool.depth()[0] if lane.spool is not None else 0
+            made["xrayd_exporter_spool_segments"].add_metric([lane.name], spooled)
+            made["xrayd_exporter_up"].add_metric([lane.name],
+                                                 int(not lane.uploader.breaker.is_open))
+        yield from made.values()
 
     def _latency(self) -> Metric:
         histogram = self.sources.stats.upload_latency

@@ -60,6 +60,9 @@ class Config:
     otlp_grpc_address: str = ""
     otel_indexed_attributes: str = ""  # comma-separated span attribute names -> annotations
     otel_index_all_attributes: bool = False
+    # OTLP export (docs/otlp-export.md): beside the X-Ray upload or the offline store.
+    otlp_endpoint: str = ""  # "" = from OTEL_EXPORTER_OTLP_*; "off" = never
+    otlp_sigv4_region: str = ""  # sign OTLP requests with SigV4 (service xray) for this region
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -120,6 +123,8 @@ KEYS: tuple[Key, ...] = (
     Key("OTLPGRPCAddress", "otlp_grpc_address", str),
     Key("OpenTelemetry.IndexedAttributes", "otel_indexed_attributes", list),
     Key("OpenTelemetry.IndexAllAttributes", "otel_index_all_attributes", bool),
+    Key("OTLPEndpoint", "otlp_endpoint", str),
+    Key("OTLPSigV4Region", "otlp_sigv4_region", str),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 

@@ -27,12 +27,17 @@ from xrayd.stats import (
 
 if TYPE_CHECKING:
     from xrayd.batcher import Spill
+    from xrayd.exporters.otlp_settings import OtlpSettings
+    from xrayd.fanout import Fanout, Lane
+    from xrayd.segment_queue import SegmentQueue
     from xrayd.spool import Spool
 
 # The shutdown drain time is Config.drain_seconds (default 20 s: a few rounds of 2-second
 # attempts, well under the 30 s a container platform waits before SIGKILL).
 REPLAY_THREADS = 4
 SIGNAL_POLL_SECONDS = 1.0
+# Documents per OTLP request: fewer, larger requests than PutTraceSegments' limit of 50.
+OTLP_MAX_BATCH = 128
 
 
 class StartupError(Exception):
@@ -77,11 +82,11 @@ class Daemon:
         self.admin = None
         self.intake_open = False
         self.offline = None
+        self.lanes: list[Lane] = []  # the primary exporter's first (queue/uploader/spool above)
+        self.fanout: Fanout | None = None  # where receivers put documents (every lane)
+        self.otlp_exporter = None  # the OTLP exporter, when configured
         self.otlp = None  # OtlpIntake: T1S/T1U/M1 datagrams and the OTLP receivers
         self.otlp_servers: list = []  # OTLP/HTTP and OTLP/gRPC receivers that started
-        # Raw ExportMetricsServiceRequest bytes (M1 datagrams) go here when an OTLP exporter
-        # is wired; None: counted and dropped.
-        self.metrics_sink = None
 
     def start(self) -> None:
         cfg = self.config
@@ -103,18 +108,19 @@ class Daemon:
             raise StartupError(str(exc)) from None
         log.info("Using buffer memory limit of %d MB", megabytes)
         log.info("%d segment buffers allocated", budget.original_buffer_count(megabytes))
+        try:
+            otlp = self._otlp_settings()
+        except ValueError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from None
 
         if cfg.offline:
-            self._start_offline(sock, megabytes)
+            self._start_offline(sock, megabytes, otlp)
             return
 
         # Heavy imports (botocore) only now that the port is bound.
         from xrayd import aws
-        from xrayd.batcher import Batcher
         from xrayd.exporters.xray import XRayExporter
-        from xrayd.receivers.udp import UdpReceiver
-        from xrayd.segment_queue import SegmentQueue
-        from xrayd.uploader import Uploader
 
         try:
             region, source = aws.resolve_region(cfg.region, cfg.local_mode, log=log)
@@ -138,20 +144,16 @@ class Daemon:
         if cfg.resource_arn:
             log.debug("ARN of the AWS resource running the daemon: %s", cfg.resource_arn)
 
-        batcher = Batcher(budget=megabytes * budget.MIB)
-        self.queue = SegmentQueue(batcher, time.monotonic)
-        self.spool = self._open_spool()
+        share = self._budget_share(megabytes, otlp)
+        spool = self._open_spool()
         # The spool's replay threads upload next to the workers: room for their connections.
-        pool = cfg.concurrency + (REPLAY_THREADS if self.spool is not None else 0)
+        pool = cfg.concurrency + (REPLAY_THREADS if spool is not None else 0)
         exporter = XRayExporter(context, pool_size=pool)
-        self.uploader = Uploader(self.queue, exporter, self.stats, self.logs, cfg.concurrency,
-                                 spool=self.spool, replay_threads=REPLAY_THREADS)
-        self.otlp = self._otlp_intake(batcher)
-        self.receiver = UdpReceiver(
-            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
-            put_many=self.queue.put_many, otlp=self.otlp,
-        )
-        log.debug("Batch size: %d", batcher.max_batch)
+        self._add_lane("xray", exporter, share, spool)
+        if otlp is not None:
+            self._add_otlp_lane(otlp, share, context.credentials)
+        self._make_receiver(sock)
+        log.debug("Batch size: %d", self.queue.batcher.max_batch)
         self._start_admin()
         self._start_otlp_receivers()
         # Everything loaded so far (botocore's tables above all) lives as long as the daemon:
@@ -161,7 +163,8 @@ class Daemon:
         # The UDP reader and the upload threads are I/O-bound: a thread waiting for the GIL
         # gets it within 0.5 ms instead of 5, so the reader drains the kernel buffer in time.
         sys.setswitchinterval(0.0005)
-        self.uploader.start()
+        for lane in self.lanes:
+            lane.uploader.start()
         self.receiver.start()
         self._start_trimmer()
         self.intake_open = True
@@ -169,30 +172,27 @@ class Daemon:
         self._start_proxy(context, upstream)
         log.info("Ready: receiving segments on UDP %s", cfg.udp_address)
 
-    def _otlp_intake(self, batcher):
-        """The OpenTelemetry intake on the segment queue (light: protobuf, grpc and the
-        OpenTelemetry packages are only imported by the receivers that use them)."""
+    def _otlp_intake(self):
+        """The OpenTelemetry intake, putting converted spans where the UDP receiver puts
+        segments (light: protobuf, grpc and the OpenTelemetry packages are only imported by the
+        receivers that use them). M1 metrics go to the OTLP exporter when there is one."""
         from xrayd.otel import Options
         from xrayd.receivers.otlp_intake import OtlpIntake, stats_count
 
-        cfg, queue = self.config, self.queue
-        assert queue is not None
+        cfg, queue, fanout = self.config, self.queue, self.fanout
+        assert queue is not None and fanout is not None
+        target = queue if len(self.lanes) == 1 else fanout
         names = frozenset(n.strip() for n in cfg.otel_indexed_attributes.split(",") if n.strip())
         options = Options(indexed_attributes=names,
                           index_all_attributes=cfg.otel_index_all_attributes)
+        batcher = queue.batcher
         # Conversion in worker processes (one a core, 2 to 4) and two threads feeding them
         # T1S datagrams: all started by the first OpenTelemetry request, not before.
-        return OtlpIntake(queue.put_many, self._spilled, self.logs, options,
+        return OtlpIntake(target.put_many, self._spilled, self.logs, options,
                           free_bytes=lambda: batcher.budget - queue.snapshot()[0],
-                          metrics_sink=self.metrics_sink,
+                          metrics_sink=self.forward_metrics if self.otlp_exporter else None,
                           workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2,
                           shared_count=stats_count(self.stats.add))
-
-    def set_metrics_sink(self, sink) -> None:
-        """Where M1 datagrams' ExportMetricsServiceRequest bytes go (an OTLP exporter)."""
-        self.metrics_sink = sink
-        if self.otlp is not None:
-            self.otlp.metrics_sink = sink
 
     def _start_otlp_receivers(self) -> None:
         """OTLP/HTTP and OTLP/gRPC, where configured (offline mode: on by default). A port
@@ -238,26 +238,143 @@ class Daemon:
     def _start_trimmer(self) -> None:
         from xrayd.memory import DrainTrimmer
 
-        queue = self.queue
-        assert queue is not None
-        self.trimmer = DrainTrimmer(lambda: queue.snapshot()[0])
+        queues = [lane.queue for lane in self.lanes]
+        self.trimmer = DrainTrimmer(lambda: sum(q.snapshot()[0] for q in queues))
         self.trimmer.start()
 
-    def _open_spool(self) -> Spool | None:
+    def _otlp_settings(self) -> OtlpSettings | None:
+        from xrayd.exporters.otlp_settings import exports_to_itself, resolve_settings
+
+        cfg = self.config
+        settings = resolve_settings(cfg.otlp_endpoint, cfg.otlp_sigv4_region, os.environ,
+                                    verify=not cfg.no_verify_ssl)
+        if settings is None:
+            return None
+        for warning in settings.warnings:
+            self.log.warning("%s", warning)
+        if exports_to_itself(settings.traces_url, self._otlp_http_receiver()):
+            if cfg.otlp_endpoint:
+                raise ValueError(f"OTLP export to {settings.traces_url} is this daemon's own "
+                                 "OTLP/HTTP receiver: spans would loop; give another "
+                                 "--otlp-endpoint, or --otlp-http-address off")
+            self.log.warning("Not exporting OTLP to %s (from OTEL_EXPORTER_OTLP_*): it is this "
+                             "daemon's own OTLP/HTTP receiver and spans would loop",
+                             settings.traces_url)
+            return None
+        if cfg.proxy_address or os.environ.get("HTTPS_PROXY"):
+            from dataclasses import replace
+
+            from xrayd import aws
+
+            try:
+                settings = replace(settings, proxy=aws.proxy_url(cfg.proxy_address))
+            except aws.AwsSetupError as exc:
+                raise ValueError(str(exc)) from None
+        return settings
+
+    def _otlp_http_receiver(self) -> tuple[str, int] | None:
+        from xrayd.config import OTLP_HTTP_DEFAULT, otlp_address
+        from xrayd.receivers.udp import split_address
+
+        cfg = self.config
+        address = otlp_address(cfg.otlp_http_address, cfg.offline, OTLP_HTTP_DEFAULT)
+        try:
+            return split_address(address) if address else None
+        except AddressError:
+            return None
+
+    @staticmethod
+    def _budget_share(megabytes: int, otlp: OtlpSettings | None) -> int:
+        """Each lane's share of the memory budget: the whole budget for one exporter, equal
+        shares for several (docs/otlp-export.md)."""
+        return megabytes * budget.MIB // (1 if otlp is None else 2)
+
+    def _add_lane(self, name: str, exporter, share: int, spool: Spool | None,
+                  max_batch: int | None = None, takes_otlp: bool = False,
+                  logs: RateLimitedLog | None = None) -> Lane:
+        """A queue (``share`` bytes of the budget), upload workers and counters for one
+        exporter; the first lane added is the primary one."""
+        from xrayd.batcher import MAX_BATCH, Batcher
+        from xrayd.fanout import Fanout, Lane, LaneStats, PrefixedLog
+        from xrayd.segment_queue import SegmentQueue
+        from xrayd.uploader import Uploader
+
+        primary = not self.lanes
+        queue = SegmentQueue(Batcher(budget=share, max_batch=max_batch or MAX_BATCH),
+                             time.monotonic)
+        stats = LaneStats(self.stats, name, primary)
+        if logs is None:
+            logs = self.logs if primary else PrefixedLog(self.logs, f"[{name} exporter] ")
+        uploader = Uploader(queue, exporter, stats, logs, self.config.concurrency, spool=spool,
+                            replay_threads=REPLAY_THREADS)
+        lane = Lane(name, queue, uploader, stats, logs, spool, takes_otlp)
+        self.lanes.append(lane)
+        if primary:
+            self.queue, self.uploader, self.spool = queue, uploader, spool
+        self.fanout = Fanout(self.lanes)
+        return lane
+
+    def _add_otlp_lane(self, settings: OtlpSettings, share: int, credentials=None) -> None:
+        from xrayd.exporters.otlp import OtlpExporter
+        from xrayd.fanout import PrefixedLog
+
+        if settings.sigv4_region and credentials is None:
+            from xrayd import aws
+
+            credentials = aws.CredentialSource(aws.new_session()).frozen
+        spool = self._open_spool("otlp")
+        lane: Lane | None = None
+
+        def counts(name: str, amount: int, label: str) -> None:
+            if lane is not None:
+                lane.stats.add(name, amount, label)
+
+        logs = PrefixedLog(self.logs, "[otlp exporter] ")
+        self.otlp_exporter = OtlpExporter(settings, credentials if settings.sigv4_region else None,
+                                          counts, logs=logs)
+        lane = self._add_lane("otlp", self.otlp_exporter, share, spool, max_batch=OTLP_MAX_BATCH,
+                              takes_otlp=True, logs=logs)
+        signed = f", SigV4-signed for {settings.sigv4_region}" if settings.sigv4_region else ""
+        self.log.info("Exporting traces as OTLP to %s%s", settings.traces_url, signed)
+
+    def forward_metrics(self, request: bytes) -> bool:
+        """An OTLP metrics request (from an M1 datagram) to the OTLP exporter's /v1/metrics;
+        False when there is none or it cannot take it (counted there)."""
+        exporter = self.otlp_exporter
+        return exporter is not None and exporter.forward_metrics(request)
+
+    def _make_receiver(self, sock) -> None:
+        from xrayd.receivers.udp import UdpReceiver
+
+        assert self.queue is not None and self.fanout is not None
+        # One exporter: straight into its queue, as before fan-out existed.
+        target = self.queue if len(self.lanes) == 1 else self.fanout
+        self.otlp = self._otlp_intake()
+        self.receiver = UdpReceiver(
+            sock, target.put, self.stats.intake(), self._spilled, self.logs,
+            put_many=target.put_many, otlp=self.otlp,
+        )
+
+    def _open_spool(self, exporter: str = "") -> Spool | None:
+        """The spool of an exporter: the X-Ray API's is --spool-dir itself (where earlier
+        versions kept it, so an upgrade replays what they left), any other exporter's a
+        subdirectory named after it."""
         cfg = self.config
         if not cfg.spool_dir:
             return None
         from xrayd.spool import Spool
 
+        directory = os.path.join(cfg.spool_dir, exporter) if exporter else cfg.spool_dir
         interval = cfg.spool_fsync_interval_ms / 1000 if cfg.spool_fsync_interval_ms > 0 else 0
-        spool = Spool(cfg.spool_dir, cfg.spool_max_mb * budget.MIB, interval, log=self.log)
+        spool = Spool(directory, cfg.spool_max_mb * budget.MIB, interval, log=self.log)
         try:
             found = spool.open()
         except OSError as exc:
-            raise StartupError(f"Cannot use spool directory {cfg.spool_dir}: {exc}") from None
-        self.stats.add(SPOOL_RECOVERED, found)
+            raise StartupError(f"Cannot use spool directory {directory}: {exc}") from None
+        if not exporter:
+            self.stats.add(SPOOL_RECOVERED, found)
         self.log.info("Using spool directory %s (limit %d MB): %d segments to upload from an "
-                      "earlier run", cfg.spool_dir, cfg.spool_max_mb, found)
+                      "earlier run", directory, cfg.spool_max_mb, found)
         return spool
 
     def _start_admin(self) -> None:
@@ -275,9 +392,11 @@ class Daemon:
                 return True, ""
             return False, "the X-Ray API has not answered the last calls (backend unavailable)"
 
+        lanes = list(self.lanes)
         sources = Sources(
             self.stats, lambda: self.intake_open, backend_ready, queue.snapshot,
             spool.depth if spool is not None else None, lambda: uploader.limiter.rate,
+            lanes=lambda: lanes,
         )
         self.admin = make_server(address, sources)
         try:
@@ -286,32 +405,33 @@ class Daemon:
             raise StartupError(f"admin http server failed to listen on {address}: {exc}") from None
         self.log.info("Starting admin http server (/healthz, /readyz, /metrics) on %s", address)
 
-    def _start_offline(self, sock, megabytes: int) -> None:
-        """Offline mode: the same pipeline into the local store; no region, no credentials."""
+    def _start_offline(self, sock, megabytes: int, otlp: OtlpSettings | None) -> None:
+        """Offline mode: the same pipeline into the local store (and OTLP export when set); no
+        region, no credentials (unless OTLP export is SigV4-signed)."""
         from xrayd import offline
-        from xrayd.batcher import Batcher
-        from xrayd.receivers.udp import UdpReceiver
-        from xrayd.segment_queue import SegmentQueue
-        from xrayd.uploader import Uploader
 
         try:
             self.offline = offline.start(self.config, self.log, self._rejected)
         except offline.OfflineError as exc:
             sock.close()
             raise StartupError(str(exc)) from None
-        batcher = Batcher(budget=megabytes * budget.MIB)
-        self.queue = SegmentQueue(batcher, time.monotonic)
-        self.uploader = Uploader(self.queue, self.offline.exporter, self.stats, self.logs,
-                                 self.config.concurrency)
-        self.otlp = self._otlp_intake(batcher)
-        self.receiver = UdpReceiver(
-            sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
-            put_many=self.queue.put_many, otlp=self.otlp,
-        )
-        self.log.debug("Batch size: %d", batcher.max_batch)
+        share = self._budget_share(megabytes, otlp)
+        self._add_lane("local", self.offline.exporter, share, None)
+        if otlp is not None:
+            try:
+                self._add_otlp_lane(otlp, share)
+            except StartupError:
+                sock.close()
+                self.offline.stop()
+                self.offline.writer.close()
+                raise
+        self._make_receiver(sock)
+        assert self.queue is not None
+        self.log.debug("Batch size: %d", self.queue.batcher.max_batch)
         self._start_admin()
         self._start_otlp_receivers()
-        self.uploader.start()
+        for lane in self.lanes:
+            lane.uploader.start()
         self.receiver.start()
         self._start_trimmer()
         self.intake_open = True
@@ -322,8 +442,9 @@ class Daemon:
         """A document the offline store refused (it was counted as sent when queued)."""
         from xrayd.stats import SEGMENTS_UNPROCESSED
 
-        self.stats.add(SEGMENTS_SENT, -1)
-        self.stats.add(SEGMENTS_UNPROCESSED, label=rejection.code)
+        counters = self.lanes[0].stats if self.lanes else self.stats
+        counters.add(SEGMENTS_SENT, -1)
+        counters.add(SEGMENTS_UNPROCESSED, label=rejection.code)
         self.logs.error(
             f"unprocessed:{rejection.code}",
             f"Unprocessed segment: Id {rejection.id or 'missing'}, ErrorCode {rejection.code}, "
@@ -372,12 +493,8 @@ class Daemon:
             log.error("proxy http server failed to listen: %s", exc)
 
     def _spilled(self, spill: Spill) -> None:
-        if spill.evicted:
-            self.stats.add(SEGMENTS_SPILLED, spill.evicted, label="evicted_oldest")
-            self.logs.warn("spill-evicted", f"Spilling over {spill.evicted} segments")
-        if spill.dropped:
-            self.stats.add(SEGMENTS_SPILLED, spill.dropped, label="dropped_new")
-            self.logs.warn("spill-dropped", "Segment dropped. Consider increasing memory limit")
+        """The primary lane's spills (the receivers report them)."""
+        self.lanes[0].spilled(spill)
 
     def install_signal_handlers(self, log_file: RotatingFile | None = None) -> None:
         signal.signal(signal.SIGINT, self.shutdown.handle)
@@ -393,17 +510,22 @@ class Daemon:
             pass
         self.log.info("Got shutdown signal: %s", self.shutdown.signal_name)
 
-    def _wait_drained(self, timeout: float) -> bool:
-        """The queue's wait_drained, a second at a time: the drain runs in the main thread,
-        which must get to run a second signal's handler (see wait)."""
-        assert self.queue is not None
+    def _wait_drained(self, timeout: float, queues: list[SegmentQueue] | None = None) -> bool:
+        """Every lane's wait_drained (they drain side by side), a second at a time: the drain
+        runs in the main thread, which must get to run a second signal's handler (see wait)."""
+        if queues is None:
+            queues = [lane.queue for lane in self.lanes]
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if self.queue.wait_drained(max(0.0, min(left, SIGNAL_POLL_SECONDS))):
+            waiting = [queue for queue in queues if not queue.wait_drained(0.0)]
+            if not waiting:
+                return True
+            if waiting[0].wait_drained(max(0.0, min(left, SIGNAL_POLL_SECONDS))) and \
+                    len(waiting) == 1:
                 return True
             if left <= SIGNAL_POLL_SECONDS:
-                return False
+                return all(queue.wait_drained(0.0) for queue in queues)
 
     def stop(self, drain_seconds: float | None = None) -> None:
         """Stop intake, upload what is buffered within ``drain_seconds``, spool what is left
@@ -425,32 +547,12 @@ class Daemon:
             self.otlp.close()  # what waits for conversion goes into the queue before its close
         if self.offline is not None:
             self.offline.stop()
-        if self.queue is not None and self.uploader is not None:
-            self.queue.close()
-            # Near the end of the drain time, whatever is still buffered goes to the spool.
-            reserve = min(3.0, drain_seconds / 4) if self.spool is not None else 0.0
-            if self.spool is not None:
-                self.uploader.stop_replay()
-            drained = self._wait_drained(drain_seconds - reserve)
-            if not drained and self.spool is not None:
-                log.info("Shutdown drain: spooling what is still buffered")
-                self.uploader.divert()
-                drained = self._wait_drained(reserve)
-            if not drained:
-                queued = self.queue.abandon()
-                in_flight = self.queue.snapshot()[2]
-                self.stats.add(SEGMENTS_DROPPED, queued, label="shutdown")
-                log.error(
-                    "Shutdown drain time of %.0f s ran out: %d buffered segments dropped, "
-                    "%d batches still in flight", drain_seconds, queued, in_flight,
-                )
-            else:
-                self.uploader.join(1.0)
-            if self.spool is not None:
-                self.spool.sync()
+        if self.lanes:
+            self._drain(drain_seconds)
             if self.telemetry is not None:
                 self.telemetry.stop()
-            self.uploader.exporter.close()
+            for lane in self.lanes:
+                lane.exporter.close()
         if self.admin is not None:
             self.admin.stop()
         if self.trimmer is not None:
@@ -461,7 +563,42 @@ class Daemon:
             self.stats.get(SEGMENTS_SENT),
         )
         log.info("Shutdown summary: %s", self.stats.summary())
+        if len(self.lanes) > 1 or self.otlp is not None:
+            for lane in self.lanes:
+                log.info("Shutdown summary: %s", lane.summary())
         log.debug("Shutdown finished. Current epoch in nanoseconds: %d", time.time_ns())
+
+
+    def _drain(self, drain_seconds: float) -> None:
+        """Every lane uploads what it holds; near the end of the drain time, what a lane with
+        a spool still holds goes there; what is left after that is dropped (counted)."""
+        log = self.log
+        for lane in self.lanes:
+            lane.queue.close()
+        spooled = [lane for lane in self.lanes if lane.spool is not None]
+        reserve = min(3.0, drain_seconds / 4) if spooled else 0.0
+        for lane in spooled:
+            lane.uploader.stop_replay()
+        drained = self._wait_drained(drain_seconds - reserve)
+        if not drained and spooled:
+            log.info("Shutdown drain: spooling what is still buffered")
+            for lane in spooled:
+                lane.uploader.divert()
+            drained = self._wait_drained(reserve)
+        for lane in self.lanes:
+            if lane.queue.wait_drained(0.0):
+                lane.uploader.join(1.0 if drained else 0.0)
+                continue
+            queued = lane.queue.abandon()
+            in_flight = lane.queue.snapshot()[2]
+            lane.stats.add(SEGMENTS_DROPPED, queued, label="shutdown")
+            lane.logs.error(
+                "shutdown-dropped",
+                f"Shutdown drain time of {drain_seconds:.0f} s ran out: {queued} buffered "
+                f"segments dropped, {in_flight} batches still in flight")
+        for lane in spooled:
+            assert lane.spool is not None
+            lane.spool.sync()
 
 
 def run(config: Config, log_file: RotatingFile | None = None) -> int:

@@ -100,6 +100,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("otel-index-all-attributes", "", bool, "otel_index_all_attributes",
          "Every simple span attribute becomes an annotation (config key "
          "OpenTelemetry.IndexAllAttributes)."),
+    Flag("otlp-endpoint", "", str, "otlp_endpoint",
+         "Also export every trace as OTLP/HTTP (protobuf, gzip) to this URL, e.g. "
+         "http://127.0.0.1:4318/v1/traces; off: never (config key OTLPEndpoint; default: "
+         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT when set)."),
+    Flag("otlp-sigv4-region", "", str, "otlp_sigv4_region",
+         "Sign OTLP export requests with SigV4 (service xray) for this region; without "
+         "--otlp-endpoint, export to https://xray.<region>.amazonaws.com/v1/traces (config key "
+         "OTLPSigV4Region)."),
 )
 
 _BY_NAME: dict[str, Flag] = {}

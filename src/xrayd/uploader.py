@@ -18,13 +18,13 @@ from typing import Protocol
 
 from xrayd import stats as names
 from xrayd.batcher import Batch
-from xrayd.exporters.xray import Unprocessed, UploadError
+from xrayd.delivery import Unprocessed, UploadError
 from xrayd.logs import RateLimitedLog
 from xrayd.protocol import document_ids
 from xrayd.retry import Breaker, RateLimiter, RetryPolicy
 from xrayd.segment_queue import SegmentQueue
 from xrayd.spool import Entry, Spool
-from xrayd.stats import Stats
+from xrayd.stats import Histogram
 
 # UnprocessedTraceSegments error codes worth another attempt; any other code (InvalidTraceId,
 # InvalidSegment, MissingId, ...) describes the document itself and is final.
@@ -58,6 +58,7 @@ AUTH_FIXES = {
 }
 AUTH_LOG_INTERVAL = 60.0
 EMPTY_SPOOL_WAIT = 5.0  # replay threads look at an empty spool this often (and when woken)
+MAX_RETRY_AFTER = 60.0  # a peer's Retry-After is honoured up to this many seconds
 
 
 def is_auth_error(error: UploadError) -> bool:
@@ -68,6 +69,14 @@ def is_auth_error(error: UploadError) -> bool:
 def auth_fix(error: UploadError) -> str:
     key = "no_credentials" if error.error_class == "no_credentials" else error.code
     return AUTH_FIXES.get(key, "check the daemon's credentials and IAM permissions")
+
+
+class Counters(Protocol):
+    """Where the outcomes are counted: the daemon's Stats, or one exporter's (fanout.LaneStats)."""
+
+    upload_latency: Histogram
+
+    def add(self, name: str, amount: int = 1, label: str = "") -> None: ...
 
 
 class Exporter(Protocol):
@@ -83,7 +92,7 @@ class Uploader:
         self,
         queue: SegmentQueue,
         exporter: Exporter,
-        stats: Stats,
+        stats: Counters,
         logs: RateLimitedLog,
         concurrency: int,
         policy: RetryPolicy | None = None,
@@ -110,6 +119,7 @@ class Uploader:
         self.limiter = limiter or RateLimiter(clock)
         self.breaker = breaker or Breaker(clock)
         self._diverting = False
+        self._not_before = float("-inf")  # no call before this time (a peer's Retry-After)
         self._stopping = threading.Event()
         self._spooled = threading.Event()  # set when a batch goes to the spool
         self._random = random.Random()
@@ -180,6 +190,16 @@ class Uploader:
         while pending:
             if spool_early and self._diverted():
                 return pending, error
+            hold = self._not_before - self.clock()
+            if hold > 0:
+                # The peer asked every caller to wait (Retry-After): wait with it; with a spool,
+                # a batch that may not wait that long goes there instead.
+                if self.spool is not None and self.clock() - started + hold > policy.max_elapsed:
+                    return pending, error or UploadError(
+                        f"the peer asked to wait {hold:.1f} s (Retry-After)", "retry_after", True)
+                self.queue.kick()
+                self.sleep(hold)
+                continue
             wait = self.limiter.reserve()
             if wait > 0:
                 self.queue.kick()
@@ -196,6 +216,16 @@ class Uploader:
                 retriable = self._failed_attempt(exc)
                 wait = policy.next_delay(attempt, self.clock() - started, retriable,
                                          self._random.random())
+                if exc.retry_after is not None and retriable:
+                    after = min(exc.retry_after, MAX_RETRY_AFTER)
+                    self._not_before = max(self._not_before, self.clock() + after)
+                    if wait is not None:
+                        wait = max(wait, after)
+                    elif self.spool is None and attempt < policy.max_attempts:
+                        wait = after  # the peer named the time; with no spool, wait for it
+                    if wait is not None and self.spool is not None and \
+                            self.clock() - started + wait > policy.max_elapsed:
+                        wait = None  # to the spool; its replay waits for the same time
                 if wait is None:
                     return pending, error
                 self.stats.add(names.BATCHES_RETRIED)
@@ -330,7 +360,9 @@ class Uploader:
                 self._spooled.wait(EMPTY_SPOOL_WAIT)
                 self._spooled.clear()
                 continue
-            wait = self.breaker.probe_due()
+            wait = self._not_before - self.clock()  # a peer's Retry-After first
+            if wait <= 0:
+                wait = self.breaker.probe_due()
             if wait > 0:
                 self._stopping.wait(min(wait, 1.0))
                 continue

@@ -6,18 +6,23 @@ skips the botocore client's per-call work, which costs more than the upload."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
-import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
 
 from xrayd.aws import REQUEST_TIMEOUT, AwsContext, CredentialsError, user_agent
+
+# The delivery types live in xrayd.delivery; imported here under their old home too.
+from xrayd.delivery import (
+    THROTTLING_CODES,
+    Unprocessed,
+    UploadError,
+    classify_send_error,
+)
 from xrayd.exporters.offload import Helper, HelperUnavailable
 from xrayd.exporters.signing import Signer
 from xrayd.exporters.transport import DirectTransport, SessionTransport, Transport
@@ -29,35 +34,6 @@ OFFLOAD_CALLS_PER_SECOND = 200
 # After a helper ended (idle, or it died), wait this long before forking another.
 REFORK_SECONDS = 10.0
 UPLOAD_NICENESS = 5
-
-THROTTLING_CODES = frozenset(
-    {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
-     "RequestLimitExceeded", "SlowDown", "RequestThrottled"}
-)
-
-
-@dataclass(frozen=True)
-class Unprocessed:
-    id: str
-    error_code: str
-    message: str
-
-
-class UploadError(Exception):
-    """A failed call. ``error_class`` is the telemetry class: timeout, connection_refused,
-    unknown_host, http_4xx, http_5xx, no_credentials or other."""
-
-    def __init__(self, message: str, error_class: str, retriable: bool, status: int = 0,
-                 code: str = "") -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.retriable = retriable
-        self.status = status
-        self.code = code
-
-    @property
-    def throttled(self) -> bool:
-        return self.status == 429 or self.code in THROTTLING_CODES
 
 
 def classify_http_error(status: int, body: bytes, headers: dict) -> UploadError:
@@ -74,33 +50,6 @@ def classify_http_error(status: int, body: bytes, headers: dict) -> UploadError:
     error_class = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else "other"
     return UploadError(f"HTTP {status} {code}: {message}".strip(), error_class, retriable,
                        status, code)
-
-
-def classify_send_error(exc: Exception) -> UploadError:
-    from botocore import exceptions as bex
-
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
-        return UploadError(f"request timed out: {detail}", "timeout", True)
-    if isinstance(exc, ConnectionRefusedError):
-        return UploadError(f"connection refused: {detail}", "connection_refused", True)
-    if isinstance(exc, socket.gaierror):
-        return UploadError(f"unknown host: {detail}", "unknown_host", True)
-    if isinstance(exc, OSError | http.client.HTTPException):
-        return UploadError(f"{type(exc).__name__}: {detail}", "other", True)
-    if isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
-        return UploadError(detail, "timeout", True)
-    if isinstance(exc, bex.EndpointConnectionError):
-        cause = getattr(exc, "kwargs", {}).get("error")
-        text = repr(cause) + detail
-        if "Name or service not known" in text or "gaierror" in text or "nodename" in text:
-            return UploadError(detail, "unknown_host", True)
-        if "Connection refused" in text or "ConnectionRefused" in text:
-            return UploadError(detail, "connection_refused", True)
-        return UploadError(detail, "other", True)
-    if isinstance(exc, bex.HTTPClientError | bex.ProxyConnectionError | bex.SSLError):
-        return UploadError(detail, "other", True)
-    return UploadError(detail, "other", False)
 
 
 def lower_thread_priority() -> None:
