@@ -59,7 +59,7 @@ def test_find_a_trace_by_annotation_and_read_its_timeline(browser, start_xrayd, 
 
     page.fill("#filter", 'annotation.customer = "c2"')
     page.click("#apply")
-    page.wait_for_function("document.querySelectorAll('#trace-list tbody tr').length === 1",
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length === 1",
                            timeout=15000)
     row = page.locator("#trace-list tbody tr")
     assert row.get_attribute("data-trace") == trace_ids[2]

@@ -304,6 +304,7 @@ function drawChart(data, filter, onRange) {
   parts.push(svg("text", {class: "tick-label", x: padL - 4, y: padT + 8, "text-anchor": "end"}, String(top)));
   parts.push(svg("text", {class: "tick-label", x: padL - 4, y: H - padB, "text-anchor": "end"}, "0"));
   for (const b of bins) {
+    if (!(b.count > 0)) continue;
     const h = (b.count / top) * plotH;
     parts.push(svg("rect", {class: "dist-bar", x: xOf(b.from) + 0.5, width: Math.max(1, xOf(b.to) - xOf(b.from) - 1),
       y: H - padB - h, height: h}, svg("title", {}, `${b.count} traces with response time ${fmtDur(b.from)}–${fmtDur(b.to)}`)));
