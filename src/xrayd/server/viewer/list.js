@@ -53,7 +53,7 @@ export class TraceList {
         this.more();
       }
     });
-    window.addEventListener("resize", () => this.draw());
+    window.addEventListener("resize", () => { this.draw(); this.redrawChart(); });
     NARROW.addEventListener("change", () => this.draw());
     this.body.addEventListener("keydown", (e) => this.key(e));
     this.drawHead();
@@ -208,6 +208,8 @@ export class TraceList {
 
   row(s, index, h) {
     const http = s.Http || {};
+    const httpText = [http.HttpMethod, http.HttpStatus, http.HttpURL].filter((x) => x !== undefined).join(" ");
+    const notes = annotationText(s.Annotations);
     const row = el("tr", {role: "row", "aria-rowindex": index + 2, "data-trace": s.Id, tabindex: "0",
       onclick: () => this.openTrace(s.Id)},
     el("td", {role: "cell", class: "col-start"}, fmtClock(s.StartTime, this.withDate)),
@@ -215,10 +217,9 @@ export class TraceList {
     el("td", {role: "cell", class: "col-entry"}, s.EntryPoint ? text(s.EntryPoint.Name) : ""),
     el("td", {role: "cell", class: "col-duration"}, fmtDur(s.Duration)),
     el("td", {role: "cell", class: "col-response"}, fmtDur(s.ResponseTime)),
-    el("td", {role: "cell", class: "col-http mono"},
-      [http.HttpMethod, http.HttpStatus, http.HttpURL].filter((x) => x !== undefined).join(" ")),
+    el("td", {role: "cell", class: "col-http mono", title: httpText}, httpText),
     el("td", {role: "cell", class: "col-status"}, badges(s)),
-    el("td", {role: "cell", class: "col-annotations mono"}, annotationText(s.Annotations)));
+    el("td", {role: "cell", class: "col-annotations mono", title: notes}, notes));
     row.style.top = `${index * h}px`;
     return row;
   }
@@ -281,7 +282,13 @@ export class TraceList {
     let data;
     try { data = await getJson(`/api/distribution?${params}`); } catch { return; }
     if (q !== this.query) return;
-    drawChart(data, q.filter, (low, high) => this.onRange(low, high));
+    this.chartData = data;
+    this.redrawChart();
+  }
+
+  redrawChart() {
+    if (!this.chartData || !this.query || $("#dist-chart").clientWidth === 0) return;
+    drawChart(this.chartData, this.query.filter, (low, high) => this.onRange(low, high));
   }
 
   onRange() { /* set by the app: a dragged range becomes part of the filter */ }
@@ -289,19 +296,19 @@ export class TraceList {
 
 function drawChart(data, filter, onRange) {
   const chart = $("#dist-chart");
-  const W = chart.clientWidth || 800, H = 110, padL = 40, padB = 22, padT = 8;
+  const W = chart.clientWidth || 800, H = 110, padL = 40, padB = 22, padT = 18;
   chart.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const bins = Array.isArray(data.bins) ? data.bins : [];
   const top = Math.max(1, ...bins.map((b) => b.count));
   const maxValue = bins.length ? bins[bins.length - 1].to : 0;
   const plotW = W - padL - 10, plotH = H - padB - padT;
   const xOf = (v) => padL + (maxValue ? (v / maxValue) * plotW : 0);
-  const parts = [svg("text", {class: "chart-title", x: padL, y: 10}, "")];
+  const parts = [];
   parts.push(svg("line", {class: "axis", x1: padL, x2: W - 10, y1: H - padB, y2: H - padB}));
   for (const t of ticks(maxValue, Math.max(2, Math.floor(plotW / 90)))) {
     parts.push(svg("text", {class: "tick-label", x: xOf(t), y: H - 6, "text-anchor": "middle"}, fmtDur(t) || "0"));
   }
-  parts.push(svg("text", {class: "tick-label", x: padL - 4, y: padT + 8, "text-anchor": "end"}, String(top)));
+  parts.push(svg("text", {class: "tick-label", x: padL - 4, y: padT + 4, "text-anchor": "end"}, String(top)));
   parts.push(svg("text", {class: "tick-label", x: padL - 4, y: H - padB, "text-anchor": "end"}, "0"));
   for (const b of bins) {
     if (!(b.count > 0)) continue;
@@ -317,7 +324,7 @@ function drawChart(data, filter, onRange) {
     band.setAttribute("width", Math.max(1, xOf(Math.min(Number(range[2]), maxValue)) - xOf(Number(range[1]))));
   }
   parts.push(band);
-  parts.push(svg("text", {class: "chart-label", x: W - 10, y: padT + 8, "text-anchor": "end"},
+  parts.push(svg("text", {class: "chart-label", x: W - 10, y: 12, "text-anchor": "end"},
     `response time of ${data.total ?? 0} traces${data.total ? " — drag to narrow" : ""}`));
   chart.replaceChildren(...parts);
   chart.setAttribute("aria-label", `Response time distribution of ${data.total ?? 0} traces`);

@@ -170,12 +170,16 @@ export class ServiceMap {
   }
 
   // --- pan and zoom: the viewBox moves, the drawing does not ---------------------------------
+  // The whole graph in view, never drawn larger than its natural size.
   fit() {
     if (!this.full) return;
-    this.view = [...this.full];
     const [, , w, h] = this.full;
     const width = this.svg.clientWidth || 900;
-    this.svg.style.height = `${Math.min(Math.max((h / w) * width, 260), Math.max(window.innerHeight * 0.7, 300))}px`;
+    const height = Math.min(Math.max(h * Math.min(1, width / w) + 8, 260), Math.max(window.innerHeight * 0.7, 300));
+    this.svg.style.height = `${height}px`;
+    const scale = Math.min(1, width / w, height / h);
+    const vw = width / scale, vh = height / scale;
+    this.view = [(w - vw) / 2, (h - vh) / 2, vw, vh];
     this.apply();
   }
 
