@@ -221,7 +221,7 @@ def test_six_service_map_with_two_roots_has_no_overlaps(page, site):
     x = {n["name"]: n["box"]["x"] for n in nodes}
     assert x["web-frontend"] < x["orders-api"] < x["payments"]
     assert x["batch-worker"] < x["orders-api"]
-    page.screenshot(path=str(ARTIFACTS / "viewer-service-map.png"))
+    page.screenshot(path=str(ARTIFACTS / "viewer-map.png"))
     # Click a node: its statistics, then its traces.
     page.click('g.node[data-name="orders-api"]')
     page.wait_for_selector("#map-detail:not([hidden])")

@@ -1,8 +1,7 @@
 // The trace list: a virtualised table (only the rows in view are in the page), sortable
 // columns, a response-time distribution chart, paging and live updates that keep what is loaded.
-import {$, ApiError, api, badges, el, fmtClock, fmtDur, getJson, svg, text, ticks} from "./util.js";
+import {$, ApiError, VirtualRows, api, badges, el, fmtClock, fmtDur, getJson, svg, text, ticks} from "./util.js";
 
-const OVERSCAN = 8;
 const NARROW = window.matchMedia("(max-width: 999px)");
 const RANGE_CLAUSE = /\s*(?:AND\s+)?responsetime >= [\d.]+ AND responsetime <= [\d.]+\s*$/;
 
@@ -47,14 +46,18 @@ export class TraceList {
     this.busy = false;
     this.generation = 0;
     this.withDate = false;
+    this.panel = this.scroll.closest(".panel");
+    this.rows = new VirtualRows(this.scroll, this.body, () => this.rowHeight(),
+      (i) => this.row(this.items[i], i));
     this.scroll.addEventListener("scroll", () => {
       this.draw();
-      if (this.nextToken && this.scroll.scrollTop + this.scroll.clientHeight > this.body.offsetHeight - 4 * this.rowHeight()) {
+      const end = this.items.length * this.rowHeight();
+      if (this.nextToken && this.scroll.scrollTop + this.scroll.clientHeight > end - 4 * this.rowHeight()) {
         this.more();
       }
     });
     window.addEventListener("resize", () => { this.draw(); this.redrawChart(); });
-    NARROW.addEventListener("change", () => this.draw());
+    NARROW.addEventListener("change", () => this.redraw());
     this.body.addEventListener("keydown", (e) => this.key(e));
     this.drawHead();
   }
@@ -84,7 +87,7 @@ export class TraceList {
     this.sort = COLUMNS.some((c) => c.key === key) ? {key, dir: dir === "asc" ? 1 : -1} : null;
     this.drawHead();
     this.applySort();
-    this.draw();
+    this.redraw();
   }
 
   applySort() {
@@ -162,7 +165,7 @@ export class TraceList {
     }
     this.processed = data.TracesProcessedCount;
     if (fresh.length) this.add(fresh, true);
-    else this.draw();
+    else this.redraw();
     this.summary();
     this.chart();
   }
@@ -184,29 +187,27 @@ export class TraceList {
   layout() {
     this.table.classList.toggle("dates", this.withDate);
     this.table.setAttribute("aria-rowcount", String(this.items.length + 1));
-    this.body.style.height = `${this.items.length * this.rowHeight()}px`;
-    this.draw();
+    this.redraw();
   }
 
-  draw() {
-    if (this.scroll.offsetParent === null) return;
-    const h = this.rowHeight();
-    this.body.style.height = `${this.items.length * h}px`;
-    const top = this.scroll.scrollTop;
-    const first = Math.max(0, Math.floor(top / h) - OVERSCAN);
-    const last = Math.min(this.items.length, Math.ceil((top + this.scroll.clientHeight) / h) + OVERSCAN);
+  // The rows changed (added, sorted, updated): draw them all again, keeping the focused one.
+  redraw() {
     const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("#trace-list tbody tr");
     const focusId = focused ? focused.dataset.trace : null;
-    const rows = [];
-    for (let i = first; i < last; i++) rows.push(this.row(this.items[i], i, h));
-    this.body.replaceChildren(...rows);
+    this.rows.reset();
+    this.draw();
     if (focusId) {
       const again = this.body.querySelector(`tr[data-trace="${CSS.escape(focusId)}"]`);
       if (again) again.focus({preventScroll: true});
     }
   }
 
-  row(s, index, h) {
+  draw() {
+    if (this.panel.hidden) return;
+    this.rows.draw(this.items.length);
+  }
+
+  row(s, index) {
     const http = s.Http || {};
     const httpText = [http.HttpMethod, http.HttpStatus, http.HttpURL].filter((x) => x !== undefined).join(" ");
     const notes = annotationText(s.Annotations);
@@ -220,7 +221,6 @@ export class TraceList {
     el("td", {role: "cell", class: "col-http mono", title: httpText}, httpText),
     el("td", {role: "cell", class: "col-status"}, badges(s)),
     el("td", {role: "cell", class: "col-annotations mono", title: notes}, notes));
-    row.style.top = `${index * h}px`;
     return row;
   }
 

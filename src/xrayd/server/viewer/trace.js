@@ -1,10 +1,9 @@
 // One trace: a time axis, one row per segment and subsegment (virtualised: only the rows in
 // view are in the page), a legend of services and a details panel for the selected row.
 import {buildTrace, exceptionsOf, visibleRows} from "./model.js";
-import {$, api, badges, el, fmtClock, fmtDur, isObject, serviceColour, svg, text, ticks} from "./util.js";
+import {$, VirtualRows, api, badges, el, fmtClock, fmtDur, isObject, serviceColour, svg, text, ticks} from "./util.js";
 
 const ROW_H = 24;
-const OVERSCAN = 10;
 
 export class TraceView {
   constructor(onEscape) {
@@ -13,6 +12,9 @@ export class TraceView {
     this.body = $("#tl-body");
     this.timeline = $("#timeline");
     this.state = null;
+    this.panel = this.scroll.closest(".panel");
+    this.rows = new VirtualRows(this.scroll, this.body, () => ROW_H,
+      (i) => this.row(this.state.rows[i], i), 10);
     this.scroll.addEventListener("scroll", () => this.draw());
     window.addEventListener("resize", () => this.draw());
     this.timeline.addEventListener("keydown", (e) => this.key(e));
@@ -23,7 +25,7 @@ export class TraceView {
     this.state = null;
     $("#detail-title").textContent = `Trace ${traceId}`;
     $("#trace-error").hidden = true;
-    this.body.replaceChildren();
+    this.rows.reset();
     $("#entity").replaceChildren();
     $("#legend").replaceChildren();
     let trace;
@@ -82,18 +84,13 @@ export class TraceView {
     s.rows = visibleRows(s.model.roots, s.collapsed);
     this.body.style.height = `${s.rows.length * ROW_H}px`;
     this.timeline.setAttribute("aria-rowcount", String(s.rows.length));
+    this.rows.reset();
     this.draw();
   }
 
   draw() {
-    const s = this.state;
-    if (!s || this.scroll.offsetParent === null) return;
-    const top = this.scroll.scrollTop;
-    const first = Math.max(0, Math.floor(top / ROW_H) - OVERSCAN);
-    const last = Math.min(s.rows.length, Math.ceil((top + this.scroll.clientHeight) / ROW_H) + OVERSCAN);
-    const out = [];
-    for (let i = first; i < last; i++) out.push(this.row(s.rows[i], i));
-    this.body.replaceChildren(...out);
+    if (!this.state || this.panel.hidden) return;
+    this.rows.draw(this.state.rows.length);
   }
 
   row(item, index) {
@@ -126,13 +123,12 @@ export class TraceView {
       " ", marks);
     name.style.paddingLeft = `${item.depth * 14}px`;
     const dur = item.inProgress ? "in progress" : fmtDur(item.end - (item.start ?? item.end));
-    const row = el("div", {class: "wf-row" + (item === s.selected ? " selected" : ""), role: "row",
+    const row = el("div", {class: item === s.selected ? "wf-row selected" : "wf-row", role: "row",
       "aria-rowindex": index + 1, "aria-level": item.depth + 1, "aria-selected": String(item === s.selected),
       "aria-expanded": hasChildren ? String(!s.collapsed.has(item)) : null,
       "data-id": item.id, "data-depth": item.depth, "data-service": item.service,
       onclick: () => this.select(item, true)},
     name, track, el("div", {class: "wf-dur"}, dur));
-    row.style.top = `${index * ROW_H}px`;
     return row;
   }
 
@@ -156,6 +152,11 @@ export class TraceView {
       }
     }
     this.draw();
+    for (const [i, row] of this.rows.rendered) {
+      const on = s.rows[i] === item;
+      row.classList.toggle("selected", on);
+      row.setAttribute("aria-selected", String(on));
+    }
     if (focus) this.timeline.focus({preventScroll: true});
   }
 

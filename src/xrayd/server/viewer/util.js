@@ -112,3 +112,39 @@ export function serviceColour(name) {
   for (const ch of String(name)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
   return `hsl(${(h * 137) % 360} 55% 42%)`;
 }
+
+// Rows of a long list in a scrolling box: only those in view (and a few either side) are in
+// the page. Scrolling adds and removes the rows at the edges; reset() after the data changes.
+export class VirtualRows {
+  constructor(scroll, body, rowHeight, make, overscan = 8) {
+    Object.assign(this, {scroll, body, rowHeight, make, overscan});
+    this.rendered = new Map();
+  }
+
+  reset() {
+    this.rendered.clear();
+    this.body.replaceChildren();
+  }
+
+  draw(count) {
+    const h = this.rowHeight();
+    this.body.style.height = `${count * h}px`;
+    const top = this.scroll.scrollTop;
+    const first = Math.max(0, Math.floor(top / h) - this.overscan);
+    const last = Math.min(count, Math.ceil((top + this.scroll.clientHeight) / h) + this.overscan);
+    for (const [i, node] of this.rendered) {
+      if (i < first || i >= last) { node.remove(); this.rendered.delete(i); }
+    }
+    const lowest = this.rendered.size ? Math.min(...this.rendered.keys()) : Infinity;
+    const before = [], after = [];
+    for (let i = first; i < last; i++) {
+      if (this.rendered.has(i)) continue;
+      const node = this.make(i);
+      node.style.top = `${i * h}px`;
+      this.rendered.set(i, node);
+      (i < lowest ? before : after).push(node);
+    }
+    if (before.length) this.body.prepend(...before);
+    if (after.length) this.body.append(...after);
+  }
+}
