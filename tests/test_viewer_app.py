@@ -385,3 +385,15 @@ def test_timeline_model_takes_any_shape(page, site):
         ["root"], ["root"], ["root", "kid"], ["root"], ["root"], ['{"html":"<b>"}']]
     assert result[3]["exceptions"] == [0] and result[4]["exceptions"] == [2]
     assert result[2]["open"] == [False, True]  # kid has no end_time: in progress
+
+
+def test_distribution_by_keyboard(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")')
+    page.wait_for_selector("#dist-chart .dist-bar", timeout=10000)
+    page.focus("#dist-chart")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    assert "Enter narrows the list" in page.get_attribute("#dist-chart", "aria-label")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#filter').value.includes('responsetime')")
+    assert page.input_value("#filter").startswith('service("bulk-job") AND responsetime >= 0 AND')

@@ -160,14 +160,17 @@ export class TraceList {
     if (generation !== this.generation) return;
     const byId = new Map(this.items.map((s) => [s.Id, s]));
     const fresh = [];
+    let changed = false;
     for (const s of data.TraceSummaries || []) {
-      if (byId.has(s.Id)) Object.assign(byId.get(s.Id), s); else fresh.push(s);
+      const known = byId.get(s.Id);
+      if (!known) fresh.push(s);
+      else if (JSON.stringify(known) !== JSON.stringify(s)) { Object.assign(known, s); changed = true; }
     }
     this.processed = data.TracesProcessedCount;
     if (fresh.length) this.add(fresh, true);
-    else this.redraw();
+    else if (changed) this.redraw();
     this.summary();
-    this.chart();
+    if (fresh.length) this.chart();
   }
 
   add(summaries, onTop) {
@@ -328,7 +331,30 @@ function drawChart(data, filter, onRange) {
     `response time of ${data.total ?? 0} traces${data.total ? " — drag to narrow" : ""}`));
   chart.replaceChildren(...parts);
   chart.setAttribute("aria-label", `Response time distribution of ${data.total ?? 0} traces`);
-  if (!maxValue) { chart.onpointerdown = null; return; }
+  if (!maxValue) { chart.onpointerdown = null; chart.onkeydown = null; return; }
+  // Keyboard: arrows pick a bucket, Shift+arrows widen the pick, Enter narrows the list to it.
+  let pick = null;
+  const showPick = () => {
+    band.setAttribute("x", xOf(bins[pick.lo].from));
+    band.setAttribute("width", xOf(bins[pick.hi].to) - xOf(bins[pick.lo].from));
+    chart.setAttribute("aria-label", `Response time ${fmtDur(bins[pick.lo].from)} to ${fmtDur(bins[pick.hi].to)}: ` +
+      `${bins.slice(pick.lo, pick.hi + 1).reduce((n, b) => n + b.count, 0)} traces; Enter narrows the list`);
+  };
+  chart.onkeydown = (e) => {
+    const last = bins.length - 1;
+    if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+      e.preventDefault();
+      const step = e.key === "ArrowRight" ? 1 : -1;
+      if (!pick) pick = {lo: 0, hi: 0};
+      else if (e.shiftKey && step > 0) pick.hi = Math.min(last, pick.hi + 1);
+      else if (e.shiftKey) pick.lo = Math.max(0, pick.lo - 1);
+      else { const i = Math.max(0, Math.min(last, (step > 0 ? pick.hi : pick.lo) + step)); pick = {lo: i, hi: i}; }
+      showPick();
+    } else if (e.key === "Enter" && pick) {
+      e.preventDefault();
+      onRange(round(bins[pick.lo].from, false), round(bins[pick.hi].to, true));
+    }
+  };
   const valueAt = (clientX) => {
     const box = chart.getBoundingClientRect();
     const x = ((clientX - box.left) / box.width) * W;
