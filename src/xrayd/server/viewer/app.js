@@ -67,7 +67,6 @@ class App {
     $("#map-range").addEventListener("change", () => this.go(`#/map?${this.mapParams()}`));
     $("#refresh-map").addEventListener("click", () => this.render(true));
     $("#back").addEventListener("click", () => this.trace.onEscape());
-    $("#list-scroll").addEventListener("scroll", () => { if (this.route && this.route.view === "traces") this.listScroll = $("#list-scroll").scrollTop; });
     window.addEventListener("hashchange", () => this.render(false));
     setInterval(() => this.tick(), 3000);
   }
@@ -98,6 +97,8 @@ class App {
 
   async render(force) {
     const previous = this.route;
+    // Read once on leaving the list (reading it on every scroll would force a layout).
+    if (previous && previous.view === "traces" && !$("#traces").hidden) this.listScroll = $("#list-scroll").scrollTop;
     const route = parseRoute(location.hash);
     this.route = route;
     for (const tab of document.querySelectorAll(".tab")) {

@@ -128,8 +128,9 @@ export class VirtualRows {
 
   draw(count) {
     const h = this.rowHeight();
-    this.body.style.height = `${count * h}px`;
-    const top = this.scroll.scrollTop;
+    const top = this.scroll.scrollTop; // read before any write, so no layout is forced
+    const height = `${count * h}px`;
+    if (this.body.style.height !== height) this.body.style.height = height;
     const first = Math.max(0, Math.floor(top / h) - this.overscan);
     const last = Math.min(count, Math.ceil((top + this.scroll.clientHeight) / h) + this.overscan);
     for (const [i, node] of this.rendered) {
