@@ -309,7 +309,8 @@ function drawChart(data, filter, onRange) {
   const parts = [];
   parts.push(svg("line", {class: "axis", x1: padL, x2: W - 10, y1: H - padB, y2: H - padB}));
   for (const t of ticks(maxValue, Math.max(2, Math.floor(plotW / 90)))) {
-    parts.push(svg("text", {class: "tick-label", x: xOf(t), y: H - 6, "text-anchor": "middle"}, fmtDur(t) || "0"));
+    const anchor = xOf(t) > W - 40 ? "end" : "middle";
+    parts.push(svg("text", {class: "tick-label", x: xOf(t), y: H - 6, "text-anchor": anchor}, fmtDur(t) || "0"));
   }
   parts.push(svg("text", {class: "tick-label", x: padL - 4, y: padT + 4, "text-anchor": "end"}, String(top)));
   parts.push(svg("text", {class: "tick-label", x: padL - 4, y: H - padB, "text-anchor": "end"}, "0"));
