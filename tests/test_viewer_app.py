@@ -350,6 +350,13 @@ def test_narrow_window_and_rejected_view(browser, site):  # noqa: F811
     assert cut == []
     assert page.evaluate("document.documentElement.scrollWidth") <= 800
     page.screenshot(path=str(ARTIFACTS / "viewer-narrow.png"))
+    page.click("#trace-list tbody tr")
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    assert in_viewport(page, "#timeline")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    page.screenshot(path=str(ARTIFACTS / "viewer-narrow-trace.png"))
+    page.go_back()
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
     page.set_viewport_size({"width": 1400, "height": 900})
     page.wait_for_timeout(100)
     page.screenshot(path=str(ARTIFACTS / "viewer-list.png"))

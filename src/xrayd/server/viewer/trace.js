@@ -1,7 +1,7 @@
 // One trace: a time axis, one row per segment and subsegment (virtualised: only the rows in
 // view are in the page), a legend of services and a details panel for the selected row.
 import {buildTrace, exceptionsOf, visibleRows} from "./model.js";
-import {$, VirtualRows, api, badges, el, fmtClock, fmtDur, isObject, serviceColour, svg, text, ticks} from "./util.js";
+import {$, PALETTE, VirtualRows, api, badges, el, fmtClock, fmtDur, isObject, serviceColour, svg, text, ticks} from "./util.js";
 
 const ROW_H = 24;
 
@@ -48,14 +48,16 @@ export class TraceView {
 
   show(traceId, trace) {
     const model = buildTrace(trace.Segments);
-    this.state = {traceId, model, collapsed: new Set(), rows: [], selected: null};
+    const colours = new Map(model.services.map((name, i) =>
+      [name, i < PALETTE.length ? PALETTE[i] : serviceColour(name)]));
+    this.state = {traceId, model, colours, collapsed: new Set(), rows: [], selected: null};
     const span = model.end - model.start;
     $("#detail-title").textContent =
       `Trace ${traceId} — ${fmtDur(span)}, ${model.nodes.length} segments and subsegments, ` +
       `started ${fmtClock(model.start, true)}`;
     $("#legend").replaceChildren(...model.services.map((name) => {
       const swatch = el("span", {class: "swatch"});
-      swatch.style.background = serviceColour(name);
+      swatch.style.background = colours.get(name);
       return el("span", {class: "legend-item"}, swatch, name);
     }));
     this.drawAxis();
@@ -106,7 +108,7 @@ export class TraceView {
     else if (item.throttle) classes.push("throttle");
     else if (item.error) classes.push("error");
     const bar = svg("rect", {class: classes.join(" "), x: `${left * 100}%`, y: 4, height: 14,
-      width: `${width * 100}%`, fill: serviceColour(item.service), rx: 2});
+      width: `${width * 100}%`, fill: s.colours.get(item.service) || serviceColour(item.service), rx: 2});
     const track = svg("svg", {class: "wf-track", role: "img",
       "aria-label": `${fmtDur((item.start ?? model.start) - model.start)} after the trace start`},
     bar, item.inProgress ? svg("text", {class: "open-end", x: "100%", y: 16, "text-anchor": "end"}, "…") : null);

@@ -106,6 +106,11 @@ export function badges(item) {
   return out;
 }
 
+// Distinct colours for the services of one trace, in order of appearance (red comes last:
+// faults are outlined in red).
+export const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948",
+  "#9c755f", "#ff9da7", "#bab0ac", "#e15759"];
+
 // A stable colour per service name (hue from a string hash), readable on white.
 export function serviceColour(name) {
   let h = 0;
