@@ -361,7 +361,7 @@ def test_narrow_window_and_rejected_view(browser, site):  # noqa: F811
     page.wait_for_timeout(100)
     page.screenshot(path=str(ARTIFACTS / "viewer-list.png"))
     page.close()
-    with urllib.request.urlopen(f"{site.base}/viewer/app.js") as answer:
+    with urllib.request.urlopen(f"{site.base}/viewer/viewer.js") as answer:
         assert answer.headers["Content-Type"].startswith("text/javascript")
         assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
 

@@ -129,10 +129,10 @@ def test_routes_answer_with_csp_redirects_and_json_errors(store):
         handle = routes(reader, {"store": writer.path})
         page = get(handle, "/")
         headers = dict(page.headers)
-        assert page.status == 200 and b'<script type="module" src="/viewer/app.js">' in page.body
+        assert page.status == 200 and b'<script type="module" src="/viewer/viewer.js">' in page.body
         assert "script-src 'self'" in headers["Content-Security-Policy"]
         assert b"<script>" not in page.body  # nothing inline for the policy to forbid
-        script = get(handle, "/viewer/app.js")
+        script = get(handle, "/viewer/viewer.js")
         assert script.content_type.startswith("text/javascript")
         assert "Content-Security-Policy" in dict(script.headers)
         trace = get(handle, "/trace/1-5f84c7a1-3c5fb4c2a3e4a0d4a1b2c3d4")
