@@ -404,3 +404,64 @@ def test_distribution_by_keyboard(page, site):
     page.keyboard.press("Enter")
     page.wait_for_function("() => document.querySelector('#filter').value.includes('responsetime')")
     assert page.input_value("#filter").startswith('service("bulk-job") AND responsetime >= 0 AND')
+
+
+def x_ray_shaped_graph(start: float, end: float) -> dict:
+    """A GetServiceGraph answer as X-Ray gives it (a client node without a name, an AWS
+    resource, edge types and histograms), checked against botocore's output shape."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    def stats(total: int, faults: int = 0, errors: int = 0) -> dict:
+        return {"OkCount": total - faults - errors, "TotalCount": total,
+                "ErrorStatistics": {"ThrottleCount": 0, "OtherCount": errors,
+                                    "TotalCount": errors},
+                "FaultStatistics": {"OtherCount": faults, "TotalCount": faults},
+                "TotalResponseTime": total * 0.02}
+
+    histogram = [{"Value": 0.01, "Count": 3}, {"Value": 0.02, "Count": 5}]
+    services = [
+        {"ReferenceId": 0, "Names": [], "Type": "client", "Root": True,
+         "Edges": [{"ReferenceId": 1, "EdgeType": "Client", "SummaryStatistics": stats(8),
+                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
+        {"ReferenceId": 1, "Name": "api", "Names": ["api"], "Type": "AWS::EC2::Instance",
+         "Root": True, "State": "active", "SummaryStatistics": stats(8, faults=1, errors=2),
+         "ResponseTimeHistogram": histogram, "DurationHistogram": histogram,
+         "Edges": [{"ReferenceId": 2, "EdgeType": "Request", "SummaryStatistics": stats(8),
+                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
+        {"ReferenceId": 2, "Name": "orders", "Names": ["orders"],
+         "Type": "AWS::DynamoDB::Table", "State": "active", "SummaryStatistics": stats(8),
+         "ResponseTimeHistogram": histogram, "Edges": []},
+    ]
+    answer = {"StartTime": start, "EndTime": end, "Services": services,
+              "ContainsOldGroupVersions": False}
+    shape = (botocore.session.get_session().get_service_model("xray")
+             .operation_model("GetServiceGraph").output_shape)
+    report = ParamValidator().validate(answer, shape)
+    assert not report.has_errors(), report.generate_report()
+    return answer
+
+
+def test_map_draws_x_ray_shaped_graphs(page, site):
+    """What GetServiceGraph answers when it matches X-Ray (client node, resource types)."""
+    import json
+
+    now = time.time()
+    body = json.dumps(x_ray_shaped_graph(now - 3600, now))
+    page.route("**/ServiceGraph", lambda route: route.fulfill(
+        status=200, content_type="application/x-amz-json-1.1", body=body))
+    page.goto(f"{site.base}/#/map")
+    page.wait_for_selector('g.node[data-name="orders"]', timeout=10000)
+    assert page.locator('g.node[data-name="client"]').count() == 1
+    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="orders"]')
+    nodes = page.evaluate(boxes_script())
+    x = {n["name"]: n["box"]["x"] for n in nodes}
+    assert x["client"] < x["api"] < x["orders"]
+    page.click('g.node[data-name="api"]')
+    page.wait_for_selector("#map-detail:not([hidden])")
+    detail = page.inner_text("#map-detail")
+    assert "Faults (5xx)\n1 (13%)" in detail and "Errors (4xx)\n2 (25%)" in detail
+    assert page.locator("#map-detail svg.histogram rect").count() == 2
+    assert page.locator("#service-traces").count() == 1
+    page.click('g.node[data-name="client"]')
+    assert page.locator("#service-traces").count() == 0  # no traces "of" the client

@@ -32,8 +32,11 @@ function health(s, hasStats) {
   return HEALTH.find((h) => h.test(s));
 }
 
+// X-Ray's client node has a Type and no Name.
+const label = (service) => text(service.Name, text(service.Type, "?"));
+
 function nodeLines(service, s) {
-  const name = text(service.Name, text(service.Type, "?"));
+  const name = label(service);
   const lines = [name, text(service.Type, "")];
   if (s.total) lines.push(`${s.total} req · ${fmtDur(s.avg)} avg`);
   return lines;
@@ -67,7 +70,7 @@ export class ServiceMap {
   }
 
   async show(range, selected, force) {
-    const key = `${range.start}|${range.end}`;
+    const key = range.key; // "last-3600" or "start-end": selecting a service does not refetch
     if (force || key !== this.key) {
       this.key = key;
       $("#map-error").hidden = true;
@@ -125,10 +128,10 @@ export class ServiceMap {
       if (!points) continue;
       const d = points.map((p, i) => `${i ? "L" : "M"}${p[0].toFixed(1)},${p[1].toFixed(1)}`).join(" ");
       const st = stats(edge.SummaryStatistics);
-      const tip = `${text(byRef.get(from).Name)} → ${text(byRef.get(to).Name)}: ${st.total} calls, ` +
+      const tip = `${label(byRef.get(from))} → ${label(byRef.get(to))}: ${st.total} calls, ` +
         `${st.errors} errors, ${st.faults} faults, ${st.avg === null ? "no latency" : fmtDur(st.avg) + " avg"}` +
         (edge.EdgeType ? ` (${text(edge.EdgeType)})` : "");
-      world.append(svg("g", {class: "edge-g", "data-from": text(byRef.get(from).Name), "data-to": text(byRef.get(to).Name)},
+      world.append(svg("g", {class: "edge-g", "data-from": label(byRef.get(from)), "data-to": label(byRef.get(to))},
         svg("path", {class: "edge", d, "marker-end": "url(#arrow)"}),
         svg("path", {class: "edge-hit", d}, svg("title", {}, tip))));
     }
@@ -137,10 +140,11 @@ export class ServiceMap {
       if (!p) continue;
       const x = p.x - n.w / 2, y = p.y - n.h / 2;
       const look = health(n.st, isObject(n.service.SummaryStatistics));
-      const g = svg("g", {class: "node", "data-name": text(n.service.Name), "data-ref": n.id, tabindex: "0",
+      const name = label(n.service);
+      const g = svg("g", {class: "node", "data-name": name, "data-ref": n.id, tabindex: "0",
         role: "button", "aria-label": `${n.lines.join(", ")}; ${look.label}`,
-        onclick: () => this.onSelect(text(n.service.Name)),
-        onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); this.onSelect(text(n.service.Name)); } }},
+        onclick: () => this.onSelect(name),
+        onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); this.onSelect(name); } }},
       svg("rect", {class: "node-box", x, y, width: n.w, height: n.h, rx: 6, fill: look.fill,
         "stroke-width": 1 + Math.min(3, Math.log10(1 + n.st.total))}),
       n.lines.map((line, i) => svg("text", {class: i === 0 ? "node-label name" : "node-label", x: x + PAD_X,
@@ -156,7 +160,7 @@ export class ServiceMap {
   renderEdgeTable(edges, byRef) {
     $("#edge-list tbody").replaceChildren(...edges.map(({from, to, edge}) => {
       const st = stats(edge.SummaryStatistics);
-      return el("tr", {}, el("td", {}, text(byRef.get(from).Name)), el("td", {}, text(byRef.get(to).Name)),
+      return el("tr", {}, el("td", {}, label(byRef.get(from))), el("td", {}, label(byRef.get(to))),
         el("td", {}, st.total), el("td", {}, st.errors), el("td", {}, st.faults), el("td", {}, fmtDur(st.avg ?? 0)));
     }));
   }
@@ -230,7 +234,7 @@ export class ServiceMap {
   select(name) {
     for (const g of this.svg.querySelectorAll(".node")) g.classList.toggle("selected", g.dataset.name === name);
     const box = $("#map-detail");
-    const service = name ? this.services.find((s) => text(s.Name) === name) : null;
+    const service = name ? this.services.find((s) => label(s) === name) : null;
     if (!service) { box.hidden = true; return; }
     const st = stats(service.SummaryStatistics);
     const histogram = objects(service.ResponseTimeHistogram)
@@ -246,7 +250,8 @@ export class ServiceMap {
         el("dt", {}, "Faults (5xx)"), el("dd", {}, `${st.faults} (${pct(st.faults, st.total)})`),
         el("dt", {}, "Average response"), el("dd", {}, st.avg === null ? "–" : fmtDur(st.avg))),
       histogram.length ? drawHistogram(histogram) : el("p", {class: "muted"}, "No response-time histogram for this node."),
-      el("button", {id: "service-traces", onclick: () => this.onTraces(name)}, `Traces of ${name}`));
+      typeof service.Name === "string"
+        ? el("button", {id: "service-traces", onclick: () => this.onTraces(name)}, `Traces of ${name}`) : null);
     box.hidden = false;
   }
 }

@@ -126,7 +126,9 @@ class App {
     } else if (route.view === "map" || route.view === "service") {
       fillRanges($("#map-range"), route.params);
       document.title = route.view === "service" ? `xrayd · ${route.arg}` : "xrayd · service map";
-      await this.map.show(timeWindow(route.params), route.view === "service" ? route.arg : null, force);
+      // Coming from another view reads the graph again; moving within the map does not.
+      const within = previous && (previous.view === "map" || previous.view === "service");
+      await this.map.show(timeWindow(route.params), route.view === "service" ? route.arg : null, force || !within);
     } else {
       document.title = "xrayd · rejected";
       await loadRejected();
