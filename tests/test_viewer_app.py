@@ -465,3 +465,21 @@ def test_map_draws_x_ray_shaped_graphs(page, site):
     assert page.locator("#service-traces").count() == 1
     page.click('g.node[data-name="client"]')
     assert page.locator("#service-traces").count() == 0  # no traces "of" the client
+
+
+def test_columns_sort_and_long_ranges_show_dates(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")&range=259200')
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    assert page.inner_text("#trace-list tbody tr .col-start").startswith(time.strftime("%Y-"))
+    page.click('button.sort[data-sort="response"]')
+    page.wait_for_function("() => location.hash.includes('sort=response%3Aasc')")
+    page.reload()
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    assert page.get_attribute("th.col-response", "aria-sort") == "ascending"
+    values = [float(v.split()[0]) for v in
+              page.locator("#trace-list tbody td.col-response").all_inner_texts()]
+    assert values == sorted(values) and values[0] < values[-1]
+    page.click('button.sort[data-sort="response"]')
+    page.wait_for_function("() => location.hash.includes('sort=response%3Adesc')")
+    first = page.inner_text("#trace-list tbody tr .col-response")
+    assert float(first.split()[0]) >= values[-1]
