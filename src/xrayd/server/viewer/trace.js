@@ -119,7 +119,7 @@ export class TraceView {
         onclick: (e) => { e.stopPropagation(); this.toggle(item); }})
       : el("span", {class: "toggle"});
     const marks = item.fault || item.error || item.throttle ? badges(item) : [];
-    const name = el("div", {class: "wf-name", title: item.name},
+    const name = el("div", {class: "wf-name", role: "gridcell", title: item.name},
       toggle, item.name,
       el("span", {class: "kind"}, item.kind === "segment" ? text(item.entity.origin, "segment") : text(item.entity.namespace)),
       " ", marks);
@@ -130,7 +130,7 @@ export class TraceView {
       "aria-expanded": hasChildren ? String(!s.collapsed.has(item)) : null,
       "data-id": item.id, "data-depth": item.depth, "data-service": item.service,
       onclick: () => this.select(item, true)},
-    name, track, el("div", {class: "wf-dur"}, dur));
+    name, el("div", {role: "gridcell"}, track), el("div", {class: "wf-dur", role: "gridcell"}, dur));
     return row;
   }
 
