@@ -222,6 +222,16 @@ def test_six_service_map_with_two_roots_has_no_overlaps(page, site):
     assert x["web-frontend"] < x["orders-api"] < x["payments"]
     assert x["batch-worker"] < x["orders-api"]
     page.screenshot(path=str(ARTIFACTS / "viewer-map.png"))
+    # Pan and zoom move the view box, by keyboard too.
+    before = page.get_attribute("#map-svg", "viewBox")
+    page.focus("#map-svg")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("+")
+    after = [float(v) for v in page.get_attribute("#map-svg", "viewBox").split()]
+    start = [float(v) for v in before.split()]
+    assert after[2] < start[2] and after[0] != start[0]
+    page.click("#zoom-fit")
+    assert page.get_attribute("#map-svg", "viewBox") == before
     # Click a node: its statistics, then its traces.
     page.click('g.node[data-name="orders-api"]')
     page.wait_for_selector("#map-detail:not([hidden])")

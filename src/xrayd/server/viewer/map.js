@@ -205,6 +205,18 @@ export class ServiceMap {
   }
 
   installPanZoom() {
+    // Keyboard: arrows pan, + and - zoom (the map itself takes focus; Tab then reaches the nodes).
+    this.svg.addEventListener("keydown", (e) => {
+      if (!this.view || e.target !== this.svg) return;
+      const dx = {ArrowLeft: -1, ArrowRight: 1}[e.key] || 0, dy = {ArrowUp: -1, ArrowDown: 1}[e.key] || 0;
+      if (dx || dy) {
+        e.preventDefault();
+        this.view[0] += dx * this.view[2] * 0.1;
+        this.view[1] += dy * this.view[3] * 0.1;
+        this.apply();
+      } else if (e.key === "+" || e.key === "=") this.zoom(0.8);
+      else if (e.key === "-") this.zoom(1.25);
+    });
     this.svg.addEventListener("wheel", (e) => {
       if (!this.view) return;
       e.preventDefault();
