@@ -59,7 +59,7 @@ def test_find_a_trace_by_annotation_and_read_its_timeline(browser, start_xrayd, 
 
     page.fill("#filter", 'annotation.customer = "c2"')
     page.click("#apply")
-    page.wait_for_function("document.querySelectorAll('#trace-list tbody tr').length === 1",
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length === 1",
                            timeout=15000)
     row = page.locator("#trace-list tbody tr")
     assert row.get_attribute("data-trace") == trace_ids[2]
@@ -77,6 +77,7 @@ def test_find_a_trace_by_annotation_and_read_its_timeline(browser, start_xrayd, 
     page.screenshot(path=str(ARTIFACTS / "viewer-timeline.png"), full_page=True)
 
     # A new trace shows up without reloading the page (the list polls while "live").
+    page.go_back()
     page.fill("#filter", "")
     page.click("#apply")
     segment = rec.begin_segment("late-arrival")

@@ -1,18 +1,39 @@
-"""The trace viewer's routes: the static files of the package's viewer/ folder, and the few
-JSON endpoints the X-Ray API has no operation for (rejected documents, store counts)."""
+"""The trace viewer's routes: the static files of the package's viewer/ folder, ``/trace/<id>``
+(a redirect to the viewer's route for that trace), and the few JSON endpoints the X-Ray API has
+no operation for (rejected documents, store counts, the response-time distribution of a query,
+the service map's layout). Every answer carries a Content-Security-Policy that allows only the
+viewer's own files: no inline script or style, no other origin."""
 
 from __future__ import annotations
 
 import mimetypes
+import re
+import sqlite3
 from pathlib import Path
-from urllib.parse import parse_qs
+from typing import Any
+from urllib.parse import parse_qs, quote
 
+import orjson
+
+from xrayd.server import viewer_layout
 from xrayd.server.threaded import Request, Response
-from xrayd.server.xray_api import StoreReader, json_response
-from xrayd.store import queries
+from xrayd.server.xray_api import StoreReader, error_response, json_response
+from xrayd.store import groups, queries
+from xrayd.store.filters import FilterError
 
 STATIC = Path(__file__).resolve().parent / "viewer"
 STATIC_PREFIX = "/viewer/"
+TRACE_PREFIX = "/trace/"
+TRACE_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+DISTRIBUTION_BINS = 40
+MAX_LAYOUT_BODY = 512 * 1024
+SECURITY_HEADERS = [
+    ("Content-Security-Policy",
+     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+]
 
 
 def static_file(name: str, cache_control: str | None = None) -> Response | None:
@@ -23,10 +44,53 @@ def static_file(name: str, cache_control: str | None = None) -> Response | None:
     if not path.is_file():
         return None
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    if content_type.startswith("text/") or content_type.endswith("javascript"):
+    if name.endswith(".js"):
+        content_type = "text/javascript"
+    if content_type.startswith("text/") or content_type.endswith(("javascript", "svg+xml")):
         content_type += "; charset=utf-8"
-    headers = [("Cache-Control", cache_control)] if cache_control else []
+    headers = [("Cache-Control", cache_control or "no-cache")]
     return Response(200, path.read_bytes(), headers, content_type=content_type)
+
+
+def distribution(conn: sqlite3.Connection, start: float, end: float, expression: str | None,
+                 bins: int = DISTRIBUTION_BINS) -> dict[str, Any]:
+    """Counts of the matching traces' response times in ``bins`` equal buckets from 0 to the
+    largest (traces still in progress have none and are left out). With a filter, the traces
+    it selects as GetTraceSummaries would, at most queries.GRAPH_TRACE_LIMIT of the newest."""
+    where = ["t.start >= ?", "t.start <= ?", "t.root_end IS NOT NULL",
+             "t.root_start IS NOT NULL"]
+    params: list[Any] = [start, end]
+    if expression:
+        keys = queries.trace_keys_matching(conn, start, end, expression,
+                                           groups.resolver(conn))
+        where.append("t.pk IN (SELECT value FROM json_each(?))")
+        params.append(orjson.dumps(keys).decode())
+    values = [max(0.0, v) for (v,) in conn.execute(
+        f"SELECT t.root_end - t.root_start FROM traces t WHERE {' AND '.join(where)}", params)]
+    if not values:
+        return {"total": 0, "bins": []}
+    top = max(values) or 1e-3
+    width = top / bins
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int(value / width))] += 1
+    return {"total": len(values), "max": top,
+            "bins": [{"from": i * width, "to": (i + 1) * width, "count": c}
+                     for i, c in enumerate(counts)]}
+
+
+def rejected_by_code(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT code, count(*) FROM rejected GROUP BY code").fetchall())
+
+
+def _number(values: dict[str, list[str]], name: str) -> float:
+    try:
+        value = float(values[name][-1])
+    except (KeyError, ValueError):
+        raise ValueError(f"{name} must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a number")
+    return value
 
 
 def routes(reader: StoreReader, info: dict[str, object]):
@@ -41,20 +105,59 @@ def routes(reader: StoreReader, info: dict[str, object]):
         return json_response({"Rejected": reader.run(queries.rejected, limit)})
 
     def stats(_request: Request) -> Response:
-        return json_response({**reader.run(queries.stats), **info})
+        counts = reader.run(queries.stats)
+        return json_response({**counts, "rejected_by_code": reader.run(rejected_by_code),
+                              **info})
 
-    api = {"/api/rejected": rejected, "/api/stats": stats}
+    def response_times(request: Request) -> Response:
+        values = parse_qs(request.query)
+        try:
+            start, end = _number(values, "start"), _number(values, "end")
+        except ValueError as exc:
+            return error_response("InvalidRequestException", str(exc))
+        expression = values.get("filter", [""])[-1].strip() or None
+        try:
+            return json_response(reader.run(distribution, start, end, expression))
+        except FilterError as exc:
+            return error_response("InvalidRequestException", str(exc))
 
-    def handle(request: Request) -> Response | None:
+    def layout(request: Request) -> Response:
+        if len(request.body) > MAX_LAYOUT_BODY:
+            return error_response("InvalidRequestException", "layout request too large", 413)
+        try:
+            sizes, edges = viewer_layout.parse(orjson.loads(request.body))
+        except (orjson.JSONDecodeError, viewer_layout.LayoutError) as exc:
+            return error_response("InvalidRequestException", str(exc))
+        return json_response(viewer_layout.layout(sizes, edges))
+
+    gets = {"/api/rejected": rejected, "/api/stats": stats, "/api/distribution": response_times}
+
+    def serve(request: Request) -> Response | None:
+        path = request.path
+        if request.method == "POST":
+            return layout(request) if path == "/api/layout" else None
         if request.method not in ("GET", "HEAD"):
             return None
-        path = request.path
         if path == "/":
-            return static_file("index.html", "no-cache")
-        if path in api:
-            return api[path](request)
+            return static_file("index.html")
+        if path == "/favicon.ico":
+            return static_file("favicon.svg")
+        if path in gets:
+            return gets[path](request)
+        if path.startswith(TRACE_PREFIX):
+            trace_id = path[len(TRACE_PREFIX):]
+            if not TRACE_ID.fullmatch(trace_id):
+                return None
+            return Response(302, b"", [("Location", f"/#/trace/{quote(trace_id)}")],
+                            content_type="text/plain; charset=utf-8")
         if path.startswith(STATIC_PREFIX):
-            return static_file(path[len(STATIC_PREFIX):])
+            return static_file(path[len(STATIC_PREFIX):], "no-cache")
         return None
+
+    def handle(request: Request) -> Response | None:
+        answer = serve(request)
+        if answer is not None:
+            answer.headers = [*answer.headers, *SECURITY_HEADERS]
+        return answer
 
     return handle

@@ -1,0 +1,495 @@
+"""The trace viewer as a user meets it, in headless Debian chromium driven by playwright, on one
+store filled by real aws-xray-sdk apps (and raw documents the SDK would never send): routes
+that survive reload and back, the timeline across services, the service map's layout, the
+response-time chart, live updates, hostile and oddly shaped documents. Screenshots go to
+test-artifacts/."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+
+from conftest import free_udp_tcp_port, wait_until
+from offline_support import recorder, xray_client
+from test_offline_api import run_app
+from test_viewer_browser import ARTIFACTS, browser  # noqa: F401  (the module's browser)
+from viewer_support import (
+    XSS,
+    big_trace,
+    bulk,
+    hostile_document,
+    odd_documents,
+    send_documents,
+    six_services,
+)
+
+pytestmark = pytest.mark.slow
+
+
+class Site:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from conftest import Xrayd
+
+    tmp = tmp_path_factory.mktemp("viewer")
+    port = free_udp_tcp_port()
+    daemon = Xrayd(["--offline", "--store", str(tmp / "traces.db"), "-b", f"127.0.0.1:{port}",
+                    "-t", f"127.0.0.1:{port}", "-l", "info"], tmp)
+    try:
+        daemon.wait_for("Trace viewer and X-Ray API at")
+        site = Site(port)
+        rec = recorder(f"127.0.0.1:{port}")
+        client = xray_client(port)
+        begin = time.time() - 60
+        site.app_ids = run_app(rec, requests=4, fail_every=2)
+        site.bulk_ids = bulk(rec, 120)
+        site.hostile = hostile_document()
+        site.odd = odd_documents()
+        send_documents(port, [site.hostile, *site.odd])
+        site.big_id, big_docs = big_trace()
+        for i in range(0, len(big_docs), 50):
+            client.put_trace_segments(TraceSegmentDocuments=big_docs[i:i + 50])
+        time.sleep(0.2)
+        # The map's own time range holds only the six-service traces.
+        site.map_start = time.time()
+        site.map_ids = six_services(rec)
+        site.map_end = time.time() + 0.5
+        expected = 4 + 120 + 1 + len(site.odd) + 1 + len(site.map_ids)
+
+        def stored():
+            answer = client.get_trace_summaries(StartTime=begin, EndTime=time.time() + 60)
+            return answer["TracesProcessedCount"] >= expected
+
+        wait_until(stored, timeout=30, what=f"{expected} traces")
+        site.daemon = daemon
+        site.rec = rec
+        ARTIFACTS.mkdir(exist_ok=True)
+        yield site
+    finally:
+        daemon.kill()
+
+
+@pytest.fixture
+def page(browser, site):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    page.close()
+    assert errors == [], errors
+
+
+def rows_of(page) -> int:
+    return int(page.get_attribute("#trace-list", "aria-rowcount")) - 1
+
+
+def in_viewport(page, selector: str) -> bool:
+    return page.evaluate(
+        """(sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+           return r.top >= 0 && r.left >= 0 && r.top < innerHeight - 40 && r.width > 0
+             && r.bottom <= innerHeight + 1 && r.right <= innerWidth + 1; }""", selector)
+
+
+def test_trace_url_opens_the_timeline_and_the_server_sends_a_strict_csp(page, site):
+    trace_id = site.app_ids[2]
+    response = page.goto(f"{site.base}/trace/{trace_id}")
+    assert page.url.endswith(f"/#/trace/{trace_id}")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    names = page.locator("#timeline .wf-name").all_inner_texts()
+    assert any(n.startswith("checkout-api") for n in names)
+    assert any(n.startswith("charge-card") and "fault" in n for n in names)
+    assert page.locator("#tl-axis text").count() >= 3  # a time axis with ticks
+    assert "checkout-api" in page.inner_text("#legend")
+    assert in_viewport(page, "#entity") and "card declined" in page.inner_text("#entity")
+    # A reload stays on the trace.
+    page.reload()
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    assert trace_id in page.inner_text("#detail-title")
+    page.screenshot(path=str(ARTIFACTS / "viewer-trace.png"))
+    # Keyboard: down moves the selection, Escape goes back to a list.
+    page.focus("#timeline")
+    page.keyboard.press("Home")
+    first = page.inner_text("#entity h3")
+    page.keyboard.press("ArrowDown")
+    assert page.inner_text("#entity h3") != first
+    assert page.locator("#timeline .wf-row.selected").count() == 1
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+
+
+def test_click_a_row_then_back_keeps_the_filter_and_the_scroll(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")')
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10",
+                           timeout=10000)
+    assert page.input_value("#filter") == 'service("bulk-job")'
+    # Scrolling near the end of the first page loads the second one.
+    page.eval_on_selector("#list-scroll", "e => e.scrollTop = e.scrollHeight")
+    page.wait_for_function("() => Number(document.querySelector('#trace-list')"
+                           ".getAttribute('aria-rowcount')) > 101", timeout=10000)
+    page.eval_on_selector("#list-scroll", "e => e.scrollTop = 600")
+    page.wait_for_timeout(100)
+    row = page.locator("#trace-list tbody tr").nth(12)
+    trace_id = row.get_attribute("data-trace")
+    top_before = row.bounding_box()["y"]
+    row.click()
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    assert page.url.endswith(f"#/trace/{trace_id}")
+    assert in_viewport(page, "#timeline") and in_viewport(page, "#entity")
+    assert "bulk-job" in page.inner_text("#entity")
+    page.go_back()
+    page.wait_for_selector(f'#trace-list tr[data-trace="{trace_id}"]', timeout=10000)
+    assert page.input_value("#filter") == 'service("bulk-job")'
+    assert page.eval_on_selector("#list-scroll", "e => e.scrollTop") == 600
+    again = page.locator(f'#trace-list tr[data-trace="{trace_id}"]').bounding_box()["y"]
+    assert abs(again - top_before) < 2
+    page.go_forward()
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    assert trace_id in page.inner_text("#detail-title")
+
+
+def test_called_service_is_nested_under_the_calling_subsegment(page, site):
+    page.goto(f"{site.base}/#/trace/{site.map_ids[1]}")  # batch-worker → orders-api → payments
+    page.wait_for_selector('#timeline .wf-row[data-service="payments"]', timeout=10000)
+    rows = page.eval_on_selector_all(
+        "#timeline .wf-row",
+        "rows => rows.map(r => ({name: r.querySelector('.wf-name').textContent,"
+        " depth: Number(r.dataset.depth), service: r.dataset.service,"
+        " x: r.querySelector('.wf-name').getBoundingClientRect().left"
+        " + parseFloat(getComputedStyle(r.querySelector('.wf-name')).paddingLeft)}))")
+    names = [r["name"] for r in rows]
+    assert names[0].startswith("batch-worker") and rows[0]["depth"] == 0
+    for callee in ("orders-api", "payments", "reports-svc"):
+        # the remote subsegment named after the callee, then the callee's own segment under it
+        index = next(i for i, r in enumerate(rows)
+                     if r["name"].startswith(callee) and r["service"] != callee)
+        caller, segment = rows[index], rows[index + 1]
+        assert segment["service"] == callee and segment["name"].startswith(callee)
+        assert segment["depth"] == caller["depth"] + 1
+        assert segment["x"] > caller["x"]
+    assert sum(1 for r in rows if r["depth"] == 0) == 1
+    # Collapsing the caller's subsegment hides the callee.
+    page.locator('#timeline .wf-row[data-service="batch-worker"] button.toggle').first.click()
+    assert page.locator("#timeline .wf-row").count() == 1
+
+
+def boxes_script() -> str:
+    return """() => {
+      const svg = document.querySelector('#map-svg');
+      const canvas = svg.getBoundingClientRect();
+      const nodes = [...svg.querySelectorAll('g.node')].map(g => {
+        const r = g.querySelector('rect').getBBox();
+        const labels = [...g.querySelectorAll('text')].map(t => {
+          const b = t.getBBox(), c = t.getBoundingClientRect();
+          return {x: b.x, y: b.y, w: b.width, h: b.height,
+                  inside: c.left >= canvas.left && c.right <= canvas.right
+                    && c.top >= canvas.top && c.bottom <= canvas.bottom};
+        });
+        return {name: g.dataset.name, box: {x: r.x, y: r.y, w: r.width, h: r.height}, labels};
+      });
+      return nodes;
+    }"""
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+            and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
+
+
+def test_six_service_map_with_two_roots_has_no_overlaps(page, site):
+    page.goto(f"{site.base}/#/map?start={site.map_start}&end={site.map_end}")
+    page.wait_for_selector('g.node[data-name="payments"]', timeout=15000)
+    nodes = page.evaluate(boxes_script())
+    names = {n["name"] for n in nodes}
+    assert {"web-frontend", "batch-worker", "orders-api", "payments", "reports-svc",
+            "inventory-db"} <= names, names
+    assert "checkout-api" not in names  # the map's own time range
+    boxes = [n["box"] for n in nodes]
+    labels = [label for n in nodes for label in n["labels"]]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if overlap(a, b)]
+    assert not [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if overlap(a, b)]
+    assert all(label["inside"] for label in labels)
+    # callers left of callees: a layered drawing
+    x = {n["name"]: n["box"]["x"] for n in nodes}
+    assert x["web-frontend"] < x["orders-api"] < x["payments"]
+    assert x["batch-worker"] < x["orders-api"]
+    page.screenshot(path=str(ARTIFACTS / "viewer-map.png"))
+    # Pan and zoom move the view box, by keyboard too.
+    before = page.get_attribute("#map-svg", "viewBox")
+    page.focus("#map-svg")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("+")
+    after = [float(v) for v in page.get_attribute("#map-svg", "viewBox").split()]
+    start = [float(v) for v in before.split()]
+    assert after[2] < start[2] and after[0] != start[0]
+    page.click("#zoom-fit")
+    assert page.get_attribute("#map-svg", "viewBox") == before
+    # Click a node: its statistics, then its traces.
+    page.click('g.node[data-name="orders-api"]')
+    page.wait_for_selector("#map-detail:not([hidden])")
+    assert page.url.split("#")[1].startswith("/service/orders-api")
+    assert "Requests" in page.inner_text("#map-detail")
+    page.click("#service-traces")
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+    assert page.input_value("#filter") == 'service("orders-api")'
+    assert rows_of(page) == len(site.map_ids)
+
+
+def test_dragging_on_the_distribution_narrows_the_list(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")')
+    page.wait_for_selector("#dist-chart .dist-bar", timeout=10000)
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    before = int(page.inner_text("#summary-line").split(" of ")[1].split()[0])
+    box = page.locator("#dist-chart").bounding_box()
+    page.mouse.move(box["x"] + 40, box["y"] + 50)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + 50, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#filter').value.includes('responsetime')")
+    text = page.input_value("#filter")
+    assert text.startswith('service("bulk-job") AND responsetime >= ')
+    high = float(text.rsplit("<= ", 1)[1])
+    page.wait_for_function("(h) => new URLSearchParams(location.hash.split('?')[1])"
+                           ".get('filter').includes(h)",
+                           arg=f"responsetime <= {high}")
+    page.wait_for_function(
+        "(n) => { const t = document.querySelector('#summary-line').textContent;"
+        " const n2 = document.querySelectorAll('#trace-list tbody tr').length;"
+        " return t.includes('(filtered)') && n2 > 0 && n2 < n; }", arg=before)
+    shown = page.eval_on_selector_all("#trace-list tbody tr", "rows => rows.length")
+    assert 0 < shown < before
+    responses = page.locator("#trace-list tbody td.col-response").all_inner_texts()
+    assert all(float(r.split()[0]) / 1000 <= high for r in responses if r.endswith(" ms"))
+
+
+def test_live_updates_keep_the_loaded_second_page_and_the_scroll(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")')
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    page.click("#more")
+    page.wait_for_function("() => Number(document.querySelector('#trace-list')"
+                           ".getAttribute('aria-rowcount')) > 101", timeout=10000)
+    loaded = rows_of(page)
+    page.eval_on_selector("#list-scroll", "e => e.scrollTop = 1200")
+    page.wait_for_timeout(100)
+    anchor = page.locator("#trace-list tbody tr").nth(10)
+    anchor_id = anchor.get_attribute("data-trace")
+    anchor_y = anchor.bounding_box()["y"]
+    new_ids = bulk(site.rec, 2)
+    page.wait_for_function("(n) => Number(document.querySelector('#trace-list')"
+                           ".getAttribute('aria-rowcount')) - 1 >= n", arg=loaded + 2,
+                           timeout=20000)
+    assert rows_of(page) == loaded + 2
+    moved = page.locator(f'#trace-list tr[data-trace="{anchor_id}"]').bounding_box()["y"]
+    assert abs(moved - anchor_y) < 2
+    page.eval_on_selector("#list-scroll", "e => e.scrollTop = 0")
+    page.wait_for_timeout(100)
+    top = page.locator("#trace-list tbody tr").nth(0).get_attribute("data-trace")
+    assert top in new_ids
+
+
+def test_invalid_filter_clears_the_list_and_marks_the_position(page, site):
+    page.goto(f"{site.base}/#/traces")
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+    page.fill("#filter", 'service("bulk-job") AND annotation.n = ')
+    page.press("#filter", "Enter")
+    page.wait_for_selector("#query-error:not([hidden])", timeout=10000)
+    message = page.inner_text("#query-error")
+    assert "InvalidRequestException" in message and "position" in message
+    assert page.locator("#query-error pre.caret").count() == 1
+    assert page.locator("#trace-list tbody tr").count() == 0 and rows_of(page) == 0
+
+
+def test_hostile_document_is_text_and_runs_nothing(page, site):
+    trace_id = site.hostile["trace_id"]
+    page.goto(f'{site.base}/#/traces?filter=annotation.case = "xss"')
+    page.wait_for_selector(f'tr[data-trace="{trace_id}"]', timeout=10000)
+    assert XSS in page.inner_text(f'tr[data-trace="{trace_id}"]')
+    page.goto(f"{site.base}/#/trace/{trace_id}")
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    assert page.inner_text("#timeline .wf-name").startswith(XSS)
+    page.locator("#entity summary", has_text="Raw document").click()
+    entity = page.inner_text("#entity")
+    assert '<img src=y onerror="window.__xss=4">' in entity and "<iframe src=" in entity
+    page.locator("#timeline .wf-row").nth(1).click()
+    assert page.evaluate("() => window.__xss") is None
+    assert page.evaluate("() => document.querySelectorAll('img, iframe, script:not([src]),"
+                         " main svg[onload], a[href^=javascript]').length") == 0
+
+
+def test_documents_of_odd_shapes_draw_what_can_be_drawn(page, site):
+    for doc in site.odd:
+        page.goto(f"{site.base}/#/trace/{doc['trace_id']}")
+        page.wait_for_selector(f'#timeline .wf-row[data-id="{doc["id"]}"]', timeout=10000)
+        names = page.locator("#timeline .wf-name").all_inner_texts()
+        assert names[0].startswith(doc["name"])
+        if doc["name"] == "odd-null-subsegments":
+            assert any(n.startswith("good-sub") for n in names)
+            page.locator("#timeline .wf-row", has_text="good-sub").click()
+            assert "p.py:x" in page.inner_text("#entity")
+        if doc["name"] == "odd-cause":
+            assert "in progress" in page.inner_text('#timeline .wf-row:has-text("in-progress-sub")')
+            bar = page.locator('#timeline .wf-row:has-text("in-progress-sub") rect.open')
+            assert bar.count() == 1  # drawn open-ended, to the end of the trace
+
+
+def test_a_large_trace_is_virtualised(page, site):
+    page.goto(f"{site.base}/#/trace/{site.big_id}")
+    page.wait_for_function("() => document.querySelector('#timeline').getAttribute('aria-rowcount')"
+                           " === '5000'", timeout=20000)
+    assert page.locator("#timeline .wf-row").count() < 120
+    page.eval_on_selector("#tl-scroll", "e => e.scrollTop = e.scrollHeight")
+    page.wait_for_selector('#timeline .wf-row:has-text("step-99-48")', timeout=5000)
+
+
+def test_narrow_window_and_rejected_view(browser, site):  # noqa: F811
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    page.goto(f"{site.base}/#/traces")
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+    cut = page.evaluate("""() => [...document.querySelectorAll(
+        '#trace-list tbody tr:first-child td, #trace-list th')]
+        .filter(c => c.getBoundingClientRect().right > innerWidth + 1
+          || c.getBoundingClientRect().width < 30).map(c => c.className)""")
+    assert cut == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    page.screenshot(path=str(ARTIFACTS / "viewer-narrow.png"))
+    page.click("#trace-list tbody tr")
+    page.wait_for_selector("#timeline .wf-row", timeout=10000)
+    assert in_viewport(page, "#timeline")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    page.screenshot(path=str(ARTIFACTS / "viewer-narrow-trace.png"))
+    page.go_back()
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.wait_for_timeout(100)
+    page.screenshot(path=str(ARTIFACTS / "viewer-list.png"))
+    page.close()
+    with urllib.request.urlopen(f"{site.base}/viewer/viewer.js") as answer:
+        assert answer.headers["Content-Type"].startswith("text/javascript")
+        assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+
+
+def test_timeline_model_takes_any_shape(page, site):
+    """Shapes the store's BatchGetTraces does not answer today (a number as ``subsegments``)
+    reach the viewer's model directly: it builds what it can and never throws."""
+    page.goto(f"{site.base}/#/rejected")
+    page.wait_for_selector("#rejected-summary")
+    result = page.evaluate("""async () => {
+      const {buildTrace, exceptionsOf, visibleRows} = await import('/viewer/model.js');
+      const doc = (extra) => ({Document: JSON.stringify({name: 'root', id: 'a1', start_time: 1,
+                                                         end_time: 2, ...extra})});
+      const shapes = [{subsegments: 5}, {subsegments: {x: 1}}, {subsegments: [null, 3, 'x',
+        {name: 'kid', id: 'b2', start_time: 1.5, subsegments: [[], null]}]},
+        {cause: {exceptions: 7}}, {cause: {exceptions: [null, {stack: 'x'}, {stack: [null, 1,
+        {path: 'p', line: {}}]}]}}, {name: {html: '<b>'}, start_time: 'soon'}];
+      const out = [];
+      for (const extra of shapes) {
+        const model = buildTrace([doc(extra), {Document: 'not json'}, null, {Document: '[1]'}]);
+        const rows = visibleRows(model.roots, new Set());
+        out.push({rows: rows.map(r => r.name), open: rows.map(r => r.inProgress),
+                  exceptions: rows.map(r => exceptionsOf(r.entity).length)});
+      }
+      return out;
+    }""")
+    assert [r["rows"] for r in result] == [
+        ["root"], ["root"], ["root", "kid"], ["root"], ["root"], ['{"html":"<b>"}']]
+    assert result[3]["exceptions"] == [0] and result[4]["exceptions"] == [2]
+    assert result[2]["open"] == [False, True]  # kid has no end_time: in progress
+
+
+def test_distribution_by_keyboard(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")')
+    page.wait_for_selector("#dist-chart .dist-bar", timeout=10000)
+    page.focus("#dist-chart")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    assert "Enter narrows the list" in page.get_attribute("#dist-chart", "aria-label")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#filter').value.includes('responsetime')")
+    assert page.input_value("#filter").startswith('service("bulk-job") AND responsetime >= 0 AND')
+
+
+def x_ray_shaped_graph(start: float, end: float) -> dict:
+    """A GetServiceGraph answer as X-Ray gives it (a client node without a name, an AWS
+    resource, edge types and histograms), checked against botocore's output shape."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    def stats(total: int, faults: int = 0, errors: int = 0) -> dict:
+        return {"OkCount": total - faults - errors, "TotalCount": total,
+                "ErrorStatistics": {"ThrottleCount": 0, "OtherCount": errors,
+                                    "TotalCount": errors},
+                "FaultStatistics": {"OtherCount": faults, "TotalCount": faults},
+                "TotalResponseTime": total * 0.02}
+
+    histogram = [{"Value": 0.01, "Count": 3}, {"Value": 0.02, "Count": 5}]
+    services = [
+        {"ReferenceId": 0, "Names": [], "Type": "client", "Root": True,
+         "Edges": [{"ReferenceId": 1, "EdgeType": "Client", "SummaryStatistics": stats(8),
+                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
+        {"ReferenceId": 1, "Name": "api", "Names": ["api"], "Type": "AWS::EC2::Instance",
+         "Root": True, "State": "active", "SummaryStatistics": stats(8, faults=1, errors=2),
+         "ResponseTimeHistogram": histogram, "DurationHistogram": histogram,
+         "Edges": [{"ReferenceId": 2, "EdgeType": "Request", "SummaryStatistics": stats(8),
+                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
+        {"ReferenceId": 2, "Name": "orders", "Names": ["orders"],
+         "Type": "AWS::DynamoDB::Table", "State": "active", "SummaryStatistics": stats(8),
+         "ResponseTimeHistogram": histogram, "Edges": []},
+    ]
+    answer = {"StartTime": start, "EndTime": end, "Services": services,
+              "ContainsOldGroupVersions": False}
+    shape = (botocore.session.get_session().get_service_model("xray")
+             .operation_model("GetServiceGraph").output_shape)
+    report = ParamValidator().validate(answer, shape)
+    assert not report.has_errors(), report.generate_report()
+    return answer
+
+
+def test_map_draws_x_ray_shaped_graphs(page, site):
+    """What GetServiceGraph answers when it matches X-Ray (client node, resource types)."""
+    import json
+
+    now = time.time()
+    body = json.dumps(x_ray_shaped_graph(now - 3600, now))
+    page.route("**/ServiceGraph", lambda route: route.fulfill(
+        status=200, content_type="application/x-amz-json-1.1", body=body))
+    page.goto(f"{site.base}/#/map")
+    page.wait_for_selector('g.node[data-name="orders"]', timeout=10000)
+    assert page.locator('g.node[data-name="client"]').count() == 1
+    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="orders"]')
+    nodes = page.evaluate(boxes_script())
+    x = {n["name"]: n["box"]["x"] for n in nodes}
+    assert x["client"] < x["api"] < x["orders"]
+    page.click('g.node[data-name="api"]')
+    page.wait_for_selector("#map-detail:not([hidden])")
+    detail = page.inner_text("#map-detail")
+    assert "Faults (5xx)\n1 (13%)" in detail and "Errors (4xx)\n2 (25%)" in detail
+    assert page.locator("#map-detail svg.histogram rect").count() == 2
+    assert page.locator("#service-traces").count() == 1
+    page.click('g.node[data-name="client"]')
+    assert page.locator("#service-traces").count() == 0  # no traces "of" the client
+
+
+def test_columns_sort_and_long_ranges_show_dates(page, site):
+    page.goto(f'{site.base}/#/traces?filter=service("bulk-job")&range=259200')
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    assert page.inner_text("#trace-list tbody tr .col-start").startswith(time.strftime("%Y-"))
+    page.click('button.sort[data-sort="response"]')
+    page.wait_for_function("() => location.hash.includes('sort=response%3Aasc')")
+    page.reload()
+    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    assert page.get_attribute("th.col-response", "aria-sort") == "ascending"
+    values = [float(v.split()[0]) for v in
+              page.locator("#trace-list tbody td.col-response").all_inner_texts()]
+    assert values == sorted(values) and values[0] < values[-1]
+    page.click('button.sort[data-sort="response"]')
+    page.wait_for_function("() => location.hash.includes('sort=response%3Adesc')")
+    first = page.inner_text("#trace-list tbody tr .col-response")
+    assert float(first.split()[0]) >= values[-1]
