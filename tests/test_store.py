@@ -438,3 +438,20 @@ def test_a_version_4_store_gets_own_and_root_flags(tmp_path):
                               ('service("web") { fault }', [])):
         answer = queries.trace_summaries(conn, now - 10, now + 10, expression)
         assert [s["Id"] for s in answer["TraceSummaries"]] == found, expression
+
+
+@pytest.mark.parametrize("odd", [5, {"id": "x"}, [None], "text", [5, None, "s"], None])
+def test_merge_survives_subsegments_of_any_shape(odd):
+    segment = {"id": "a" * 16, "trace_id": "1-5f000000-" + "1" * 24, "start_time": 1.0,
+               "subsegments": odd}
+    in_progress = {"id": "b" * 16, "parent_id": "a" * 16, "start_time": 2.0, "subsegments": odd,
+                   "in_progress": True}
+    complete = {"id": "b" * 16, "parent_id": "a" * 16, "start_time": 2.0, "end_time": 3.0,
+                "subsegments": odd}
+    odd_parent = {"id": "c" * 16, "parent_id": ["a" * 16], "start_time": 2.0}
+    merged, orphans = merge([segment], [in_progress, complete, odd_parent])
+    assert merged == [segment]
+    assert orphans == [odd_parent]
+    (attached,) = [s for s in segment["subsegments"] if isinstance(s, dict) and
+                   s.get("id") == "b" * 16]
+    assert attached["end_time"] == 3.0

@@ -8,14 +8,19 @@ from typing import Any
 MAX_DEPTH = 64
 
 
+def _subsegments(entity: dict) -> list[dict]:
+    """The entity's subsegments that are objects (a stored document may have anything there)."""
+    subs = entity.get("subsegments")
+    return [s for s in subs if isinstance(s, dict)] if isinstance(subs, list) else []
+
+
 def _index(entity: dict, found: dict[str, dict], depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         return
     if isinstance(entity.get("id"), str):
         found.setdefault(entity["id"], entity)
-    for sub in entity.get("subsegments") or ():
-        if isinstance(sub, dict):
-            _index(sub, found, depth + 1)
+    for sub in _subsegments(entity):
+        _index(sub, found, depth + 1)
 
 
 def _attach(parent: dict, child: dict) -> None:
@@ -26,9 +31,11 @@ def _attach(parent: dict, child: dict) -> None:
         if isinstance(existing, dict) and existing.get("id") == child.get("id"):
             # The complete document replaces its in-progress version; children attached to
             # the old one stay.
-            kept = [s for s in existing.get("subsegments") or () if isinstance(s, dict)]
+            kept = _subsegments(existing)
             if kept:
-                own = child.setdefault("subsegments", [])
+                own = child.get("subsegments")
+                if not isinstance(own, list):
+                    own = child["subsegments"] = []
                 ids = {s.get("id") for s in own if isinstance(s, dict)}
                 own.extend(s for s in kept if s.get("id") not in ids)
                 own.sort(key=_start)
@@ -58,14 +65,16 @@ def merge(segments: list[dict[str, Any]], subsegments: list[dict[str, Any]]
         progress = False
         left = []
         for sub in pending:
-            parent = found.get(sub.get("parent_id"))
+            parent_id = sub.get("parent_id")
+            parent = found.get(parent_id) if isinstance(parent_id, str) else None
             if parent is None or parent is sub:
                 left.append(sub)
                 continue
             clean = dict(sub)
             _attach(parent, clean)
             _index(clean, found)
-            found[clean["id"]] = clean
+            if isinstance(clean.get("id"), str):
+                found[clean["id"]] = clean
             progress = True
         pending = left
         if not progress:
