@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # The tests' safe environment (dummy credentials, no instance metadata) and loopback port helper.
 from conftest import SAFE_ENV, free_udp_tcp_port
 from xrayd.exporters.local import LocalExporter
+from xrayd.offline import BATCH_SIZE
 from xrayd.sampling.engine import SamplingEngine
 from xrayd.server.xray_api import StoreReader, XRayApi, make_server
 from xrayd.store.writer import StoreWriter
@@ -135,7 +136,8 @@ def process_cpu(pid: int) -> float:
 
 
 def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> float:
-    batches = [docs[i:i + 50] for i in range(0, len(docs), 50)]
+    size = BATCH_SIZE  # the daemon's batches in offline mode
+    batches = [docs[i:i + size] for i in range(0, len(docs), size)]
     lock = threading.Lock()
 
     def work() -> None:

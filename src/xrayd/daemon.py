@@ -222,14 +222,14 @@ class Daemon:
         from xrayd.uploader import Uploader
 
         try:
-            self.offline = offline.start(self.config, self.log, self._rejected)
+            self.offline = offline.start(self.config, self.log)
         except offline.OfflineError as exc:
             sock.close()
             raise StartupError(str(exc)) from None
-        batcher = Batcher(budget=megabytes * budget.MIB)
+        batcher = Batcher(budget=megabytes * budget.MIB, max_batch=offline.BATCH_SIZE)
         self.queue = SegmentQueue(batcher, time.monotonic)
         self.uploader = Uploader(self.queue, self.offline.exporter, self.stats, self.logs,
-                                 self.config.concurrency)
+                                 max(self.config.concurrency, offline.MIN_WORKERS))
         self.receiver = UdpReceiver(
             sock, self.queue.put, self.stats.intake(), self._spilled, self.logs,
             put_many=self.queue.put_many,
@@ -242,18 +242,6 @@ class Daemon:
         self.intake_open = True
         self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
         self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
-
-    def _rejected(self, rejection) -> None:
-        """A document the offline store refused (it was counted as sent when queued)."""
-        from xrayd.stats import SEGMENTS_UNPROCESSED
-
-        self.stats.add(SEGMENTS_SENT, -1)
-        self.stats.add(SEGMENTS_UNPROCESSED, label=rejection.code)
-        self.logs.error(
-            f"unprocessed:{rejection.code}",
-            f"Unprocessed segment: Id {rejection.id or 'missing'}, ErrorCode {rejection.code}, "
-            f"Message {rejection.message} (kept in the store's rejected list)",
-        )
 
     def _start_telemetry(self, aws, context, exporter) -> None:
         from xrayd import telemetry

@@ -4,7 +4,6 @@ TCP server answering the X-Ray API and the viewer. Nothing here needs AWS (no bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from xrayd.config import Config
@@ -14,11 +13,17 @@ from xrayd.sampling.rules import RuleError, parse_rules_file
 from xrayd.server.threaded import ThreadedHttpServer
 from xrayd.server.viewer_routes import routes as viewer_routes
 from xrayd.server.xray_api import StoreReader, XRayApi, make_server
-from xrayd.store.schema import default_path
-from xrayd.store.writer import Rejection, Retention, StoreWriter
+from xrayd.store.schema import StoreLocked, default_path
+from xrayd.store.writer import Retention, StoreWriter
 
 DEFAULT_RETENTION_HOURS = 72
 DEFAULT_MAX_SIZE_MB = 1024
+# Documents a batch in offline mode (the X-Ray API's 50 is not a limit here). Each upload worker
+# waits until its batch is committed; with at least MIN_WORKERS workers, up to 8,000 documents
+# are in the store's pipeline at once, enough to parse one commit (up to 5,000 documents) while
+# the previous one is written.
+BATCH_SIZE = 1000
+MIN_WORKERS = 8
 
 
 class OfflineError(Exception):
@@ -61,8 +66,7 @@ def load_rules(path: str) -> list[dict]:
         raise OfflineError(f"Invalid sampling rules file {path}: {exc}") from None
 
 
-def start(cfg: Config, log: logging.Logger,
-          on_reject: Callable[[Rejection], None] | None = None) -> Offline:
+def start(cfg: Config, log: logging.Logger) -> Offline:
     """Open the store, load the rules and start the TCP server; OfflineError on failure."""
     rules = load_rules(cfg.sampling_rules_file)
     path = cfg.store_path or default_path()
@@ -71,7 +75,9 @@ def start(cfg: Config, log: logging.Logger,
         max_bytes=(cfg.store_max_size_mb or DEFAULT_MAX_SIZE_MB) * 1024 * 1024,
     )
     try:
-        writer = StoreWriter(path, retention, log=log, on_reject=on_reject)
+        writer = StoreWriter(path, retention, log=log)
+    except StoreLocked as exc:
+        raise OfflineError(str(exc).capitalize()) from None
     except Exception as exc:
         raise OfflineError(f"Unable to open trace store {path}: {exc}") from None
     writer.enforce_retention_now()
