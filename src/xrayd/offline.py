@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from xrayd.config import Config
 from xrayd.exporters.local import LocalExporter
 from xrayd.sampling.engine import SamplingEngine
+from xrayd.sampling.persist import SqliteRuleStore
 from xrayd.sampling.rules import RuleError, parse_rules_file
 from xrayd.server.threaded import ThreadedHttpServer
 from xrayd.server.viewer_routes import routes as viewer_routes
@@ -37,6 +38,7 @@ class Offline:
     sampling: SamplingEngine
     server: ThreadedHttpServer
     store_path: str
+    rules: SqliteRuleStore
 
     @property
     def exporter(self) -> LocalExporter:
@@ -52,6 +54,7 @@ class Offline:
     def stop(self) -> None:
         self.server.stop()
         self.reader.close()
+        self.rules.close()
 
 
 def load_rules(path: str) -> list[dict]:
@@ -81,8 +84,13 @@ def start(cfg: Config, log: logging.Logger) -> Offline:
     except Exception as exc:
         raise OfflineError(f"Unable to open trace store {path}: {exc}") from None
     writer.enforce_retention_now()
+    try:
+        rule_store = SqliteRuleStore(path)
+        sampling = SamplingEngine(rules, store=rule_store, on_invalid=log.warning)
+    except Exception as exc:
+        writer.close()
+        raise OfflineError(f"Unable to load the sampling rules kept in {path}: {exc}") from None
     reader = StoreReader(path)
-    sampling = SamplingEngine(rules)
     info = {"store": path, "retention_hours": retention.hours,
             "max_size_mb": retention.max_bytes // (1024 * 1024)}
     api = XRayApi(writer, reader, sampling)
@@ -92,7 +100,10 @@ def start(cfg: Config, log: logging.Logger) -> Offline:
     except OSError as exc:
         writer.close()
         reader.close()
+        rule_store.close()
         raise OfflineError(f"listen tcp {cfg.tcp_address}: {exc.strerror or exc}") from None
+    # Every rule in force counts, the Default rule too (it always applies).
     log.info("Offline mode: %d sampling rules loaded, trace store %s (retention %g hours, "
-             "%d MB)", len(rules), path, retention.hours, retention.max_bytes // (1024 * 1024))
-    return Offline(writer, reader, sampling, server, path)
+             "%d MB)", sampling.rule_count, path, retention.hours,
+             retention.max_bytes // (1024 * 1024))
+    return Offline(writer, reader, sampling, server, path, rule_store)
