@@ -80,7 +80,8 @@ def start(cfg: Config, log: logging.Logger) -> Offline:
     try:
         writer = StoreWriter(path, retention, log=log)
     except StoreLocked as exc:
-        raise OfflineError(str(exc).capitalize()) from None
+        message = str(exc)
+        raise OfflineError(message[:1].upper() + message[1:]) from None
     except Exception as exc:
         raise OfflineError(f"Unable to open trace store {path}: {exc}") from None
     writer.enforce_retention_now()

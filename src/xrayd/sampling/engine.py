@@ -170,8 +170,12 @@ class SamplingEngine:
         if store is not None:
             keep = {r.rule["RuleName"] for r in records}
             for record in stored:
-                if record.rule["RuleName"] not in keep:
-                    store.delete(record.rule["RuleName"])
+                name = record.rule["RuleName"]
+                if name not in keep:
+                    if record.origin == "api" and on_invalid is not None:
+                        on_invalid(f"sampling rule {name} was dropped: with the rules file's "
+                                   f"rules there would be more than {MAX_RULES}")
+                    store.delete(name)
             for record in records:
                 if record not in stored:
                     store.save(record)
