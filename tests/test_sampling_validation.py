@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from offline_support import start_offline, xray_client
+from test_sampling_engine import Clock
 from xrayd.sampling.engine import (
     BOOST_SECONDS,
     SamplingEngine,
@@ -23,15 +24,6 @@ from xrayd.sampling.engine import (
 )
 from xrayd.sampling.persist import SqliteRuleStore
 from xrayd.sampling.rules import default_rule, normalize
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 RULE = {"RuleName": "reports", "ResourceARN": "*", "Priority": 5, "FixedRate": 0.05,
         "ReservoirSize": 3, "ServiceName": "reports", "ServiceType": "*", "Host": "*",

@@ -45,8 +45,11 @@ def uploader_for(writer: StoreWriter, stats: Stats, sleep=lambda s: None) -> Upl
                     concurrency=1, policy=RetryPolicy(max_attempts=3), sleep=sleep)
 
 
-def summary_counts(output: str) -> dict[str, int]:
-    line = [x for x in output.splitlines() if "Shutdown summary:" in x][-1]
+def stopped_counts(daemon) -> dict[str, int]:
+    """Stop the daemon; the counters of its shutdown summary."""
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    line = [x for x in daemon.output.splitlines() if "Shutdown summary:" in x][-1]
     return {name: int(n) for name, n in re.findall(r"(\w+(?:\[\w+\])?) (\d+)", line)}
 
 
@@ -150,9 +153,7 @@ def test_two_daemons_on_one_store_the_second_exits_1_and_nothing_is_lost(start_x
     assert f"is in use by another xrayd (pid {first.proc.pid})" in second.output
     trace_ids = send_documents(port, 30)
     wait_until(lambda: stored_traces(port, trace_ids) == 30, what="30 traces stored")
-    first.signal(signal.SIGTERM)
-    assert first.wait(30) == 0
-    counts = summary_counts(first.output)
+    counts = stopped_counts(first)
     assert counts["segments_sent"] == 30
     assert not any(k.startswith("segments_failed") for k in counts)
 
@@ -162,9 +163,7 @@ def test_a_daemon_whose_commits_fail_counts_them_failed_not_sent(start_xrayd, tm
     sqlite3.connect(store, isolation_level=None).execute(FAIL_TRIGGER)
     send_documents(port, 5)
     daemon.wait_for("5 segments dropped after", timeout=30)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0
-    counts = summary_counts(daemon.output)
+    counts = stopped_counts(daemon)
     assert counts.get("segments_sent", 0) == 0
     assert counts["segments_failed[store_error]"] == 5
     assert "injected: disk full" in daemon.output
@@ -187,9 +186,7 @@ def test_a_store_corrupted_under_the_daemon_is_logged_and_counted(start_xrayd, t
     send_documents(port, 3, first=1000)
     daemon.wait_for("3 segments dropped after", timeout=30)
     assert "database disk image is malformed" in daemon.output
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0
-    counts = summary_counts(daemon.output)
+    counts = stopped_counts(daemon)
     assert counts["segments_sent"] == 200
     assert counts["segments_failed[store_error]"] == 3
 
@@ -203,8 +200,6 @@ def test_a_store_deleted_under_the_daemon_is_reported(start_xrayd, tmp_path):
     send_documents(port, 4, first=100)
     daemon.wait_for("4 segments dropped after", timeout=30)
     assert "was deleted while xrayd was running" in daemon.output
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0
-    counts = summary_counts(daemon.output)
+    counts = stopped_counts(daemon)
     assert counts["segments_sent"] == 2
     assert counts["segments_failed[store_gone]"] == 4
