@@ -23,7 +23,7 @@ from xrayd.sampling.engine import (
     merge_rules,
 )
 from xrayd.sampling.persist import SqliteRuleStore
-from xrayd.sampling.rules import default_rule, normalize
+from xrayd.sampling.rules import default_rule, normalize, parse_rules_file
 
 RULE = {"RuleName": "reports", "ResourceARN": "*", "Priority": 5, "FixedRate": 0.05,
         "ReservoirSize": 3, "ServiceName": "reports", "ServiceType": "*", "Host": "*",
@@ -264,3 +264,13 @@ def test_api_rules_survive_a_restart_and_the_rules_file_seeds_its_own(start_xray
     assert records["reports"] == created
     assert records["Default"]["SamplingRule"]["FixedRate"] == 0.2
     assert records["checkout"]["SamplingRule"]["FixedRate"] == 0.4  # the file's, again
+
+
+def test_the_output_of_get_sampling_rules_loads_as_a_rules_file():
+    """`aws xray get-sampling-rules > rules.json` prints the Default rule with every field."""
+    sampling = SamplingEngine([normalize(RULE, fill_defaults=False)], Clock())
+    printed = sampling.get_rules()
+    printed["SamplingRuleRecords"][1]["SamplingRule"]["FixedRate"] = 0.3
+    rules = parse_rules_file(json.dumps(printed, default=str))
+    assert [r["RuleName"] for r in rules] == ["reports", "Default"]
+    assert rules[1] == {**default_rule(), "FixedRate": 0.3}

@@ -170,7 +170,7 @@ def apply_update(rule: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
 def parse_rules_file(text: str) -> list[dict[str, Any]]:
     """Rules from a file: a list of SamplingRule objects, ``{"SamplingRules": [...]}``, or the
     output of ``aws xray get-sampling-rules`` (``{"SamplingRuleRecords": [...]}``). A rule named
-    Default sets the Default rule's rate and reservoir."""
+    Default sets the Default rule's rate, reservoir and boost (its other fields are ignored)."""
     try:
         document = json.loads(text)
     except ValueError as exc:
@@ -190,7 +190,9 @@ def parse_rules_file(text: str) -> list[dict[str, Any]]:
     names = set()
     for item in items:
         if isinstance(item, dict) and item.get("RuleName") == DEFAULT_RULE_NAME:
-            rule = apply_update(default_rule(), item)
+            # Only these can change on the Default rule; the rest (as `aws xray
+            # get-sampling-rules` prints it: "*" everywhere, priority 10000) is its own.
+            rule = apply_update(default_rule(), {k: item.get(k) for k in DEFAULT_UPDATABLE})
         else:
             rule = normalize(item, fill_defaults=True)
         if rule["RuleName"] in names:
