@@ -20,11 +20,12 @@ from xrayd.store.writer import Retention, StoreWriter
 DEFAULT_RETENTION_HOURS = 72
 DEFAULT_MAX_SIZE_MB = 1024
 # Documents a batch in offline mode (the X-Ray API's 50 is not a limit here). Each upload worker
-# waits until its batch is committed; with at least MIN_WORKERS workers, up to 8,000 documents
-# are in the store's pipeline at once, enough to parse one commit (up to 5,000 documents) while
-# the previous one is written.
+# waits until its batch is committed; with at least MIN_WORKERS workers, up to 16,000 documents
+# are in the store's pipeline at once: full commits (5,000 documents) one after another, the next
+# parsed while one is written, as when the writer held up to 20,000 queued documents. (With 8
+# workers, commits alternated between 5,000 and 3,000 and a loaded host fell behind sooner.)
 BATCH_SIZE = 1000
-MIN_WORKERS = 8
+MIN_WORKERS = 16
 
 
 class OfflineError(Exception):
