@@ -1,7 +1,7 @@
 """Offline store benchmark: how fast SDK-like 1 KB segment documents are stored, and how fast
 GetTraceSummaries answers over the last hour with one annotation filter on a full store.
 
-    .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 8] [--udp-rate 20000]
+    .venv/bin/python bench/bench_store.py [--segments 100000] [--threads 16] [--udp-rate 20000]
                                           [--udp-seconds 20] [--order arrival|random]
                                           [--disorder 20000]
 
@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # The tests' safe environment (dummy credentials, no instance metadata) and loopback port helper.
 from conftest import SAFE_ENV, free_udp_tcp_port
 from xrayd.exporters.local import LocalExporter
+from xrayd.offline import BATCH_SIZE, MIN_WORKERS
 from xrayd.sampling.engine import SamplingEngine
 from xrayd.server.xray_api import StoreReader, XRayApi, make_server
 from xrayd.store.writer import StoreWriter
@@ -135,7 +136,8 @@ def process_cpu(pid: int) -> float:
 
 
 def store_rate(exporter: LocalExporter, docs: list[bytes], threads: int) -> float:
-    batches = [docs[i:i + 50] for i in range(0, len(docs), 50)]
+    size = BATCH_SIZE  # the daemon's batches in offline mode
+    batches = [docs[i:i + size] for i in range(0, len(docs), size)]
     lock = threading.Lock()
 
     def work() -> None:
@@ -289,7 +291,7 @@ def query_times(url: str, body: dict, runs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--segments", type=int, default=100_000)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=MIN_WORKERS)  # as the daemon
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--udp-rate", type=int, default=20_000,
                         help="documents a second sent over UDP to a whole daemon (0: skip)")

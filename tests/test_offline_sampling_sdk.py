@@ -38,7 +38,7 @@ def test_sdk_sampling_follows_the_rules_file_and_shares_the_reservoir(start_xray
     rules_file.write_text(json.dumps(RULES))
     daemon, port, _store = start_offline(start_xrayd, tmp_path, "--sampling-rules",
                                          str(rules_file))
-    assert "1 sampling rules loaded" in daemon.output
+    assert "2 sampling rules loaded" in daemon.output  # with the Default rule
     first, second = sdk_client(port), sdk_client(port)
     for sampler in (first, second):
         names = sorted(rule.name for rule in sampler._cache.rules)

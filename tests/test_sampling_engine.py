@@ -68,14 +68,18 @@ def test_a_silent_client_frees_its_share():
 
 def test_target_fields_and_unprocessed_statistics():
     sampling, clock = engine(2)
-    answer = sampling.targets([stats("a", 1), stats("a", 1, rule="missing"),
-                               {"RuleName": "r", "ClientID": "short"}])
+    answer = sampling.targets([stats("a", 1), stats("a", 1, rule="missing")])
     [target] = answer["SamplingTargetDocuments"]
     assert target["FixedRate"] == 0.1 and target["Interval"] == TARGET_INTERVAL
     assert target["ReservoirQuotaTTL"] == clock.now + LEASE_SECONDS
-    assert [u["RuleName"] for u in answer["UnprocessedStatistics"]] == ["missing", "r"]
+    assert [u["RuleName"] for u in answer["UnprocessedStatistics"]] == ["missing"]
+    assert answer["UnprocessedBoostStatistics"] == []
     with pytest.raises(SamplingError):
         sampling.targets([])
+    # A document that breaks the service model refuses the whole request, as the service's
+    # front end does.
+    with pytest.raises(SamplingError, match="ClientID"):
+        sampling.targets([stats("a", 1), {**stats("a", 1), "ClientID": "short"}])
 
 
 def test_rule_changes_move_last_modification():

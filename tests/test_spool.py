@@ -3,9 +3,14 @@ torn and corrupt files; and a property test of the reader on arbitrary bytes."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import threading
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +148,88 @@ def test_fuzz_damaged_files_yield_a_prefix_of_the_documents(docs, data):
         assert result.docs == docs[: len(result.docs)]
         if damaged != bytes(encode(docs)):
             assert result.error or len(result.docs) < len(docs)
+
+
+def test_names_are_checked_strictly():
+    assert sp.parse_name(sp.file_name(7, 50)) == (7, 50)
+    for name in ("9" * 20 + "-5.spool", "1-5.spool", "000000000000001٣-5.spool",
+                 "0000000000000001-0.spool", "0000000000000001-1234567.spool",
+                 "0000000000000001-+5.spool", " 000000000000001-5.spool",
+                 "0000000000000001-5.spool.bak", "0000000000000001_5.spool"):
+        assert sp.parse_name(name) is None, name
+
+
+def test_entries_that_are_not_spool_files_are_skipped_and_counted(tmp_path, caplog):
+    good = encode([b"a"])
+    (tmp_path / ("9" * 20 + "-1.spool")).write_bytes(good)  # would set the sequence to 1e20
+    (tmp_path / "0000000000000003-1.spool").write_bytes(good)
+    (tmp_path / "0000000000000004-1.spool").mkdir()
+    os.mkfifo(tmp_path / "0000000000000005-1.spool")
+    (tmp_path / (sp.TMP_PREFIX + "0000000000000006-1.spool")).mkdir()
+    os.symlink("/dev/zero", tmp_path / "0000000000000007-1.spool")
+    spool = Spool(str(tmp_path), 10**6)
+    assert spool.open() == 1
+    assert spool.skipped == 5
+    assert "ignored 5 entries that are not spool files" in caplog.text
+    spool.put([b"b"])  # numbered after every spool name found, usable or not
+    assert sp.parse_name(max(n for n in os.listdir(tmp_path) if n.startswith("0"))) == (8, 1)
+
+
+def test_a_fifo_put_in_place_of_a_spool_file_is_never_waited_on(tmp_path):
+    spool = Spool(str(tmp_path), 10**6)
+    spool.open()
+    spool.put([b"a"])
+    entry = spool.claim()
+    assert entry is not None
+    os.remove(tmp_path / entry.name)
+    os.mkfifo(tmp_path / entry.name)
+    result: list[sp.Decoded] = []
+    reader = threading.Thread(target=lambda: result.append(spool.read(entry)), daemon=True)
+    reader.start()
+    reader.join(10)  # a blocking open of the FIFO would wait here for a writer forever
+    assert result and result[0].docs == [] and "not a regular file" in result[0].error
+    spool.sync()  # the fsync pass skips it too
+
+
+FULL_DISK = """
+import json, logging, os, sys
+from xrayd.spool import Spool, encode
+directory = sys.argv[1]
+spool = Spool(directory, 10**9, fsync_interval=0)
+spool.open()
+results = []
+for n in range(30):  # 30 x 20 KiB on a 256 KiB file system
+    stored = spool.put([bytes([65 + n % 26]) * 20000])
+    results.append([stored.stored, stored.evicted])
+kept = sorted(spool.read(e).docs[0][:1].decode() for e in list(spool._entries))
+huge = spool.put([b"z" * 400000])  # more than the whole file system
+print(json.dumps({"results": results, "kept": kept, "huge": [huge.stored, huge.evicted],
+                  "left": sorted(os.listdir(directory)), "full_drops": spool.full_drops}))
+"""
+
+
+def test_a_full_disk_evicts_the_oldest_files_and_leaves_no_temporary_file(tmp_path):
+    """A real full disk: a 256 KiB tmpfs, mounted in a user and mount namespace of its own."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespaces here for a tmpfs: {probe.stderr.decode()[:200]}")
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c",
+         f'mount -t tmpfs -o size=256k none "{disk}" && exec "{sys.executable}" "{script}" '
+         f'"{disk}"'], capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stderr.decode()
+    out = json.loads(run.stdout)
+    assert all(stored for stored, _ in out["results"])  # every new batch was kept
+    evicted = sum(n for _, n in out["results"])
+    assert evicted > 0
+    # The oldest went first: what is kept is the newest files, in one run of letters.
+    letters = [chr(65 + n % 26) for n in range(30)]
+    assert out["kept"] == sorted(letters[30 - len(out["kept"]):])
+    assert len(out["kept"]) + evicted == 30
+    assert out["huge"] == [False, len(out["kept"])]  # refused only after emptying the spool
+    assert out["full_drops"] == 1
+    assert out["left"] == []  # no temporary file, empty or partial

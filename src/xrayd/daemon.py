@@ -291,7 +291,7 @@ class Daemon:
 
     def _add_lane(self, name: str, exporter, share: int, spool: Spool | None,
                   max_batch: int | None = None, takes_otlp: bool = False,
-                  logs: RateLimitedLog | None = None) -> Lane:
+                  logs: RateLimitedLog | None = None, workers: int = 0) -> Lane:
         """A queue (``share`` bytes of the budget), upload workers and counters for one
         exporter; the first lane added is the primary one."""
         from xrayd.batcher import MAX_BATCH, Batcher
@@ -305,8 +305,8 @@ class Daemon:
         stats = LaneStats(self.stats, name, primary)
         if logs is None:
             logs = self.logs if primary else PrefixedLog(self.logs, f"[{name} exporter] ")
-        uploader = Uploader(queue, exporter, stats, logs, self.config.concurrency, spool=spool,
-                            replay_threads=REPLAY_THREADS)
+        uploader = Uploader(queue, exporter, stats, logs, workers or self.config.concurrency,
+                            spool=spool, replay_threads=REPLAY_THREADS)
         lane = Lane(name, queue, uploader, stats, logs, spool, takes_otlp)
         self.lanes.append(lane)
         if primary:
@@ -411,12 +411,15 @@ class Daemon:
         from xrayd import offline
 
         try:
-            self.offline = offline.start(self.config, self.log, self._rejected)
+            self.offline = offline.start(self.config, self.log)
         except offline.OfflineError as exc:
             sock.close()
             raise StartupError(str(exc)) from None
         share = self._budget_share(megabytes, otlp)
-        self._add_lane("local", self.offline.exporter, share, None)
+        # Big batches and many workers: each waits for its batch's commit (docs/offline.md).
+        self._add_lane("local", self.offline.exporter, share, None,
+                       max_batch=offline.BATCH_SIZE,
+                       workers=max(self.config.concurrency, offline.MIN_WORKERS))
         if otlp is not None:
             try:
                 self._add_otlp_lane(otlp, share)
@@ -437,19 +440,6 @@ class Daemon:
         self.intake_open = True
         self.log.info("Trace viewer and X-Ray API at %s", self.offline.url())
         self.log.info("Ready: receiving segments on UDP %s", self.config.udp_address)
-
-    def _rejected(self, rejection) -> None:
-        """A document the offline store refused (it was counted as sent when queued)."""
-        from xrayd.stats import SEGMENTS_UNPROCESSED
-
-        counters = self.lanes[0].stats if self.lanes else self.stats
-        counters.add(SEGMENTS_SENT, -1)
-        counters.add(SEGMENTS_UNPROCESSED, label=rejection.code)
-        self.logs.error(
-            f"unprocessed:{rejection.code}",
-            f"Unprocessed segment: Id {rejection.id or 'missing'}, ErrorCode {rejection.code}, "
-            f"Message {rejection.message} (kept in the store's rejected list)",
-        )
 
     def _start_telemetry(self, aws, context, exporter) -> None:
         from xrayd import telemetry
@@ -563,7 +553,7 @@ class Daemon:
             self.stats.get(SEGMENTS_SENT),
         )
         log.info("Shutdown summary: %s", self.stats.summary())
-        if len(self.lanes) > 1 or self.otlp is not None:
+        if len(self.lanes) > 1:
             for lane in self.lanes:
                 log.info("Shutdown summary: %s", lane.summary())
         log.debug("Shutdown finished. Current epoch in nanoseconds: %d", time.time_ns())

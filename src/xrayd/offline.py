@@ -4,21 +4,29 @@ TCP server answering the X-Ray API and the viewer. Nothing here needs AWS (no bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from xrayd.config import Config
 from xrayd.exporters.local import LocalExporter
 from xrayd.sampling.engine import SamplingEngine
+from xrayd.sampling.persist import SqliteRuleStore
 from xrayd.sampling.rules import RuleError, parse_rules_file
 from xrayd.server.threaded import ThreadedHttpServer
 from xrayd.server.viewer_routes import routes as viewer_routes
 from xrayd.server.xray_api import StoreReader, XRayApi, make_server
-from xrayd.store.schema import default_path
-from xrayd.store.writer import Rejection, Retention, StoreWriter
+from xrayd.store.groups import GroupStore
+from xrayd.store.schema import StoreLocked, default_path
+from xrayd.store.writer import Retention, StoreWriter
 
 DEFAULT_RETENTION_HOURS = 72
 DEFAULT_MAX_SIZE_MB = 1024
+# Documents a batch in offline mode (the X-Ray API's 50 is not a limit here). Each upload worker
+# waits until its batch is committed; with at least MIN_WORKERS workers, up to 16,000 documents
+# are in the store's pipeline at once: full commits (5,000 documents) one after another, the next
+# parsed while one is written, as when the writer held up to 20,000 queued documents. (With 8
+# workers, commits alternated between 5,000 and 3,000 and a loaded host fell behind sooner.)
+BATCH_SIZE = 1000
+MIN_WORKERS = 16
 
 
 class OfflineError(Exception):
@@ -32,6 +40,8 @@ class Offline:
     sampling: SamplingEngine
     server: ThreadedHttpServer
     store_path: str
+    rules: SqliteRuleStore
+    groups: GroupStore
 
     @property
     def exporter(self) -> LocalExporter:
@@ -47,6 +57,8 @@ class Offline:
     def stop(self) -> None:
         self.server.stop()
         self.reader.close()
+        self.rules.close()
+        self.groups.close()
 
 
 def load_rules(path: str) -> list[dict]:
@@ -61,8 +73,7 @@ def load_rules(path: str) -> list[dict]:
         raise OfflineError(f"Invalid sampling rules file {path}: {exc}") from None
 
 
-def start(cfg: Config, log: logging.Logger,
-          on_reject: Callable[[Rejection], None] | None = None) -> Offline:
+def start(cfg: Config, log: logging.Logger) -> Offline:
     """Open the store, load the rules and start the TCP server; OfflineError on failure."""
     rules = load_rules(cfg.sampling_rules_file)
     path = cfg.store_path or default_path()
@@ -71,12 +82,20 @@ def start(cfg: Config, log: logging.Logger,
         max_bytes=(cfg.store_max_size_mb or DEFAULT_MAX_SIZE_MB) * 1024 * 1024,
     )
     try:
-        writer = StoreWriter(path, retention, log=log, on_reject=on_reject)
+        writer = StoreWriter(path, retention, log=log)
+    except StoreLocked as exc:
+        message = str(exc)
+        raise OfflineError(message[:1].upper() + message[1:]) from None
     except Exception as exc:
         raise OfflineError(f"Unable to open trace store {path}: {exc}") from None
     writer.enforce_retention_now()
+    try:
+        rule_store = SqliteRuleStore(path)
+        sampling = SamplingEngine(rules, store=rule_store, on_invalid=log.warning)
+    except Exception as exc:
+        writer.close()
+        raise OfflineError(f"Unable to load the sampling rules kept in {path}: {exc}") from None
     reader = StoreReader(path)
-    sampling = SamplingEngine(rules)
     info = {"store": path, "retention_hours": retention.hours,
             "max_size_mb": retention.max_bytes // (1024 * 1024)}
     api = XRayApi(writer, reader, sampling)
@@ -86,7 +105,11 @@ def start(cfg: Config, log: logging.Logger,
     except OSError as exc:
         writer.close()
         reader.close()
+        rule_store.close()
+        api.groups.close()
         raise OfflineError(f"listen tcp {cfg.tcp_address}: {exc.strerror or exc}") from None
+    # Every rule in force counts, the Default rule too (it always applies).
     log.info("Offline mode: %d sampling rules loaded, trace store %s (retention %g hours, "
-             "%d MB)", len(rules), path, retention.hours, retention.max_bytes // (1024 * 1024))
-    return Offline(writer, reader, sampling, server, path)
+             "%d MB)", sampling.rule_count, path, retention.hours,
+             retention.max_bytes // (1024 * 1024))
+    return Offline(writer, reader, sampling, server, path, rule_store, api.groups)

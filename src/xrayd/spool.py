@@ -7,14 +7,23 @@ name, flushed and renamed, so a reader never sees a half-written file under its 
 is fsynced at once or every ``fsync_interval`` seconds (a power loss may then tear the newest
 files: the checksums find it and the torn part is skipped with a log line, never a crash).
 
+Names are checked strictly (16 ASCII digits, a dash, 1 to 6 digits), and only regular files
+are indexed or opened (never blocking: a FIFO under a spool name is skipped, not waited on).
+When the disk is full, the temporary file is removed and the oldest files are evicted until
+the new one fits, as when the spool reaches its size limit; the new batch is refused only when
+even an empty spool cannot hold it.
+
 ``encode``/``decode`` are pure; ``Spool`` is the small I/O class around them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
+import stat
 import struct
 import threading
 import time
@@ -28,6 +37,10 @@ _RECORD = struct.Struct(">II")
 SUFFIX = ".spool"
 TMP_PREFIX = ".tmp-"
 MAX_RECORD = 16 * 1024 * 1024  # far above a UDP datagram; a larger length means corruption
+SEQUENCE_DIGITS = 16
+_NAME = re.compile(rf"(\d{{{SEQUENCE_DIGITS}}})-([1-9]\d{{0,5}}){re.escape(SUFFIX)}", re.ASCII)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+LISTED_NAMES = 5  # entries named in the start-up line about what was skipped
 
 
 def _private(path: str, flags: int) -> int:
@@ -72,17 +85,35 @@ def decode(data: bytes) -> Decoded:
 
 
 def file_name(sequence: int, count: int) -> str:
-    return f"{sequence:016d}-{count}{SUFFIX}"
+    return f"{sequence:0{SEQUENCE_DIGITS}d}-{count}{SUFFIX}"
 
 
 def parse_name(name: str) -> tuple[int, int] | None:
-    """(sequence, documents) of a spool file name, None for anything else."""
-    if not name.endswith(SUFFIX):
+    """(sequence, documents) of a spool file name as ``file_name`` writes it, None for anything
+    else (a longer sequence, signs, spaces, non-ASCII digits, a zero or huge count)."""
+    match = _NAME.fullmatch(name)
+    if match is None:
         return None
-    seq, sep, count = name[: -len(SUFFIX)].partition("-")
-    if not sep or not seq.isdigit() or not count.isdigit():
+    return int(match[1]), int(match[2])
+
+
+def _regular(path: str) -> int | None:
+    """The size of a regular file (not following a symlink), None for anything else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
         return None
-    return int(seq), int(count)
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of a regular file; never blocks (a FIFO would wait for a
+    writer) and never follows a symlink. OSError for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
 
 
 @dataclass
@@ -119,6 +150,8 @@ class Spool:
         self._docs = 0
         self._unsynced: list[str] = []
         self._last_sync = clock()
+        self.skipped = 0  # directory entries at start that are not spool files
+        self.full_drops = 0  # batches refused because even an emptied spool had no room
 
     def open(self) -> int:
         """Create the directory, clear leftovers of interrupted writes, index what is there;
@@ -129,25 +162,34 @@ class Spool:
             pass  # fail at start, not at the first outage, when the directory is not writable
         os.remove(probe)
         found = []
+        skipped: list[str] = []
+        last = 0  # new files are numbered after every spool name, usable or not
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
-            if name.startswith(TMP_PREFIX):
+            size = _regular(path)
+            if name.startswith(TMP_PREFIX) and size is not None:
                 self._remove(path)
                 continue
             parsed = parse_name(name)
-            if parsed is None:
-                continue
-            try:
-                size = os.path.getsize(path)
-            except OSError:
+            if parsed is not None:
+                last = max(last, parsed[0])
+            if parsed is None or size is None:
+                skipped.append(name)
                 continue
             found.append(Entry(parsed[0], parsed[1], size))
         found.sort(key=lambda e: e.sequence)
+        self.skipped = len(skipped)
+        if skipped:
+            shown = ", ".join(repr(n[:80]) for n in sorted(skipped)[:LISTED_NAMES])
+            more = f" and {len(skipped) - LISTED_NAMES} more" if len(skipped) > LISTED_NAMES else ""
+            self.log.warning("Spool directory %s: ignored %d entries that are not spool files "
+                             "(regular files named <16 digits>-<count>%s): %s%s",
+                             self.directory, len(skipped), SUFFIX, shown, more)
         with self._lock:
             self._entries = deque(found)
             self._bytes = sum(e.size for e in found)
             self._docs = sum(e.count for e in found)
-            self._next = (found[-1].sequence + 1) if found else 1
+            self._next = last + 1
             return self._docs
 
     def depth(self) -> tuple[int, int, int]:
@@ -162,31 +204,58 @@ class Spool:
         with self._lock:
             evicted = 0
             while self._bytes + len(data) > self.max_bytes:
-                victim = next((e for e in self._entries if not e.claimed), None)
-                if victim is None:
+                gone = self._evict_oldest()
+                if gone is None:
                     return Stored(False, evicted)
-                self._entries.remove(victim)
-                self._forget(victim)
-                self._remove(os.path.join(self.directory, victim.name))
-                evicted += victim.count
+                evicted += gone
             entry = Entry(self._next, len(docs), len(data))
             self._next += 1
-            self._write(entry.name, data)
+            while True:
+                try:
+                    self._write(entry.name, data)
+                    break
+                except OSError as exc:
+                    # A full disk: make room as the size limit does, oldest first.
+                    if exc.errno not in NO_ROOM:
+                        raise
+                    gone = self._evict_oldest()
+                    if gone is None:
+                        self.full_drops += 1
+                        self.log.error("Spool directory %s: no room on the disk for a batch "
+                                       "of %d segments even after removing every spool file "
+                                       "that could go: %s", self.directory, len(docs), exc)
+                        return Stored(False, evicted)
+                    evicted += gone
             self._entries.append(entry)
             self._bytes += entry.size
             self._docs += entry.count
             return Stored(True, evicted)
 
+    def _evict_oldest(self) -> int | None:
+        """Remove the oldest file not being replayed: its documents, None when there is none.
+        Called with the lock held."""
+        victim = next((e for e in self._entries if not e.claimed), None)
+        if victim is None:
+            return None
+        self._entries.remove(victim)
+        self._forget(victim)
+        self._remove(os.path.join(self.directory, victim.name))
+        return victim.count
+
     def _write(self, name: str, data: bytes) -> None:
         final = os.path.join(self.directory, name)
         tmp = os.path.join(self.directory, TMP_PREFIX + name)
         durable_now = self.fsync_interval <= 0
-        with open(tmp, "wb", opener=_private) as handle:
-            handle.write(data)
-            handle.flush()
-            if durable_now:
-                os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb", opener=_private) as handle:
+                handle.write(data)
+                handle.flush()
+                if durable_now:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            self._remove(tmp)  # never leave a partial (or empty) temporary file behind
+            raise
         if durable_now:
             self._sync_dir()
         else:
@@ -202,9 +271,9 @@ class Spool:
         self._last_sync = now
         for path in self._unsynced:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = _open_regular(path)
             except OSError:
-                continue  # already replayed or evicted
+                continue  # already replayed or evicted (or replaced by something else)
             try:
                 os.fsync(fd)
             finally:
@@ -238,7 +307,7 @@ class Spool:
 
     def read(self, entry: Entry) -> Decoded:
         try:
-            with open(os.path.join(self.directory, entry.name), "rb") as handle:
+            with open(_open_regular(os.path.join(self.directory, entry.name)), "rb") as handle:
                 data = handle.read()
         except OSError as exc:
             return Decoded([], f"unreadable: {exc.strerror or exc}")
@@ -265,5 +334,5 @@ class Spool:
 
     @staticmethod
     def _remove(path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.remove(path)

@@ -1,9 +1,15 @@
 """Sampling rules in the shape of the X-Ray service's SamplingRule: validation, defaults, the
-Default rule and the rules file. Pure."""
+Default rule and the rules file. Pure.
+
+Every field is checked as botocore's service model (xray 2016-04-12) describes it: types,
+ranges and lengths, the Attributes map (at most 5 entries, keys and values of 1 to 32
+characters) and SamplingRateBoost. Integers are the service's 32-bit integers, so nothing
+stored can outgrow what a JSON encoder writes."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 ARN_PREFIX = "arn:aws:xray:local:000000000000:sampling-rule/"
@@ -12,6 +18,10 @@ MAX_RULES = 25  # the service's quota of rules, the Default rule not counted
 STRING_FIELDS = ("ServiceName", "ServiceType", "Host", "HTTPMethod", "URLPath", "ResourceARN")
 STRING_LIMITS = {"ServiceName": 64, "ServiceType": 64, "Host": 64, "HTTPMethod": 10,
                  "URLPath": 128, "ResourceARN": 500}
+MAX_INTEGER = 2**31 - 1  # the service model's "integer" (a Java int)
+MAX_ATTRIBUTES = 5
+ATTRIBUTE_LENGTH = 32
+MAX_TAGS = 200
 
 
 class RuleError(Exception):
@@ -28,17 +38,92 @@ def default_rule() -> dict[str, Any]:
     }
 
 
-def _number(rule: dict[str, Any], key: str, low: float, high: float | None, integer: bool
-            ) -> None:
-    value = rule.get(key)
+def integer(value: Any, key: str, low: int, high: int = MAX_INTEGER) -> int:
+    """A whole number within [low, high] (a float with no fraction counts, as JSON has one
+    number type); RuleError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RuleError(f"{key} must be an integer")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise RuleError(f"{key} must be an integer")
+    if not low <= value <= high:
+        raise RuleError(f"{key} must be between {low} and {high}")
+    return int(value)
+
+
+def double(value: Any, key: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RuleError(f"{key} must be a number")
-    if integer and value != int(value):
-        raise RuleError(f"{key} must be an integer")
-    if value < low or (high is not None and value > high):
-        limit = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise RuleError(f"{key} must be {limit}")
-    rule[key] = int(value) if integer else float(value)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise RuleError(f"{key} must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def string(value: Any, key: str, low: int, high: int) -> str:
+    if not isinstance(value, str):
+        raise RuleError(f"{key} must be a string")
+    if not low <= len(value) <= high:
+        raise RuleError(f"{key} must be {low} to {high} characters long")
+    return value
+
+
+def _attributes(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RuleError("Attributes must map strings to strings")
+    if len(value) > MAX_ATTRIBUTES:
+        raise RuleError(f"Attributes has {len(value)} entries, at most {MAX_ATTRIBUTES}")
+    for key, item in value.items():
+        string(key, "An Attributes key", 1, ATTRIBUTE_LENGTH)
+        string(item, f"Attributes value of {key}", 1, ATTRIBUTE_LENGTH)
+    return dict(value)
+
+
+def boost(value: Any) -> dict[str, Any]:
+    """A checked SamplingRateBoost."""
+    if not isinstance(value, dict):
+        raise RuleError("SamplingRateBoost must be an object")
+    for key in ("MaxRate", "CooldownWindowMinutes"):
+        if key not in value:
+            raise RuleError(f"SamplingRateBoost.{key} is required")
+    return {"MaxRate": double(value["MaxRate"], "SamplingRateBoost.MaxRate", 0, 1),
+            "CooldownWindowMinutes": integer(value["CooldownWindowMinutes"],
+                                             "SamplingRateBoost.CooldownWindowMinutes", 0)}
+
+
+def check_tags(tags: Any) -> None:
+    """CreateSamplingRule's Tags (checked, not kept: offline mode has no tagging API)."""
+    if tags is None:
+        return
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise RuleError(f"Tags must be a list of at most {MAX_TAGS} tags")
+    for tag in tags:
+        if not isinstance(tag, dict) or "Key" not in tag or "Value" not in tag:
+            raise RuleError("Each tag needs a Key and a Value")
+        string(tag["Key"], "Tag Key", 1, 128)
+        string(tag["Value"], "Tag Value", 0, 256)
+
+
+def _checked(rule: dict[str, Any]) -> dict[str, Any]:
+    """The rule's fields, each checked and in its type; RuleError names the first bad one."""
+    out: dict[str, Any] = {"RuleName": rule["RuleName"]}
+    for key in STRING_FIELDS:
+        value = rule.get(key)
+        if value is None or value == "":
+            raise RuleError(f"{key} is required")
+        out[key] = string(value, key, 1, STRING_LIMITS[key])
+    for key in ("Priority", "FixedRate", "ReservoirSize", "Version"):
+        if rule.get(key) is None:
+            raise RuleError(f"{key} is required")
+    out["Priority"] = integer(rule["Priority"], "Priority", 1, 9999)
+    out["FixedRate"] = double(rule["FixedRate"], "FixedRate", 0, 1)
+    out["ReservoirSize"] = integer(rule["ReservoirSize"], "ReservoirSize", 0)
+    out["Version"] = integer(rule["Version"], "Version", 1, 1)
+    out["Attributes"] = _attributes(rule.get("Attributes"))
+    if rule.get("SamplingRateBoost") is not None:
+        out["SamplingRateBoost"] = boost(rule["SamplingRateBoost"])
+    out["RuleARN"] = ARN_PREFIX + out["RuleName"]
+    return out
 
 
 def normalize(raw: Any, fill_defaults: bool) -> dict[str, Any]:
@@ -47,52 +132,37 @@ def normalize(raw: Any, fill_defaults: bool) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RuleError("A sampling rule must be a JSON object")
     rule = dict(raw)
-    name = rule.get("RuleName")
-    if not isinstance(name, str) or not 1 <= len(name) <= 32:
-        raise RuleError("RuleName must be a string of 1 to 32 characters")
+    name = string(rule.get("RuleName"), "RuleName", 1, 32)
     if fill_defaults:
         for key in STRING_FIELDS:
             rule.setdefault(key, "*")
         rule.setdefault("Version", 1)
-    for key in STRING_FIELDS:
-        value = rule.get(key)
-        if not isinstance(value, str) or not value:
-            raise RuleError(f"{name}: {key} is required")
-        if len(value) > STRING_LIMITS[key]:
-            raise RuleError(f"{name}: {key} is longer than {STRING_LIMITS[key]} characters")
-    for key, low, high, integer in (("Priority", 1, 9999, True), ("FixedRate", 0, 1, False),
-                                    ("ReservoirSize", 0, None, True), ("Version", 1, 1, True)):
-        try:
-            _number(rule, key, low, high, integer)
-        except RuleError as exc:
-            raise RuleError(f"{name}: {exc}") from None
-    attributes = rule.get("Attributes") or {}
-    if not isinstance(attributes, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
-        raise RuleError(f"{name}: Attributes must map strings to strings")
-    rule["Attributes"] = attributes
-    rule["RuleARN"] = ARN_PREFIX + name
-    known = {"RuleName", "RuleARN", "Priority", "FixedRate", "ReservoirSize", "Version",
-             "Attributes", *STRING_FIELDS}
-    return {k: v for k, v in rule.items() if k in known}
+    try:
+        return _checked(rule)
+    except RuleError as exc:
+        raise RuleError(f"{name}: {exc}") from None
 
 
 UPDATABLE = ("ResourceARN", "Priority", "FixedRate", "ReservoirSize", "Host", "ServiceName",
-             "ServiceType", "HTTPMethod", "URLPath", "Attributes")
+             "ServiceType", "HTTPMethod", "URLPath", "Attributes", "SamplingRateBoost")
+DEFAULT_UPDATABLE = ("FixedRate", "ReservoirSize", "SamplingRateBoost")
 
 
 def apply_update(rule: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """The rule after a SamplingRuleUpdate (the Default rule takes rate and reservoir only)."""
+    """The rule after a SamplingRuleUpdate (the Default rule takes rate, reservoir and boost
+    only)."""
     changed = dict(rule)
     for key in UPDATABLE:
         if key in update and update[key] is not None:
-            if rule["RuleName"] == DEFAULT_RULE_NAME and key not in ("FixedRate",
-                                                                     "ReservoirSize"):
-                raise RuleError("Only FixedRate and ReservoirSize of the Default rule can change")
+            if rule["RuleName"] == DEFAULT_RULE_NAME and key not in DEFAULT_UPDATABLE:
+                raise RuleError("Only FixedRate, ReservoirSize and SamplingRateBoost of the "
+                                "Default rule can change")
             changed[key] = update[key]
     if rule["RuleName"] == DEFAULT_RULE_NAME:
-        _number(changed, "FixedRate", 0, 1, False)
-        _number(changed, "ReservoirSize", 0, None, True)
+        changed["FixedRate"] = double(changed["FixedRate"], "FixedRate", 0, 1)
+        changed["ReservoirSize"] = integer(changed["ReservoirSize"], "ReservoirSize", 0)
+        if changed.get("SamplingRateBoost") is not None:
+            changed["SamplingRateBoost"] = boost(changed["SamplingRateBoost"])
         return changed
     return normalize(changed, fill_defaults=False)
 
@@ -100,7 +170,7 @@ def apply_update(rule: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
 def parse_rules_file(text: str) -> list[dict[str, Any]]:
     """Rules from a file: a list of SamplingRule objects, ``{"SamplingRules": [...]}``, or the
     output of ``aws xray get-sampling-rules`` (``{"SamplingRuleRecords": [...]}``). A rule named
-    Default sets the Default rule's rate and reservoir."""
+    Default sets the Default rule's rate, reservoir and boost (its other fields are ignored)."""
     try:
         document = json.loads(text)
     except ValueError as exc:
@@ -120,7 +190,9 @@ def parse_rules_file(text: str) -> list[dict[str, Any]]:
     names = set()
     for item in items:
         if isinstance(item, dict) and item.get("RuleName") == DEFAULT_RULE_NAME:
-            rule = apply_update(default_rule(), item)
+            # Only these can change on the Default rule; the rest (as `aws xray
+            # get-sampling-rules` prints it: "*" everywhere, priority 10000) is its own.
+            rule = apply_update(default_rule(), {k: item.get(k) for k in DEFAULT_UPDATABLE})
         else:
             rule = normalize(item, fill_defaults=True)
         if rule["RuleName"] in names:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from xrayd.sampling.engine import SamplingEngine, SamplingError
+from xrayd.sampling.engine import PersistError, SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, graph_rows, groups, queries, schema, timeseries
 from xrayd.store.filters import FilterError
@@ -276,25 +276,34 @@ class XRayApi:
         return self.groups.delete(body)
 
     # --- sampling --------------------------------------------------------------------
+    # Every field is checked by the sampling engine as the service model has it (a request
+    # that breaks it gets InvalidRequestException); a change the store cannot keep is refused.
     def get_sampling_rules(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.sampling.get_rules()
 
     def get_sampling_targets(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.sampling.targets(body.get("SamplingStatisticsDocuments"))
+        return self.sampling.targets(body.get("SamplingStatisticsDocuments"),
+                                     body.get("SamplingBoostStatisticsDocuments"))
 
     def create_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         if "SamplingRule" not in body:
             raise ApiError("InvalidRequestException", "SamplingRule is required")
-        return self.sampling.create_rule(body["SamplingRule"])
+        return self._persisted(self.sampling.create_rule, body["SamplingRule"],
+                               body.get("Tags"))
 
     def update_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.sampling.update_rule(body.get("SamplingRuleUpdate"))
+        return self._persisted(self.sampling.update_rule, body.get("SamplingRuleUpdate"))
 
     def delete_sampling_rule(self, body: dict[str, Any]) -> dict[str, Any]:
-        name, arn = body.get("RuleName"), body.get("RuleARN")
-        if not name and not arn:
-            raise ApiError("InvalidRequestException", "RuleName or RuleARN is required")
-        return self.sampling.delete_rule(name, arn)
+        return self._persisted(self.sampling.delete_rule, body.get("RuleName"),
+                               body.get("RuleARN"))
+
+    @staticmethod
+    def _persisted(change: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        try:
+            return change(*args)
+        except PersistError as exc:
+            raise ApiError("InternalFailure", str(exc), 500) from None
 
     def get_sampling_statistic_summaries(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.sampling.statistic_summaries()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -92,11 +93,66 @@ CREATE INDEX IF NOT EXISTS rejected_received ON rejected(received);
 """.replace("{annotations}", _ANNOTATIONS)
 
 
+# The store holds whatever the traced applications sent (URLs, users, SQL): readable by its owner
+# only, like the spool. SQLite gives the -wal and -shm files the database file's mode, so
+# creating the database file 0600 before SQLite opens it covers all three.
+FILE_MODE = 0o600
+SIDE_FILES = ("-wal", "-shm")
+LOCK_SUFFIX = ".lock"
+
+
+class StoreLocked(Exception):
+    """Another process writes this store."""
+
+
+def make_private(path: str) -> None:
+    """Create the database file 0600 if it is missing; take group and other access away from
+    the files of an existing store."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in SIDE_FILES:
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, FILE_MODE)
+        except FileNotFoundError:
+            pass
+
+
+def lock(path: str) -> int:
+    """An exclusive lock on ``path``.lock (a file descriptor to keep open while writing; closing
+    it releases the lock). One store file has one writer: a second daemon on the same store
+    would number new traces from the same keys and every one of its commits would fail."""
+    lock_path = path + LOCK_SUFFIX
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        owner = f" (pid {holder})" if holder.isdigit() else ""
+        raise StoreLocked(f"the trace store {path} is in use by another xrayd{owner}: stop it "
+                          "or give this one another --store path") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the store's settings; the writer's creates the schema."""
     if not readonly and path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private(path)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
     conn.execute("PRAGMA busy_timeout=10000")
     if readonly:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from xrayd.logs import RateLimitedLog
 from xrayd.store import schema
 from xrayd.store.keys import TraceKeys
 from xrayd.store.parse_helper import ParseHelper, Ticket
@@ -42,6 +43,9 @@ RETENTION_CHECK_SECONDS = 30.0
 DELETE_CHUNK = 2000
 CHECKPOINT_SECONDS = 0.5
 WAL_LIMIT_BYTES = 128 * 1024 * 1024
+# How often the committer checks that the store's path still names the file it writes (a file
+# deleted or replaced under a running daemon would take every later commit with it).
+FILE_CHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class _Job:
 
 class StoreClosed(Exception):
     pass
+
+
+class StoreGone(Exception):
+    """The store's file was deleted or replaced while the daemon ran: nothing more is stored
+    (the documents would go into a file no one can open again)."""
 
 
 class _Commit:
@@ -211,7 +220,18 @@ class StoreWriter:
         self.clock = clock
         self.log = log or logging.getLogger("xrayd")
         self._helper = helper or ParseHelper(on_error=self.log.warning)
-        self.conn = schema.connect(path)
+        self._errors = RateLimitedLog(self.log, 10.0)
+        self._lock_fd = -1
+        if path != ":memory:":
+            self._lock_fd = schema.lock(path)
+        try:
+            self.conn = schema.connect(path)
+            self._identity = self._file_identity()
+        except BaseException:
+            self._unlock()
+            raise
+        self._gone: StoreGone | None = None
+        self._next_file_check = time.monotonic() + FILE_CHECK_SECONDS
         # Checkpoints (copying the WAL into the database, with an fsync) run in a thread of
         # their own, so commits never wait for one.
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -280,6 +300,47 @@ class StoreWriter:
             self._cond.notify()
         self._thread.join(timeout)
         self._checkpointer.join(timeout)
+        if not self._thread.is_alive():
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """StoreGone once the path no longer names the open file (checked every
+        FILE_CHECK_SECONDS, from the committer thread)."""
+        if self._gone is not None:
+            raise self._gone
+        now = time.monotonic()
+        if self._identity is None or now < self._next_file_check:
+            return
+        self._next_file_check = now + FILE_CHECK_SECONDS
+        try:
+            current = self._file_identity()
+        except FileNotFoundError:
+            current = None
+        except OSError:
+            return  # cannot tell (a permission change, say): the next check tries again
+        if current == self._identity:
+            return
+        what = "deleted" if current is None else "replaced by another file"
+        self._gone = StoreGone(
+            f"the trace store file {self.path} was {what} while xrayd was running: nothing "
+            "more is stored until xrayd is restarted (it then creates a new store)")
+        self.log.error("Trace store: %s", self._gone)
+        raise self._gone
+
+    @property
+    def gone(self) -> bool:
+        return self._gone is not None
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -338,6 +399,7 @@ class StoreWriter:
                 self.conn.close()
                 self._committer.shutdown()
                 self._helper.close()
+                self._unlock()
                 return
 
     def _bound_wal(self) -> None:
@@ -405,6 +467,7 @@ class StoreWriter:
             job.rejects = refused
             job.records = len(job.docs) - len(refused)
             rejects.extend((r, job.docs[r.index]) for r in refused)
+        self._check_file()
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -438,8 +501,9 @@ class StoreWriter:
 
     def _failed(self, commit: _Commit, exc: Exception) -> None:
         self.failed_commits += 1
-        self.log.error("Trace store: %d documents not stored: %s",
-                       sum(job.records for job in commit.jobs), exc)
+        if not isinstance(exc, StoreGone):  # said once, when found
+            self._errors.error("commit", f"Trace store: {commit.count} documents not stored "
+                                         f"(commit failed): {exc}")
         for job in commit.jobs:
             job.error = exc
         self._done(commit)
