@@ -61,6 +61,8 @@ def _random_id() -> str:
 def any_value(value: Any) -> Any:
     """An OTLP AnyValue as plain Python (bytes as base64 text, as OTLP/JSON writes them)."""
     kind = value.WhichOneof("value")
+    if kind == "int_value":  # the common case after strings (read by ``attributes`` first)
+        return value.int_value
     if kind is None:
         return None
     if kind == "array_value":
@@ -189,10 +191,19 @@ def _present(**values: Any) -> dict[str, Any]:
 # -- span parts ------------------------------------------------------------------------------
 
 
+def _first2(attrs: dict[str, Any], names: tuple[str, str]) -> Any:
+    """``_first`` for the common two names (new convention, old one), without a loop."""
+    value = attrs.get(names[0])
+    if value is not None and value != "":
+        return value
+    value = attrs.get(names[1])
+    return value if value is not None and value != "" else None
+
+
 def http_block(attrs: dict[str, Any], kind: int) -> dict[str, Any] | None:
-    method = _first(attrs, sc.HTTP_METHOD)
-    status = _int(_first(attrs, sc.HTTP_STATUS))
-    url = _first(attrs, sc.HTTP_URL)
+    method = _first2(attrs, sc.HTTP_METHOD)
+    status = _int(_first2(attrs, sc.HTTP_STATUS))
+    url = _first2(attrs, sc.HTTP_URL)
     if method is None and status is None and url is None:
         return None
     request: dict[str, Any] = {}
