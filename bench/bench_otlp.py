@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -242,6 +243,172 @@ def udp_phase(daemon: Daemon, sink: SinkProcess, rate: int, seconds: float,
             "load_average_1min": os.getloadavg()[0]}
 
 
+# -- the alternative evaluated for --profile: reading the wire format in pure Python --------
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    byte = buf[i]
+    if byte < 0x80:  # most lengths and tags: one byte
+        return byte, i + 1
+    result = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, i
+        shift += 7
+
+
+def _wire_any_value(buf: bytes, i: int, end: int) -> object:
+    value: object = None
+    while i < end:
+        tag = buf[i]
+        i += 1
+        if tag == 0x0A:  # string_value
+            n, i = _varint(buf, i)
+            value = buf[i:i + n].decode()
+            i += n
+        elif tag in (0x10, 0x18):  # bool_value, int_value
+            raw, i = _varint(buf, i)
+            value = bool(raw) if tag == 0x10 else raw - (1 << 64) if raw >> 63 else raw
+        elif tag == 0x21:  # double_value
+            (value,) = struct.unpack_from("<d", buf, i)
+            i += 8
+        else:
+            raise ValueError(f"field tag {tag} not read by this sketch")
+    return value
+
+
+def _wire_span(buf: bytes, i: int, end: int) -> dict:
+    span: dict = {}
+    attrs: dict = {}
+    while i < end:
+        tag = buf[i]
+        i += 1
+        wire = tag & 7
+        if wire == 2:
+            n, i = _varint(buf, i)
+            j = i + n
+            if tag == 0x4A:  # attributes: KeyValue(key = 1, value = 2)
+                key, value, k = "", None, i
+                while k < j:
+                    field = buf[k]
+                    m, k = _varint(buf, k + 1)
+                    if field == 0x0A:
+                        key = buf[k:k + m].decode()
+                    elif field == 0x12:
+                        value = _wire_any_value(buf, k, k + m)
+                    k += m
+                attrs[key] = value
+            elif tag == 0x2A:
+                span["name"] = buf[i:j].decode()
+            else:
+                span[tag >> 3] = buf[i:j]
+            i = j
+        elif wire == 0:
+            span[tag >> 3], i = _varint(buf, i)
+        elif wire == 1:
+            (span[tag >> 3],) = struct.unpack_from("<Q", buf, i)
+            i += 8
+        else:
+            raise ValueError(f"wire type {wire} not read by this sketch")
+    span["attributes"] = attrs
+    return span
+
+
+def _wire_fields(buf: bytes, i: int, end: int):
+    while i < end:
+        tag = buf[i]
+        n, i = _varint(buf, i + 1)
+        yield tag, i, i + n
+        i += n
+
+
+def wire_read_request(buf: bytes) -> list[dict]:
+    """The spans of an ExportTraceServiceRequest as dicts, read from the wire format in pure
+    Python: a sketch of the alternative to upb's accessors (no error handling), for --profile
+    only; upb + accessors are faster (docs/benchmarks.md)."""
+    spans = []
+    for tag, i, end in _wire_fields(buf, 0, len(buf)):
+        if tag != 0x0A:
+            continue
+        for tag2, i2, end2 in _wire_fields(buf, i, end):
+            if tag2 != 0x12:
+                continue
+            for tag3, i3, end3 in _wire_fields(buf, i2, end2):
+                if tag3 == 0x12:
+                    spans.append(_wire_span(buf, i3, end3))
+    return spans
+
+
+def _per_span(step, make_input, rounds: int, spans: int) -> float:
+    """Median over ``rounds`` of this thread's CPU µs a span for ``step(make_input())``
+    (thread CPU, not wall time: the other sessions' load then inflates it less)."""
+    import statistics
+
+    times = []
+    for _ in range(rounds):
+        given = make_input()
+        started = time.thread_time()
+        step(given)
+        times.append((time.thread_time() - started) / spans * 1e6)
+    return round(statistics.median(times), 2)
+
+
+def profile_phase(batch: int, rounds: int) -> dict:
+    """Where one process's CPU goes for a request of ``batch`` spans: protobuf decode, reading
+    the fields, conversion, and a conversion worker's round trip (both sides' CPU)."""
+    import gc
+
+    from xrayd.otel import Options
+    from xrayd.otel.decode import traces_from_protobuf
+    from xrayd.otel.spans_to_segments import attributes, convert_request
+    from xrayd.receivers.convert_workers import Worker
+
+    body = build_request(0, batch)
+
+    def spans_of(_body: bytes):
+        return traces_from_protobuf(body).resource_spans[0].scope_spans[0].spans
+
+    def read_fields(spans) -> None:
+        for span in spans:
+            attributes(span.attributes)
+            _ = (span.trace_id, span.span_id, span.parent_span_id, span.kind, span.name,
+             span.start_time_unix_nano, span.end_time_unix_nano, span.status.code, span.events,
+             span.links, span.status.message)
+
+    gc.disable()  # as in the conversion workers
+    try:
+        result = {
+            "spans_per_request": batch,
+            "protobuf_decode_us": _per_span(traces_from_protobuf, lambda: body, rounds, batch),
+            "upb_read_fields_and_attributes_us": _per_span(
+                read_fields, lambda: spans_of(body), rounds, batch),
+            "pure_python_wire_reader_us": _per_span(wire_read_request, lambda: body, rounds, batch),
+            "decode_and_convert_us": _per_span(
+                lambda b: convert_request(traces_from_protobuf(b)), lambda: body, rounds,
+                batch),
+        }
+    finally:
+        gc.enable()
+    worker = Worker(Options())
+    try:
+        worker.convert(body, False, False, len(body) * 2)  # start-up not counted
+        worker_cpu0, own0 = procstat.cpu_seconds(worker.process.pid), time.process_time()
+        for _ in range(rounds):
+            worker.convert(body, False, False, len(body) * 2)
+        spans = rounds * batch
+        result["worker_round_trip"] = {
+            "worker_process_us": round((procstat.cpu_seconds(worker.process.pid) - worker_cpu0)
+                                       / spans * 1e6, 2),
+            "calling_process_us": round((time.process_time() - own0) / spans * 1e6, 2)}
+    finally:
+        worker.close()
+    result["load_average_1min"] = os.getloadavg()[0]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spans", type=int, default=300_000)
@@ -251,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--udp-seconds", type=float, default=5.0)
     parser.add_argument("--udp-batch", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only the in-process CPU breakdown of a --batch request")
+    parser.add_argument("--rounds", type=int, default=40, help="requests per --profile step")
     args = parser.parse_args(argv)
+    if args.profile:
+        print(json.dumps(profile_phase(args.batch, args.rounds), indent=2))
+        return 0
     if args.quick:
         args.spans, args.udp_rates, args.udp_seconds = 20_000, "5000", 1.0
     RESULTS.mkdir(exist_ok=True)
