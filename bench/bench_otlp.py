@@ -82,17 +82,69 @@ def build_request(first_seq: int, count: int) -> bytes:
     return request.SerializeToString()
 
 
+# --sample: a sitecustomize loaded by the daemon and its conversion workers that samples every
+# thread's innermost Python frames each millisecond and writes, per process, the samples and
+# each thread's CPU seconds (/proc), so the figures say where the daemon's CPU goes.
+SAMPLER = r'''
+import collections, json, os, sys, threading, time
+
+def _run(out):
+    samples = collections.Counter()
+    me = threading.get_ident()
+    start = {}
+    def cpu(native):
+        try:
+            with open(f"/proc/self/task/{native}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
+    last = time.monotonic()
+    while True:
+        time.sleep(0.001)
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            if ident == me:
+                continue
+            stack = []
+            while frame is not None and len(stack) < 3:
+                code = frame.f_code
+                stack.append(f"{os.path.basename(code.co_filename)}:{code.co_name}")
+                frame = frame.f_back
+            samples[(names.get(ident, "?"), " < ".join(stack))] += 1
+        if time.monotonic() - last > 1:
+            last = time.monotonic()
+            threads = {t.name: cpu(t.native_id) for t in threading.enumerate() if t.native_id}
+            with open(out + ".tmp", "w") as f:
+                json.dump({"argv": sys.argv, "thread_cpu_seconds": threads,
+                           "samples": [[n, s, c] for (n, s), c in samples.most_common(60)]}, f)
+            os.replace(out + ".tmp", out)
+
+if os.environ.get("XRAYD_SAMPLE_DIR") and "xrayd" in " ".join(sys.argv + sys.orig_argv):
+    threading.Thread(target=_run, daemon=True, name="sampler", args=(
+        os.path.join(os.environ["XRAYD_SAMPLE_DIR"], f"{os.getpid()}.json"),)).start()
+'''
+
+
 class Daemon:
-    def __init__(self, sink: SinkProcess, workdir: Path) -> None:
+    def __init__(self, sink: SinkProcess, workdir: Path, sample: bool = False) -> None:
         self.udp_port = free_udp_tcp_port()
         self.http_port = free_port()
         self.log = open(workdir / "xrayd.log", "wb")  # noqa: SIM115
+        env = {**os.environ, **SAFE_ENV}
+        if sample:
+            self.sample_dir = workdir / "samples"
+            self.sample_dir.mkdir(exist_ok=True)
+            (self.sample_dir / "sitecustomize.py").write_text(SAMPLER)
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.sample_dir), env.get("PYTHONPATH")]))
+            env["XRAYD_SAMPLE_DIR"] = str(self.sample_dir)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xrayd", "-b", f"127.0.0.1:{self.udp_port}",
              "-t", f"127.0.0.1:{self.udp_port}", "--endpoint", sink.url, "-n", "us-east-1",
              "-m", "64", "-o", "--otlp-http-address", f"127.0.0.1:{self.http_port}",
              "-l", "warn"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **SAFE_ENV},
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
             cwd=workdir)
         deadline = time.monotonic() + 30
         while not procstat.udp_port_bound(self.udp_port):
@@ -112,11 +164,22 @@ class Daemon:
     def cpu(self) -> float:
         return procstat.cpu_seconds(self.proc.pid)
 
-    def cpu_split(self) -> tuple[float, float]:
-        """(the daemon process, its conversion workers) CPU seconds."""
-        total = procstat.cpu_seconds(self.proc.pid)
-        workers = sum(procstat.cpu_seconds(child) for child in procstat.tree(self.proc.pid)[1:])
-        return total - workers, workers
+    def cpu_split(self) -> tuple[float, float, float]:
+        """(the daemon process, its conversion workers, its other children: the upload
+        helper forked by the X-Ray exporter) CPU seconds."""
+        workers = others = 0.0
+        for child in procstat.tree(self.proc.pid)[1:]:
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            seconds = procstat.cpu_seconds(child) - sum(
+                procstat.cpu_seconds(c) for c in procstat.tree(child)[1:])
+            if b"convert_workers" in command:
+                workers += seconds
+            else:
+                others += seconds
+        return procstat.cpu_seconds(self.proc.pid) - workers - others, workers, others
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -184,7 +247,7 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
 
     progress(f"OTLP/HTTP: sending over {connections} connections")
     cpu0 = daemon.cpu()
-    main0, workers0 = daemon.cpu_split()
+    main0, workers0, helper0 = daemon.cpu_split()
     sink0, sender0 = sink.cpu(), time.process_time()
     started = time.monotonic_ns()
     threads = [threading.Thread(target=send) for _ in range(connections)]
@@ -196,7 +259,7 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
     sender_cpu = time.process_time() - sender0
     stats, done_ns = wait_for_sink(sink, spans, 120)
     cpu = daemon.cpu() - cpu0
-    main1, workers1 = daemon.cpu_split()
+    main1, workers1, helper1 = daemon.cpu_split()
     seconds = (done_ns - started) / 1e9
     delivered = max(stats["unique"], 1)
     return {"spans": spans, "batch": batch, "connections": connections,
@@ -209,6 +272,7 @@ def http_phase(daemon: Daemon, sink: SinkProcess, spans: int, batch: int,
             "xrayd_cpu_us_per_span": round(cpu / delivered * 1e6, 1),
             "main_process_cpu_us_per_span": round((main1 - main0) / delivered * 1e6, 1),
             "workers_cpu_us_per_span": round((workers1 - workers0) / delivered * 1e6, 1),
+            "upload_helper_cpu_us_per_span": round((helper1 - helper0) / delivered * 1e6, 1),
             "sender_cpu_us_per_span": round(sender_cpu / delivered * 1e6, 1),
             "sink_cpu_us_per_span": round((sink.cpu() - sink0) / delivered * 1e6, 1),
             "load_average_1min": os.getloadavg()[0]}
@@ -421,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="only the in-process CPU breakdown of a --batch request")
     parser.add_argument("--rounds", type=int, default=40, help="requests per --profile step")
+    parser.add_argument("--sample", action="store_true",
+                        help="sample the daemon's and workers' threads (1 ms): where the CPU "
+                             "goes, in the results file (costs some CPU itself)")
     args = parser.parse_args(argv)
     if args.profile:
         print(json.dumps(profile_phase(args.batch, args.rounds), indent=2))
@@ -431,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-otlp-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     sink = SinkProcess()
-    daemon = Daemon(sink, workdir)
+    daemon = Daemon(sink, workdir, args.sample)
     results: dict = {"machine_cpus": os.cpu_count(), "sink": sink.kind}
     try:
         results["otlp_http"] = http_phase(daemon, sink, args.spans, args.batch,
@@ -444,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.udp_batch))
             progress(json.dumps(results["udp_t1s"][-1]))
     finally:
+        if args.sample:
+            time.sleep(1.5)  # a last write of the samples
+            results["samples"] = [json.loads(p.read_text())
+                                  for p in daemon.sample_dir.glob("*.json")]
         daemon.stop()
         sink.stop()
     out = RESULTS / f"otlp-{time.strftime('%Y%m%d-%H%M%S')}.json"
