@@ -61,6 +61,8 @@ def _random_id() -> str:
 def any_value(value: Any) -> Any:
     """An OTLP AnyValue as plain Python (bytes as base64 text, as OTLP/JSON writes them)."""
     kind = value.WhichOneof("value")
+    if kind == "int_value":  # the common case after strings (read by ``attributes`` first)
+        return value.int_value
     if kind is None:
         return None
     if kind == "array_value":
@@ -189,10 +191,19 @@ def _present(**values: Any) -> dict[str, Any]:
 # -- span parts ------------------------------------------------------------------------------
 
 
+def _first2(attrs: dict[str, Any], names: tuple[str, str]) -> Any:
+    """``_first`` for the common two names (new convention, old one), without a loop."""
+    value = attrs.get(names[0])
+    if value is not None and value != "":
+        return value
+    value = attrs.get(names[1])
+    return value if value is not None and value != "" else None
+
+
 def http_block(attrs: dict[str, Any], kind: int) -> dict[str, Any] | None:
-    method = _first(attrs, sc.HTTP_METHOD)
-    status = _int(_first(attrs, sc.HTTP_STATUS))
-    url = _first(attrs, sc.HTTP_URL)
+    method = _first2(attrs, sc.HTTP_METHOD)
+    status = _int(_first2(attrs, sc.HTTP_STATUS))
+    url = _first2(attrs, sc.HTTP_URL)
     if method is None and status is None and url is None:
         return None
     request: dict[str, Any] = {}
@@ -292,9 +303,11 @@ def _host_of(url: str) -> str | None:
 _EARLY_NAMES = frozenset((sc.PEER_SERVICE, *sc.AWS_SERVICE, sc.RPC_SERVICE))
 
 
-def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str) -> str:
+def subsegment_name(attrs: dict[str, Any], kind: int, span_name: str,
+                    aws_sdk: bool | None = None) -> str:
     """What a subsegment calls, in the Collector's order of preference."""
-    aws_sdk = is_aws_sdk(attrs)
+    if aws_sdk is None:
+        aws_sdk = is_aws_sdk(attrs)
     if kind in (CLIENT, PRODUCER, CONSUMER):
         remote = attrs.get(sc.AWS_REMOTE_SERVICE)
         if isinstance(remote, str) and remote:
@@ -427,41 +440,83 @@ def _span_id(raw: bytes, reason: str, what: str = "") -> str:
         raise IdError(f"{what}{exc}", reason) from None
 
 
+@dataclass
+class _Caches:
+    """What the spans of one request share: id and name conversions (bounded), and the
+    attribute names that never reach the metadata (from the options, computed once)."""
+
+    options: Options
+    trace_ids: dict[bytes, str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    skip: frozenset[str] = frozenset()  # with no annotations to make: not in metadata
+    skip_sql: frozenset[str] = frozenset()  # the same when the span has a sql block
+    fast_split: bool = False
+
+    def __post_init__(self) -> None:
+        options = self.options
+        self.fast_split = not options.indexed_attributes and not options.index_all_attributes
+        self.skip = _CONSUMED
+        self.skip_sql = _CONSUMED | sc.DB_KEYS
+
+
+_MAX_CACHED = 4096
+
+
 def span_document(span: Any, resource: ResourceFacts, scope: dict[str, Any] | None,
                   options: Options, new_id: Callable[[], str] = _random_id,
-                  trace_ids: dict[bytes, str] | None = None) -> dict[str, Any]:
+                  trace_ids: dict[bytes, str] | None = None,
+                  caches: _Caches | None = None) -> dict[str, Any]:
     """The segment document of one span; IdError (with Reason in ``args[1]``) when its ids
-    cannot be X-Ray's. ``trace_ids`` caches id conversions across the spans of a request."""
-    trace_id = _trace_id(span.trace_id, trace_ids if trace_ids is not None else {})
-    segment_id = _span_id(span.span_id, Reason.SPAN_ID)
+    cannot be X-Ray's. ``caches`` are shared across the spans of a request (``trace_ids``:
+    the id conversions only). The conversion's hot path: one read of each protobuf field,
+    dict literals, and the common cases first."""
+    if caches is None:
+        caches = _Caches(options)
+        if trace_ids is not None:
+            caches.trace_ids = trace_ids
+    trace_id = _trace_id(span.trace_id, caches.trace_ids)
+    raw = span.span_id
+    segment_id = raw.hex() if len(raw) == 8 and raw != _ZERO_SPAN else _span_id(
+        raw, Reason.SPAN_ID)
     parent = span.parent_span_id
-    parent_id = _span_id(parent, Reason.PARENT_ID, "parent ") if parent else None
+    if not parent:
+        parent_id = None
+    elif len(parent) == 8 and parent != _ZERO_SPAN:
+        parent_id = parent.hex()
+    else:
+        parent_id = _span_id(parent, Reason.PARENT_ID, "parent ")
     kind = span.kind
     span_name = span.name
     attrs = attributes(span.attributes)
+    get = attrs.get
     keys = attrs.keys()
     is_segment = kind in (SERVER, CONSUMER) or parent_id is None
-    doc: dict[str, Any] = {}
+    aws_sdk = get(sc.RPC_SYSTEM) == sc.AWS_API
     if is_segment:
-        local = attrs.get(sc.AWS_LOCAL_SERVICE)
+        local = get(sc.AWS_LOCAL_SERVICE)
         name = local if isinstance(local, str) and local else resource.service or span_name
     else:
-        name = subsegment_name(attrs, kind, span_name)
-    doc["name"] = fix_name(name)
-    doc["id"] = segment_id
-    doc["trace_id"] = trace_id
-    doc["start_time"] = span.start_time_unix_nano / 1e9
+        name = subsegment_name(attrs, kind, span_name, aws_sdk)
+    names = caches.names
+    fixed = names.get(name)
+    if fixed is None:
+        fixed = fix_name(name)
+        if len(names) < _MAX_CACHED:
+            names[name] = fixed
     end = span.end_time_unix_nano
     if end:
-        doc["end_time"] = end / 1e9
+        doc: dict[str, Any] = {"name": fixed, "id": segment_id, "trace_id": trace_id,
+                               "start_time": span.start_time_unix_nano / 1e9,
+                               "end_time": end / 1e9}
     else:
-        doc["in_progress"] = True
+        doc = {"name": fixed, "id": segment_id, "trace_id": trace_id,
+               "start_time": span.start_time_unix_nano / 1e9, "in_progress": True}
     if parent_id is not None:
         doc["parent_id"] = parent_id
-    aws_sdk = attrs.get(sc.RPC_SYSTEM) == sc.AWS_API
     if not is_segment:
         doc["type"] = "subsegment"
-        if aws_sdk or _first(attrs, sc.AWS_SERVICE) is not None:
+        if aws_sdk or (not keys.isdisjoint(sc.AWS_SERVICE)
+                       and _first(attrs, sc.AWS_SERVICE) is not None):
             doc["namespace"] = "aws"
         elif kind in (CLIENT, PRODUCER):
             doc["namespace"] = "remote"
@@ -473,48 +528,64 @@ def span_document(span: Any, resource: ResourceFacts, scope: dict[str, Any] | No
         http = http_block(attrs, kind)
         if http is not None:
             doc["http"] = http
-            http_status = http.get("response", {}).get("status")
+            response = http.get("response")
+            if response is not None:
+                http_status = response.get("status")
     status = span.status
     code = status.code
+    status_message = status.message
     raw_events = span.events
     events = [(event.name, attributes(event.attributes)) for event in raw_events
               ] if raw_events else []
-    error, throttle, fault = error_flags(code, http_status)
-    if error:
+    if http_status is not None and 400 <= http_status <= 499:
         doc["error"] = True
-    if throttle:
-        doc["throttle"] = True
-    if fault:
+        if http_status == 429:
+            doc["throttle"] = True
+    elif (http_status is not None and 500 <= http_status <= 599) or code == STATUS_ERROR:
         doc["fault"] = True
     if events or code == STATUS_ERROR:
-        cause = cause_block(events, code, status.message, kind, resource.language, new_id)
+        cause = cause_block(events, code, status_message, kind, resource.language, new_id)
         if cause is not None:
             doc["cause"] = cause
 
-    aws = dict(resource.aws) if is_segment else {}
     if aws_sdk or not keys.isdisjoint(_AWS_TRIGGERS):
-        aws.update(aws_span_block(attrs))
+        block = aws_span_block(attrs)
+        aws = {**resource.aws, **block} if is_segment else block
+    else:
+        aws = resource.aws if is_segment else None
     if aws:
-        doc["aws"] = aws
+        doc["aws"] = dict(aws) if aws is resource.aws else aws
     sql = sql_block(attrs) if not keys.isdisjoint(_SQL_TRIGGERS) else None
     if sql is not None:
         doc["sql"] = sql
     if is_segment and resource.service_block is not None:
         doc["service"] = resource.service_block
-    user = attrs.get(sc.ENDUSER)
+    user = get(sc.ENDUSER)
     if isinstance(user, str) and user:
         doc["user"] = user
 
-    annotations, default = _split_attributes(attrs, sql is not None, options)
+    if caches.fast_split and not isinstance(get(sc.XRAY_ANNOTATIONS), list):
+        skip = caches.skip if sql is None else caches.skip_sql
+        default = {k: v for k, v in attrs.items() if v is not None and k not in skip}
+    else:
+        annotations, default = _split_attributes(attrs, sql is not None, options)
+        if annotations:
+            doc["annotations"] = annotations
     if is_segment:
         default.update(resource.metadata)
-    if annotations:
-        doc["annotations"] = annotations
-    metadata: dict[str, Any] = {}
-    if default:
-        metadata["default"] = default
-    metadata["otel"] = _otel_metadata(span, span_name, kind, scope, events, raw_events)
-    doc["metadata"] = metadata
+    meta: dict[str, Any] = {"span_name": span_name, "kind": KIND_NAMES.get(kind, str(kind))}
+    if scope:
+        meta["scope"] = scope
+    if events:
+        kept = _kept_events(events, raw_events)
+        if kept:
+            meta["events"] = kept
+    links = span.links
+    if links:
+        meta["links"] = _links(links)
+    if status_message:
+        meta["status_message"] = status_message
+    doc["metadata"] = {"default": default, "otel": meta} if default else {"otel": meta}
     return doc
 
 
@@ -544,34 +615,25 @@ def _split_attributes(attrs: dict[str, Any], has_sql: bool,
     return annotations, default
 
 
-def _otel_metadata(span: Any, span_name: str, kind: int, scope: dict[str, Any] | None,
-                   events: list[tuple[str, dict[str, Any]]], raw_events: Any) -> dict[str, Any]:
-    """What X-Ray has no field for: the span's own name and kind, its scope, events (other
-    than exceptions) and links."""
-    meta: dict[str, Any] = {"span_name": span_name, "kind": KIND_NAMES.get(kind, str(kind))}
-    if scope:
-        meta["scope"] = scope
-    if events:
-        kept = [
-            {"name": name, "time": event.time_unix_nano / 1e9,
-             **({"attributes": a} if a else {})}
-            for (name, a), event in zip(events, raw_events, strict=True)
-            if name != sc.EXCEPTION_EVENT
-        ]
-        if kept:
-            meta["events"] = kept
-    links = []
-    for link in span.links:
+def _kept_events(events: list[tuple[str, dict[str, Any]]],
+                 raw_events: Any) -> list[dict[str, Any]]:
+    """Span events other than exceptions, for the metadata (X-Ray has no field for them)."""
+    return [
+        {"name": name, "time": event.time_unix_nano / 1e9, **({"attributes": a} if a else {})}
+        for (name, a), event in zip(events, raw_events, strict=True)
+        if name != sc.EXCEPTION_EVENT
+    ]
+
+
+def _links(links: Any) -> list[dict[str, Any]]:
+    out = []
+    for link in links:
         entry: dict[str, Any] = {"trace_id": _link_trace_id(link.trace_id),
                                  "id": link.span_id.hex()}
         if link.attributes:
             entry["attributes"] = attributes(link.attributes)
-        links.append(entry)
-    if links:
-        meta["links"] = links
-    if span.status.message:
-        meta["status_message"] = span.status.message
-    return meta
+        out.append(entry)
+    return out
 
 
 def _link_trace_id(raw: bytes) -> str:
@@ -595,17 +657,17 @@ def convert_request(request: Any, options: Options = _DEFAULT_OPTIONS,
     out = Converted()
     dumps = orjson.dumps
     append = out.documents.append
-    trace_ids: dict[bytes, str] = {}
+    caches = _Caches(options)
     for resource_spans in request.resource_spans:
         facts = resource_facts(attributes(resource_spans.resource.attributes))
         for scope_spans in resource_spans.scope_spans:
             scope = _present(name=scope_spans.scope.name or None,
-                             version=scope_spans.scope.version or None)
-            for span in scope_spans.spans:
-                out.spans += 1
+                             version=scope_spans.scope.version or None) or None
+            spans = scope_spans.spans
+            out.spans += len(spans)
+            for span in spans:
                 try:
-                    doc = span_document(span, facts, scope or None, options, new_id,
-                                        trace_ids)
+                    doc = span_document(span, facts, scope, options, new_id, None, caches)
                 except IdError as exc:
                     out.rejected[exc.args[1]] += 1
                     if len(out.messages) < max_messages:
