@@ -372,8 +372,12 @@ def test_a_request_too_large_for_the_receiver_is_sent_again_in_halves(receiver):
 @pytest.mark.parametrize(("url", "receiver", "loops"), [
     ("http://localhost:4318/v1/traces", ("127.0.0.1", 4318), True),
     ("http://127.0.0.1:4318/v1/traces", ("", 4318), True),
-    ("http://[::1]:4318/v1/traces", ("127.0.0.1", 4318), True),
-    ("http://collector.example:4318/v1/traces", ("127.0.0.1", 4318), False),
+    ("http://[::1]:4318/v1/traces", ("127.0.0.1", 4318), False),  # another socket
+    ("http://[::1]:4318/v1/traces", ("::", 4318), True),
+    ("http://2130706433:4318/v1/traces", ("127.0.0.1", 4318), True),  # 127.0.0.1 as a number
+    ("http://127.1:4318/v1/traces", ("localhost", 4318), True),
+    ("http://192.0.2.1:4318/v1/traces", ("127.0.0.1", 4318), False),
+    ("http://192.0.2.1:4318/v1/traces", ("0.0.0.0", 4318), False),
     ("http://localhost:4319/v1/traces", ("127.0.0.1", 4318), False),
     ("https://localhost/v1/traces", ("127.0.0.1", 443), True),
     ("http://localhost:4318/v1/traces", None, False),

@@ -4,6 +4,8 @@ daemon resolves them at every start, the exporter (protobuf) is loaded only when
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -124,16 +126,28 @@ def resolve_settings(endpoint: str, sigv4_region: str, environ: Mapping[str, str
                         tuple(warnings))
 
 
-_LOCAL_HOSTS = frozenset({"", "localhost", "0.0.0.0", "::", "::1"})
+def _addresses(host: str, port: int) -> set[str]:
+    """The addresses a host name stands for (an empty set when it does not resolve)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return set()
+    return {info[4][0] for info in found}
 
 
-def _is_local(host: str) -> bool:
-    return host.lower() in _LOCAL_HOSTS or host.startswith("127.")
+def _is_local(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def exports_to_itself(traces_url: str, receiver: tuple[str, int] | None) -> bool:
-    """Whether the export URL is this daemon's own OTLP/HTTP receiver (``receiver``: its host
-    and port): spans sent there would come back in and be exported again, forever."""
+    """Whether the export URL reaches this daemon's own OTLP/HTTP receiver (``receiver``: the
+    host and port it listens on, "" or a wildcard for every interface): spans sent there would
+    come back in and be exported again, forever. Names are compared by the addresses they
+    resolve to (an alias in /etc/hosts, 2130706433 and 127.0.0.1 are one place); with a
+    wildcard receiver, only loopback addresses are recognised, not the host's others."""
     if receiver is None:
         return False
     parts = urlsplit(traces_url)
@@ -141,5 +155,8 @@ def exports_to_itself(traces_url: str, receiver: tuple[str, int] | None) -> bool
     host, listening = receiver
     if port != listening:
         return False
-    wanted = (parts.hostname or "").lower()
-    return wanted == host.lower() or (_is_local(wanted) and _is_local(host))
+    wanted = _addresses(parts.hostname or "", port)
+    if host in ("", "0.0.0.0", "::"):  # every interface: loopback at least (see otlp-export.md)
+        return any(_is_local(a) for a in wanted)
+    return bool(wanted & _addresses(host, port))
+

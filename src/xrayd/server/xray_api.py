@@ -222,13 +222,19 @@ class XRayApi:
         expression = self.groups.filter_of(body.get("GroupName"), body.get("GroupARN"))
 
         def build(conn) -> graph.Graph:
+            # Only the stored traces' span is read: a range of years costs no more than the
+            # store holds (the graph cache keeps an entry per minute of the range).
+            first, last = queries.start_span(conn)
+            if first is None or end < first or start > last:
+                return graph.Graph()
+            low, high = max(start, first), min(end, last)
             if not expression:
-                return self.graphs.build(conn, start, end)
-            keys = queries.trace_keys_matching(conn, start, end, expression,
+                return self.graphs.build(conn, low, high)
+            keys = queries.trace_keys_matching(conn, low, high, expression,
                                                groups.resolver(conn))
             condition = ("t.pk IN (SELECT value FROM json_each(?))",
                          [orjson.dumps(keys).decode()])
-            return graph_rows.fill(graph.Graph(), graph_rows.select(conn, start, end, condition))
+            return graph_rows.fill(graph.Graph(), graph_rows.select(conn, low, high, condition))
 
         return self.reader.run(build)
 

@@ -159,12 +159,13 @@ class GroupStore:
             raise GroupError("The Default group cannot be changed")
         changes = _insights(body.get("InsightsConfiguration"))
         has_filter = "FilterExpression" in body
-        expression = (check_filter(body.get("FilterExpression"), resolver(self._conn))
-                      if has_filter else None)
         with self._lock:
             stored_name, stored_arn, stored_filter, insights, notifications = self._existing(
                 name, arn)
             if has_filter:
+                expression = check_filter(body.get("FilterExpression"), _with_new_filter(
+                    resolver(self._conn), (stored_name, stored_arn),
+                    body.get("FilterExpression")))
                 stored_filter = expression
             if changes is not None:
                 insights, notifications = changes
@@ -191,6 +192,19 @@ class GroupStore:
             return None
         with self._lock:
             return self._existing(name, arn)[2]
+
+
+def _with_new_filter(resolve: Callable[[str], str | None], names: tuple[str, str],
+                     expression: Any) -> Callable[[str], str | None]:
+    """``resolve`` as it will be once the group named ``names`` (name, ARN) has
+    ``expression``: a cycle through the updated group is then found (groups nest at most a
+    few deep) before it is stored."""
+    new = expression if isinstance(expression, str) else ""
+
+    def resolve_updated(name_or_arn: str) -> str | None:
+        return new if name_or_arn in names else resolve(name_or_arn)
+
+    return resolve_updated
 
 
 def resolver(conn: sqlite3.Connection) -> Callable[[str], str | None]:

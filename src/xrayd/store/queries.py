@@ -133,6 +133,13 @@ def _candidates(conn: sqlite3.Connection, node: Node | None, condition: Sql, whe
         cursor.close()
 
 
+def start_span(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
+    """The earliest and latest start time of the stored traces (None, None when empty)."""
+    first = conn.execute("SELECT min(start) FROM traces").fetchone()[0]
+    last = conn.execute("SELECT max(start) FROM traces").fetchone()[0]
+    return first, last
+
+
 def trace_keys_matching(conn: sqlite3.Connection, start: float, end: float, expression: str,
                         groups: GroupResolver | None = None, limit: int = GRAPH_TRACE_LIMIT,
                         max_checked: int = GRAPH_TRACE_LIMIT) -> list[int]:
