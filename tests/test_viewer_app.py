@@ -416,65 +416,61 @@ def test_distribution_by_keyboard(page, site):
     assert page.input_value("#filter").startswith('service("bulk-job") AND responsetime >= 0 AND')
 
 
-def x_ray_shaped_graph(start: float, end: float) -> dict:
-    """A GetServiceGraph answer as X-Ray gives it (a client node without a name, an AWS
-    resource, edge types and histograms), checked against botocore's output shape."""
-    import botocore.session
-    from botocore.validate import ParamValidator
-
-    def stats(total: int, faults: int = 0, errors: int = 0) -> dict:
-        return {"OkCount": total - faults - errors, "TotalCount": total,
-                "ErrorStatistics": {"ThrottleCount": 0, "OtherCount": errors,
-                                    "TotalCount": errors},
-                "FaultStatistics": {"OtherCount": faults, "TotalCount": faults},
-                "TotalResponseTime": total * 0.02}
-
-    histogram = [{"Value": 0.01, "Count": 3}, {"Value": 0.02, "Count": 5}]
-    services = [
-        {"ReferenceId": 0, "Names": [], "Type": "client", "Root": True,
-         "Edges": [{"ReferenceId": 1, "EdgeType": "Client", "SummaryStatistics": stats(8),
-                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
-        {"ReferenceId": 1, "Name": "api", "Names": ["api"], "Type": "AWS::EC2::Instance",
-         "Root": True, "State": "active", "SummaryStatistics": stats(8, faults=1, errors=2),
-         "ResponseTimeHistogram": histogram, "DurationHistogram": histogram,
-         "Edges": [{"ReferenceId": 2, "EdgeType": "Request", "SummaryStatistics": stats(8),
-                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
-        {"ReferenceId": 2, "Name": "orders", "Names": ["orders"],
-         "Type": "AWS::DynamoDB::Table", "State": "active", "SummaryStatistics": stats(8),
-         "ResponseTimeHistogram": histogram, "Edges": []},
-    ]
-    answer = {"StartTime": start, "EndTime": end, "Services": services,
-              "ContainsOldGroupVersions": False}
-    shape = (botocore.session.get_session().get_service_model("xray")
-             .operation_model("GetServiceGraph").output_shape)
-    report = ParamValidator().validate(answer, shape)
-    assert not report.has_errors(), report.generate_report()
-    return answer
-
-
-def test_map_draws_x_ray_shaped_graphs(page, site):
-    """What GetServiceGraph answers when it matches X-Ray (client node, resource types)."""
-    import json
-
-    now = time.time()
-    body = json.dumps(x_ray_shaped_graph(now - 3600, now))
-    page.route("**/ServiceGraph", lambda route: route.fulfill(
-        status=200, content_type="application/x-amz-json-1.1", body=body))
-    page.goto(f"{site.base}/#/map")
-    page.wait_for_selector('g.node[data-name="orders"]', timeout=10000)
+def test_map_draws_the_x_ray_shaped_graph_of_the_store(page, site):
+    """The real GetServiceGraph answer for the six services: X-Ray's client node, services
+    without a Type beside one on EC2, inferred remote and AWS nodes, edges with histograms."""
+    graph = xray_client(site.port).get_service_graph(StartTime=site.map_start,
+                                                     EndTime=site.map_end)
+    by_name = {s["Name"]: s for s in graph["Services"]}
+    assert by_name["client"]["Type"] == "client" and "Type" not in by_name["orders-api"]
+    page.goto(f"{site.base}/#/map?start={site.map_start}&end={site.map_end}")
+    page.wait_for_selector('g.node[data-name="DynamoDB"]', timeout=15000)
     assert page.locator('g.node[data-name="client"]').count() == 1
-    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="orders"]')
+    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="DynamoDB"]')
+    assert "AWS::EC2::Instance" in page.text_content('g.node[data-name="web-frontend"]')
+    assert "remote" in page.text_content('g.node[data-name="inventory-db"]')
+    # A node without a Type has no empty line: its name, then its requests.
+    lines = page.locator('g.node[data-name="orders-api"] text').all_text_contents()
+    assert lines[0] == "orders-api" and lines[1].startswith(f"{len(site.map_ids)} req")
     nodes = page.evaluate(boxes_script())
     x = {n["name"]: n["box"]["x"] for n in nodes}
-    assert x["client"] < x["api"] < x["orders"]
-    page.click('g.node[data-name="api"]')
+    assert x["client"] < x["web-frontend"] < x["orders-api"] < x["payments"]
+    assert x["client"] < x["batch-worker"] < x["reports-svc"] < x["DynamoDB"]
+    # Edges: calls and latency on hover, from the edge's own statistics.
+    tip = page.text_content('g.edge-g[data-from="client"][data-to="web-frontend"] title')
+    assert tip.startswith(f"client → web-frontend: {len(site.map_ids) // 2} calls")
+    assert " avg" in tip
+    # A service's statistics and its histogram as the store answers them.
+    payments = by_name["payments"]
+    faults = payments["SummaryStatistics"]["FaultStatistics"]["TotalCount"]
+    total = payments["SummaryStatistics"]["TotalCount"]
+    assert 0 < faults < total
+    page.click('g.node[data-name="payments"]')
     page.wait_for_selector("#map-detail:not([hidden])")
     detail = page.inner_text("#map-detail")
-    assert "Faults (5xx)\n1 (13%)" in detail and "Errors (4xx)\n2 (25%)" in detail
-    assert page.locator("#map-detail svg.histogram rect").count() == 2
+    assert f"Requests\n{total}" in detail
+    assert f"Faults (5xx)\n{faults} ({round(100 * faults / total)}%)" in detail
+    bars = page.locator("#map-detail svg.histogram rect").count()
+    assert bars == len(payments["ResponseTimeHistogram"]) > 0
     assert page.locator("#service-traces").count() == 1
+    # The client (its requests: one per trace) has no traces "of" it.
     page.click('g.node[data-name="client"]')
-    assert page.locator("#service-traces").count() == 0  # no traces "of" the client
+    page.wait_for_function("() => document.querySelector('#map-detail h3')"
+                           ".textContent.startsWith('client')")
+    assert f"Requests\n{len(site.map_ids)}" in page.inner_text("#map-detail")
+    assert page.locator("#service-traces").count() == 0
+    # An inferred AWS node's traces: by its name and type.
+    page.click('g.node[data-name="DynamoDB"]')
+    page.click("#service-traces")
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+    assert page.input_value("#filter") == (
+        'service(id(name: "DynamoDB", type: "AWS::DynamoDB::Table"))')
+    page.wait_for_function("(n) => Number(document.querySelector('#trace-list')"
+                           ".getAttribute('aria-rowcount')) - 1 === n",
+                           arg=len(site.map_ids) // 2, timeout=10000)
+    shown = set(page.eval_on_selector_all("#trace-list tbody tr",
+                                          "rows => rows.map(r => r.dataset.trace)"))
+    assert shown == set(site.map_ids[1::2])  # the batch-worker traces, through reports-svc
 
 
 def test_columns_sort_and_long_ranges_show_dates(page, site):

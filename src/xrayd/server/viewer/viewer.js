@@ -60,7 +60,7 @@ class App {
     this.trace = new TraceView(() => history.length > 1 && this.cameFromList ? history.back() : this.go(this.lastList || "#/traces"));
     this.map = new ServiceMap(
       (name) => this.go(`#/service/${encodeURIComponent(name)}?${this.mapParams()}`),
-      (name) => this.go(`#/traces?${new URLSearchParams({filter: `service(${JSON.stringify(name)})`, ...this.rangeParams($("#map-range"))})}`));
+      (filter) => this.go(`#/traces?${new URLSearchParams({filter, ...this.rangeParams($("#map-range"))})}`));
     $("#query").addEventListener("submit", (e) => { e.preventDefault(); this.go(this.listHash({filter: $("#filter").value.trim()}), true); });
     $("#range").addEventListener("change", () => this.go(this.listHash({})));
     $("#more").addEventListener("click", () => this.list.more());
