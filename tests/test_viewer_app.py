@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import free_udp_tcp_port, wait_until
+from conftest import free_port, free_udp_tcp_port, send_udp, wait_until
 from offline_support import recorder, xray_client
 from test_offline_api import run_app
 from test_viewer_browser import ARTIFACTS, browser  # noqa: F401  (the module's browser)
@@ -39,12 +39,16 @@ def site(tmp_path_factory):
     from conftest import Xrayd
 
     tmp = tmp_path_factory.mktemp("viewer")
-    port = free_udp_tcp_port()
+    port, otlp_port = free_udp_tcp_port(), free_port()
     daemon = Xrayd(["--offline", "--store", str(tmp / "traces.db"), "-b", f"127.0.0.1:{port}",
-                    "-t", f"127.0.0.1:{port}", "-l", "info"], tmp)
+                    "-t", f"127.0.0.1:{port}", "-l", "info",
+                    "--otlp-http-address", f"127.0.0.1:{otlp_port}", "--otlp-grpc-address", "off"],
+                   tmp)
     try:
         daemon.wait_for("Trace viewer and X-Ray API at")
+        daemon.wait_for(f"OTLP/HTTP on 127.0.0.1:{otlp_port}")
         site = Site(port)
+        site.otlp = f"http://127.0.0.1:{otlp_port}/v1/traces"
         rec = recorder(f"127.0.0.1:{port}")
         client = xray_client(port)
         begin = time.time() - 60
@@ -489,3 +493,93 @@ def test_columns_sort_and_long_ranges_show_dates(page, site):
     page.wait_for_function("() => location.hash.includes('sort=response%3Adesc')")
     first = page.inner_text("#trace-list tbody tr .col-response")
     assert float(first.split()[0]) >= values[-1]
+
+
+def test_an_opentelemetry_sdk_trace_shows_in_the_viewer(page, site):
+    """An app on the OpenTelemetry SDK with the standard OTLP/HTTP exporter: its server span is
+    a segment in the list and the timeline, its client and internal spans subsegments, the
+    internal span's exception in the details panel."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from test_otlp_receivers import run_app as run_otel_app
+
+    trace_id = run_otel_app(OTLPSpanExporter(endpoint=site.otlp), service="otel-shop")
+    page.goto(f'{site.base}/#/traces?filter=service("otel-shop")')
+    row = page.wait_for_selector(f'#trace-list tr[data-trace="{trace_id}"]', timeout=15000)
+    assert "http://shop.local/items" in row.inner_text() and "500" in row.inner_text()
+    row.click()
+    page.wait_for_selector('#timeline .wf-row:has-text("compute")', timeout=10000)
+    rows = page.eval_on_selector_all(
+        "#timeline .wf-row", "rows => rows.map(r => ({name: r.querySelector('.wf-name')"
+        ".textContent, depth: Number(r.dataset.depth), service: r.dataset.service}))")
+    assert rows[0]["name"].startswith("otel-shop") and "fault" in rows[0]["name"]
+    assert rows[0]["depth"] == 0
+    children = rows[1:]
+    assert len(children) == 2 and all(r["depth"] == 1 for r in children)
+    assert {next(n for n in ("backend.local", "compute") if r["name"].startswith(n))
+            for r in children} == {"backend.local", "compute"}
+    page.locator("#timeline .wf-row", has_text="compute").click()
+    entity = page.inner_text("#entity")
+    assert "ValueError" in entity and "out of stock" in entity and "run_app" in entity
+    page.locator("#timeline .wf-row", has_text="backend.local").click()
+    assert "http://backend.local/stock" in page.inner_text("#entity")
+
+
+def otlp_post(url: str, body: bytes, content_type: str) -> int:
+    request = urllib.request.Request(url, body, {"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_rejected_view_shows_every_intake_with_reason_and_preview(page, site):
+    import base64
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    header = b'{"format": "json", "version": 1}\n'
+    garbage = b"\x00garbage<img src=x onerror=window.__xss=9>" + b"z" * 400
+    send_udp(site.port, garbage,
+             header + b"T1S" + b"!!not base64!!",
+             header + b"T1S" + base64.b64encode(b"\xff\xff\xff\xff"))
+    assert otlp_post(site.otlp, b"\xff\x01 not protobuf", "application/x-protobuf") == 400
+    no_ids = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[
+        ScopeSpans(spans=[Span(name="span-without-ids")])])])
+    assert otlp_post(site.otlp, no_ids.SerializeToString(), "application/x-protobuf") == 200
+    page.goto(f"{site.base}/#/rejected")
+    page.wait_for_function("() => document.querySelectorAll('#rejected-list tbody tr').length >= 5",
+                           timeout=15000)
+    rows = page.eval_on_selector_all(
+        "#rejected-list tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    by_intake: dict[str, list[list[str]]] = {}
+    for _received, intake, code, reason, shown in rows:
+        by_intake.setdefault(intake, []).append([code, reason, shown])
+    [shown_garbage] = by_intake["xray"]
+    assert shown_garbage[0] == "missing_header_separator" and "no newline" in shown_garbage[1]
+    assert shown_garbage[2].startswith("\\x00garbage<img src=x onerror=window.__xss=9>zz")
+    assert shown_garbage[2].endswith(f"… ({len(garbage)} bytes)")
+    assert sorted(code for code, _r, _s in by_intake["otlp-udp"]) == [
+        "otlp_bad_base64", "otlp_bad_protobuf"]
+    http = {code: (reason, shown) for code, reason, shown in by_intake["otlp-http"]}
+    assert len(http) == 2
+    bad_body = next(v for k, v in http.items() if "protobuf" in k or "decode" in k)
+    assert bad_body[0].startswith("400: ") and bad_body[1] == "\\xff\\x01 not protobuf"
+    spans = next(v for k, v in http.items() if v is not bad_body)
+    assert "1 of 1 spans rejected" in spans[0]
+    assert page.evaluate("() => window.__xss") is None
+    assert page.locator("#rejected-list img").count() == 0
+    # The header counts what each intake took in and rejected.
+    page.wait_for_function("() => document.querySelector("
+                           "'#intake-counts [data-intake=\"otlp-http\"]')"
+                           "?.textContent.includes('(2 rejected)')", timeout=10000)
+    header_text = {source: page.inner_text(f'#intake-counts [data-intake="{source}"]')
+                   for source in ("xray", "otlp-udp", "otlp-http", "otlp-grpc")}
+    assert header_text["otlp-udp"].endswith("(2 rejected)")
+    assert header_text["xray"].endswith("(1 rejected)")
+    assert header_text["otlp-grpc"] == "otlp-grpc 0"
+    page.screenshot(path=str(ARTIFACTS / "viewer-rejected.png"))
