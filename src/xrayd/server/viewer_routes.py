@@ -1,8 +1,9 @@
 """The trace viewer's routes: the static files of the package's viewer/ folder, ``/trace/<id>``
 (a redirect to the viewer's route for that trace), and the few JSON endpoints the X-Ray API has
-no operation for (rejected documents, store counts, the response-time distribution of a query,
-the service map's layout). Every answer carries a Content-Security-Policy that allows only the
-viewer's own files: no inline script or style, no other origin."""
+no operation for (rejected inputs: the store's refused documents and the daemon's last rejected
+datagrams, requests and spans; store and intake counts; the response-time distribution of a
+query; the service map's layout). Every answer carries a Content-Security-Policy that allows
+only the viewer's own files: no inline script or style, no other origin."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from urllib.parse import parse_qs, quote
 
 import orjson
 
+from xrayd.rejections import RecentRejections, intake_counts
 from xrayd.server import viewer_layout
 from xrayd.server.threaded import Request, Response
 from xrayd.server.xray_api import StoreReader, error_response, json_response
+from xrayd.stats import Stats
 from xrayd.store import groups, queries
 from xrayd.store.filters import FilterError
 
@@ -27,6 +30,7 @@ TRACE_PREFIX = "/trace/"
 TRACE_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 DISTRIBUTION_BINS = 40
 MAX_LAYOUT_BODY = 512 * 1024
+STORE_INTAKE = "store"  # the Intake of documents the store refused (any intake sent them)
 SECURITY_HEADERS = [
     ("Content-Security-Policy",
      "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -93,8 +97,10 @@ def _number(values: dict[str, list[str]], name: str) -> float:
     return value
 
 
-def routes(reader: StoreReader, info: dict[str, object]):
-    """The viewer's handler: a Response, or None for a request it does not serve."""
+def routes(reader: StoreReader, info: dict[str, object], stats: Stats | None = None,
+           rejections: RecentRejections | None = None):
+    """The viewer's handler: a Response, or None for a request it does not serve. ``stats``
+    and ``rejections``: the daemon's counters and last rejected inputs, when it has them."""
 
     def rejected(request: Request) -> Response:
         values = parse_qs(request.query).get("limit", ["100"])
@@ -102,12 +108,19 @@ def routes(reader: StoreReader, info: dict[str, object]):
             limit = max(1, min(500, int(values[-1])))
         except ValueError:
             limit = 100
-        return json_response({"Rejected": reader.run(queries.rejected, limit)})
+        rows = [{**row, "Intake": STORE_INTAKE} for row in reader.run(queries.rejected, limit)]
+        if rejections is not None:
+            rows = sorted([*rows, *rejections.recent(limit)], key=lambda r: -r["Received"])
+        return json_response({"Rejected": rows[:limit]})
 
-    def stats(_request: Request) -> Response:
-        counts = reader.run(queries.stats)
-        return json_response({**counts, "rejected_by_code": reader.run(rejected_by_code),
-                              **info})
+    def counts(_request: Request) -> Response:
+        answer = {**reader.run(queries.stats), "rejected_by_code": reader.run(rejected_by_code),
+                  **info}
+        if stats is not None:
+            answer["intake"] = intake_counts(stats)
+        if rejections is not None:
+            answer["rejections_not_kept"] = rejections.not_kept
+        return json_response(answer)
 
     def response_times(request: Request) -> Response:
         values = parse_qs(request.query)
@@ -130,7 +143,7 @@ def routes(reader: StoreReader, info: dict[str, object]):
             return error_response("InvalidRequestException", str(exc))
         return json_response(viewer_layout.layout(sizes, edges))
 
-    gets = {"/api/rejected": rejected, "/api/stats": stats, "/api/distribution": response_times}
+    gets = {"/api/rejected": rejected, "/api/stats": counts, "/api/distribution": response_times}
 
     def serve(request: Request) -> Response | None:
         path = request.path
