@@ -489,6 +489,8 @@ def test_columns_sort_and_long_ranges_show_dates(page, site):
     values = [float(v.split()[0]) for v in
               page.locator("#trace-list tbody td.col-response").all_inner_texts()]
     assert values == sorted(values) and values[0] < values[-1]
+    # 120 bulk traces: a second page remains, and the list says what the sort covers.
+    assert "sorted within the loaded traces" in page.inner_text("#summary-line")
     page.click('button.sort[data-sort="response"]')
     page.wait_for_function("() => location.hash.includes('sort=response%3Adesc')")
     first = page.inner_text("#trace-list tbody tr .col-response")

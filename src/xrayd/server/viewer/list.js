@@ -251,7 +251,9 @@ export class TraceList {
   summary() {
     const shown = this.items.length;
     $("#summary-line").textContent = `${shown} traces loaded of ${this.processed ?? "?"} in the time range` +
-      (this.query.filter ? " (filtered)" : "") + (this.nextToken ? " — scroll or press “Load more” for the next page" : "");
+      (this.query.filter ? " (filtered)" : "") + (this.nextToken ? " — scroll or press “Load more” for the next page" : "") +
+      // GetTraceSummaries has no order but its own: a sort orders the pages loaded so far.
+      (this.sort && this.nextToken ? "; sorted within the loaded traces" : "");
     $("#more").hidden = !this.nextToken;
   }
 
