@@ -2,7 +2,7 @@
 that cannot be converted), kept for the viewer's Rejected view: a bounded ring of small rows,
 each with its intake, reason, message and a safe, truncated preview of the input.
 
-Recording is rate-limited: under a flood of garbage a rejection past the limit costs a clock
+Recording is rate-limited: under a flood of garbage a datagram past the limit costs a clock
 read and a comparison (no copy, no decoding), so the UDP reader keeps its pace. The counters
 (stats.py) still count every rejection; this keeps examples."""
 
@@ -64,8 +64,7 @@ class RecentRejections:
         self._window = float("-inf")
         self._used = 0
 
-    def record(self, source: str, reason: str, message: str,
-               data: bytes | str | None = None) -> bool:
+    def _allowed(self) -> bool:
         now = self.clock()
         if now - self._window >= 1.0:
             self._window, self._used = now, 0
@@ -73,9 +72,26 @@ class RecentRejections:
             self.not_kept += 1
             return False
         self._used += 1
+        return True
+
+    def datagram(self, reason: Reason, data: bytes) -> bool:
+        """A datagram the UDP reader refused (past the limit nothing else is looked at)."""
+        if not self._allowed():
+            return False
+        self._append(datagram_source(reason), reason.value, reason.description, data)
+        return True
+
+    def record(self, source: str, reason: str, message: str,
+               data: bytes | str | None = None) -> bool:
+        if not self._allowed():
+            return False
+        self._append(source, reason, message, data)
+        return True
+
+    def _append(self, source: str, reason: str, message: str,
+                data: bytes | str | None) -> None:
         self.rows.append({"Received": self.wall(), "Intake": source, "ErrorCode": reason,
                           "Reason": message[:MESSAGE_CHARS], "Document": preview(data)})
-        return True
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` rows, newest first."""

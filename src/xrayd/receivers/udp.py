@@ -323,10 +323,7 @@ class UdpReceiver:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Rejected datagram content (first 200 bytes): %r", data[:200])
         if self.rejections is not None:
-            from xrayd.rejections import datagram_source
-
-            self.rejections.record(datagram_source(reason), reason.value, reason.description,
-                                   data)
+            self.rejections.datagram(reason, data)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Read what the kernel already holds, then stop."""
