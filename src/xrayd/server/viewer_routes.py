@@ -83,6 +83,45 @@ def distribution(conn: sqlite3.Connection, start: float, end: float, expression:
                      for i, c in enumerate(counts)]}
 
 
+# The list's columns the whole query can be sorted by: the traces table's columns (the same
+# times GetTraceSummaries reports); traces still in progress (no end) come last either way.
+SORT_COLUMNS = {"start": "t.start", "response": "t.root_end - t.root_start",
+                "duration": "t.end - t.start"}
+SORTED_PAGE = 100
+MAX_OFFSET = 100_000
+
+
+def sorted_summaries(conn: sqlite3.Connection, start: float, end: float,
+                     expression: str | None, column: str, descending: bool, offset: int = 0,
+                     page: int = SORTED_PAGE) -> dict[str, Any]:
+    """A page of the query's trace summaries in the order of a column, as GetTraceSummaries
+    would describe them (which has no order of its own but newest first). With a filter, the
+    traces it selects as the distribution does (at most queries.GRAPH_TRACE_LIMIT newest)."""
+    where = ["t.start >= ?", "t.start <= ?"]
+    params: list[Any] = [start, end]
+    processed = conn.execute("SELECT count(*) FROM traces t WHERE t.start >= ? AND t.start <= ?",
+                             params).fetchone()[0]
+    if expression:
+        keys = queries.trace_keys_matching(conn, start, end, expression,
+                                           groups.resolver(conn))
+        where.append("t.pk IN (SELECT value FROM json_each(?))")
+        params.append(orjson.dumps(keys).decode())
+    order = SORT_COLUMNS[column]
+    rows = conn.execute(
+        f"SELECT t.pk, t.trace_id, t.documents, t.start FROM traces t "
+        f"WHERE {' AND '.join(where)} ORDER BY ({order}) IS NULL, {order} "
+        f"{'DESC' if descending else 'ASC'}, t.start DESC, t.trace_id DESC LIMIT ? OFFSET ?",
+        [*params, page + 1, offset]).fetchall()
+    answer: dict[str, Any] = {
+        "TraceSummaries": [queries.trace_model(conn, pk, trace_id, documents).summary(t_start)
+                           for pk, trace_id, documents, t_start in rows[:page]],
+        "TracesProcessedCount": processed,
+    }
+    if len(rows) > page and offset + page < MAX_OFFSET:
+        answer["NextOffset"] = offset + page
+    return answer
+
+
 def rejected_by_code(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT code, count(*) FROM rejected GROUP BY code").fetchall())
 
@@ -134,6 +173,27 @@ def routes(reader: StoreReader, info: dict[str, object], stats: Stats | None = N
         except FilterError as exc:
             return error_response("InvalidRequestException", str(exc))
 
+    def sorted_page(request: Request) -> Response:
+        values = parse_qs(request.query)
+        try:
+            start, end = _number(values, "start"), _number(values, "end")
+            offset = int(values.get("offset", ["0"])[-1])
+        except ValueError as exc:
+            return error_response("InvalidRequestException", str(exc))
+        column, _, direction = values.get("sort", [""])[-1].partition(":")
+        if column not in SORT_COLUMNS or direction not in ("asc", "desc"):
+            return error_response("InvalidRequestException",
+                                  f"sort must be one of {', '.join(SORT_COLUMNS)} with :asc "
+                                  "or :desc")
+        if not 0 <= offset <= MAX_OFFSET:
+            return error_response("InvalidRequestException", "offset out of range")
+        expression = values.get("filter", [""])[-1].strip() or None
+        try:
+            return json_response(reader.run(sorted_summaries, start, end, expression, column,
+                                            direction == "desc", offset))
+        except FilterError as exc:
+            return error_response("InvalidRequestException", str(exc))
+
     def layout(request: Request) -> Response:
         if len(request.body) > MAX_LAYOUT_BODY:
             return error_response("InvalidRequestException", "layout request too large", 413)
@@ -143,7 +203,8 @@ def routes(reader: StoreReader, info: dict[str, object], stats: Stats | None = N
             return error_response("InvalidRequestException", str(exc))
         return json_response(viewer_layout.layout(sizes, edges))
 
-    gets = {"/api/rejected": rejected, "/api/stats": counts, "/api/distribution": response_times}
+    gets = {"/api/rejected": rejected, "/api/stats": counts, "/api/distribution": response_times,
+            "/api/sorted": sorted_page}
 
     def serve(request: Request) -> Response | None:
         path = request.path
