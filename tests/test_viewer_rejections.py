@@ -10,10 +10,20 @@ import json
 import socket
 import time
 
+import grpc
 import orjson
+import pytest
 
+from conftest import free_port
+from test_otlp_receivers import (  # noqa: F401  (pipeline: the OTLP intake fixture)
+    one_span_request,
+    pipeline,
+    raw_grpc_export,
+)
 from xrayd import logs
 from xrayd.protocol import Reason
+from xrayd.receivers.otlp_grpc import OtlpGrpcReceiver
+from xrayd.receivers.otlp_intake import stats_count
 from xrayd.receivers.udp import UdpReceiver
 from xrayd.rejections import RecentRejections, intake_counts, preview
 from xrayd.server.threaded import Request
@@ -120,3 +130,25 @@ def test_rejected_route_merges_the_store_and_the_daemon_and_counts_per_intake(tm
     finally:
         reader.close()
         writer.close()
+
+
+def test_otlp_grpc_garbage_and_rejected_spans_are_recorded(pipeline):  # noqa: F811
+    _sink, stats, intake, _free = pipeline
+    intake.rejections = recent = RecentRejections()
+    receiver = OtlpGrpcReceiver(f"127.0.0.1:{free_port()}", intake, stats_count(stats.add))
+    receiver.start()
+    try:
+        address = f"127.0.0.1:{receiver.bound[1]}"
+        with pytest.raises(grpc.RpcError):
+            raw_grpc_export(address, b"\xff\xfe garbage")
+        request = one_span_request()
+        request.resource_spans[0].scope_spans[0].spans.add(name="bad", trace_id=b"\x01" * 16,
+                                                            span_id=b"\x01" * 4)
+        raw_grpc_export(address, request.SerializeToString())
+    finally:
+        receiver.stop(0)
+    spans, garbage = recent.recent(10)
+    assert (garbage["Intake"], garbage["Document"]) == ("otlp-grpc", "\\xff\\xfe garbage")
+    assert garbage["ErrorCode"] == "bad_protobuf"
+    assert spans["Intake"] == "otlp-grpc" and "1 of 2 spans rejected" in spans["Reason"]
+    assert intake_counts(stats)["otlp-grpc"] == {"accepted": 1, "rejected": 2}
