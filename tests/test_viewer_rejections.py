@@ -35,14 +35,6 @@ from xrayd.store.writer import Retention, StoreWriter
 HEADER = b'{"format": "json", "version": 1}\n'
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_preview_escapes_control_characters_and_cuts_long_input():
     raw = b"\x00\x1b[31m<b>\xff\xfe\n\x7f" + "\u2028".encode() + b"x" * 500
     shown = preview(raw)
@@ -53,12 +45,13 @@ def test_preview_escapes_control_characters_and_cuts_long_input():
 
 
 def test_recording_is_rate_limited_per_second_and_bounded():
-    clock = Clock()
-    recent = RecentRejections(capacity=30, per_second=20, clock=clock, wall=clock)
+    now = [100.0]
+    recent = RecentRejections(capacity=30, per_second=20, clock=lambda: now[0],
+                              wall=lambda: now[0])
     kept = [recent.record("xray", "header_not_json", "bad", b"x" * 10_000) for _ in range(100)]
     assert kept.count(True) == 20 and recent.not_kept == 80
     assert all(len(r["Document"]) < 260 for r in recent.rows)  # a preview, not the input
-    clock.now += 1.0
+    now[0] += 1.0
     for i in range(20):
         recent.record("otlp-http", "bad_protobuf", f"n{i}")
     rows = recent.recent(500)
