@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import free_udp_tcp_port, wait_until
+from conftest import free_port, free_udp_tcp_port, send_udp, wait_until
 from offline_support import recorder, xray_client
 from test_offline_api import run_app
 from test_viewer_browser import ARTIFACTS, browser  # noqa: F401  (the module's browser)
@@ -39,12 +39,16 @@ def site(tmp_path_factory):
     from conftest import Xrayd
 
     tmp = tmp_path_factory.mktemp("viewer")
-    port = free_udp_tcp_port()
+    port, otlp_port = free_udp_tcp_port(), free_port()
     daemon = Xrayd(["--offline", "--store", str(tmp / "traces.db"), "-b", f"127.0.0.1:{port}",
-                    "-t", f"127.0.0.1:{port}", "-l", "info"], tmp)
+                    "-t", f"127.0.0.1:{port}", "-l", "info",
+                    "--otlp-http-address", f"127.0.0.1:{otlp_port}", "--otlp-grpc-address", "off"],
+                   tmp)
     try:
         daemon.wait_for("Trace viewer and X-Ray API at")
+        daemon.wait_for(f"OTLP/HTTP on 127.0.0.1:{otlp_port}")
         site = Site(port)
+        site.otlp = f"http://127.0.0.1:{otlp_port}/v1/traces"
         rec = recorder(f"127.0.0.1:{port}")
         client = xray_client(port)
         begin = time.time() - 60
@@ -416,80 +420,198 @@ def test_distribution_by_keyboard(page, site):
     assert page.input_value("#filter").startswith('service("bulk-job") AND responsetime >= 0 AND')
 
 
-def x_ray_shaped_graph(start: float, end: float) -> dict:
-    """A GetServiceGraph answer as X-Ray gives it (a client node without a name, an AWS
-    resource, edge types and histograms), checked against botocore's output shape."""
-    import botocore.session
-    from botocore.validate import ParamValidator
-
-    def stats(total: int, faults: int = 0, errors: int = 0) -> dict:
-        return {"OkCount": total - faults - errors, "TotalCount": total,
-                "ErrorStatistics": {"ThrottleCount": 0, "OtherCount": errors,
-                                    "TotalCount": errors},
-                "FaultStatistics": {"OtherCount": faults, "TotalCount": faults},
-                "TotalResponseTime": total * 0.02}
-
-    histogram = [{"Value": 0.01, "Count": 3}, {"Value": 0.02, "Count": 5}]
-    services = [
-        {"ReferenceId": 0, "Names": [], "Type": "client", "Root": True,
-         "Edges": [{"ReferenceId": 1, "EdgeType": "Client", "SummaryStatistics": stats(8),
-                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
-        {"ReferenceId": 1, "Name": "api", "Names": ["api"], "Type": "AWS::EC2::Instance",
-         "Root": True, "State": "active", "SummaryStatistics": stats(8, faults=1, errors=2),
-         "ResponseTimeHistogram": histogram, "DurationHistogram": histogram,
-         "Edges": [{"ReferenceId": 2, "EdgeType": "Request", "SummaryStatistics": stats(8),
-                    "ResponseTimeHistogram": histogram, "Aliases": []}]},
-        {"ReferenceId": 2, "Name": "orders", "Names": ["orders"],
-         "Type": "AWS::DynamoDB::Table", "State": "active", "SummaryStatistics": stats(8),
-         "ResponseTimeHistogram": histogram, "Edges": []},
-    ]
-    answer = {"StartTime": start, "EndTime": end, "Services": services,
-              "ContainsOldGroupVersions": False}
-    shape = (botocore.session.get_session().get_service_model("xray")
-             .operation_model("GetServiceGraph").output_shape)
-    report = ParamValidator().validate(answer, shape)
-    assert not report.has_errors(), report.generate_report()
-    return answer
-
-
-def test_map_draws_x_ray_shaped_graphs(page, site):
-    """What GetServiceGraph answers when it matches X-Ray (client node, resource types)."""
-    import json
-
-    now = time.time()
-    body = json.dumps(x_ray_shaped_graph(now - 3600, now))
-    page.route("**/ServiceGraph", lambda route: route.fulfill(
-        status=200, content_type="application/x-amz-json-1.1", body=body))
-    page.goto(f"{site.base}/#/map")
-    page.wait_for_selector('g.node[data-name="orders"]', timeout=10000)
+def test_map_draws_the_x_ray_shaped_graph_of_the_store(page, site):
+    """The real GetServiceGraph answer for the six services: X-Ray's client node, services
+    without a Type beside one on EC2, inferred remote and AWS nodes, edges with histograms."""
+    graph = xray_client(site.port).get_service_graph(StartTime=site.map_start,
+                                                     EndTime=site.map_end)
+    by_name = {s["Name"]: s for s in graph["Services"]}
+    assert by_name["client"]["Type"] == "client" and "Type" not in by_name["orders-api"]
+    page.goto(f"{site.base}/#/map?start={site.map_start}&end={site.map_end}")
+    page.wait_for_selector('g.node[data-name="DynamoDB"]', timeout=15000)
     assert page.locator('g.node[data-name="client"]').count() == 1
-    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="orders"]')
+    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="DynamoDB"]')
+    assert "AWS::EC2::Instance" in page.text_content('g.node[data-name="web-frontend"]')
+    assert "remote" in page.text_content('g.node[data-name="inventory-db"]')
+    # A node without a Type has no empty line: its name, then its requests.
+    lines = page.locator('g.node[data-name="orders-api"] text').all_text_contents()
+    assert lines[0] == "orders-api" and lines[1].startswith(f"{len(site.map_ids)} req")
     nodes = page.evaluate(boxes_script())
     x = {n["name"]: n["box"]["x"] for n in nodes}
-    assert x["client"] < x["api"] < x["orders"]
-    page.click('g.node[data-name="api"]')
+    assert x["client"] < x["web-frontend"] < x["orders-api"] < x["payments"]
+    assert x["client"] < x["batch-worker"] < x["reports-svc"] < x["DynamoDB"]
+    # Edges: calls and latency on hover, from the edge's own statistics.
+    tip = page.text_content('g.edge-g[data-from="client"][data-to="web-frontend"] title')
+    assert tip.startswith(f"client → web-frontend: {len(site.map_ids) // 2} calls")
+    assert " avg" in tip
+    # A service's statistics and its histogram as the store answers them.
+    payments = by_name["payments"]
+    faults = payments["SummaryStatistics"]["FaultStatistics"]["TotalCount"]
+    total = payments["SummaryStatistics"]["TotalCount"]
+    assert 0 < faults < total
+    page.click('g.node[data-name="payments"]')
     page.wait_for_selector("#map-detail:not([hidden])")
     detail = page.inner_text("#map-detail")
-    assert "Faults (5xx)\n1 (13%)" in detail and "Errors (4xx)\n2 (25%)" in detail
-    assert page.locator("#map-detail svg.histogram rect").count() == 2
+    assert f"Requests\n{total}" in detail
+    assert f"Faults (5xx)\n{faults} ({round(100 * faults / total)}%)" in detail
+    bars = page.locator("#map-detail svg.histogram rect").count()
+    assert bars == len(payments["ResponseTimeHistogram"]) > 0
     assert page.locator("#service-traces").count() == 1
+    # The client (its requests: one per trace) has no traces "of" it.
     page.click('g.node[data-name="client"]')
-    assert page.locator("#service-traces").count() == 0  # no traces "of" the client
+    page.wait_for_function("() => document.querySelector('#map-detail h3')"
+                           ".textContent.startsWith('client')")
+    assert f"Requests\n{len(site.map_ids)}" in page.inner_text("#map-detail")
+    assert page.locator("#service-traces").count() == 0
+    # An inferred AWS node's traces: by its name and type.
+    page.click('g.node[data-name="DynamoDB"]')
+    page.click("#service-traces")
+    page.wait_for_selector("#trace-list tbody tr", timeout=10000)
+    assert page.input_value("#filter") == (
+        'service(id(name: "DynamoDB", type: "AWS::DynamoDB::Table"))')
+    page.wait_for_function("(n) => Number(document.querySelector('#trace-list')"
+                           ".getAttribute('aria-rowcount')) - 1 === n",
+                           arg=len(site.map_ids) // 2, timeout=10000)
+    shown = set(page.eval_on_selector_all("#trace-list tbody tr",
+                                          "rows => rows.map(r => r.dataset.trace)"))
+    assert shown == set(site.map_ids[1::2])  # the batch-worker traces, through reports-svc
 
 
-def test_columns_sort_and_long_ranges_show_dates(page, site):
+def bulk_response_times(site) -> dict[str, float]:
+    """Every bulk-job trace's response time, as boto3 reads them through GetTraceSummaries."""
+    client, now, times, token = xray_client(site.port), time.time(), {}, None
+    while True:
+        extra = {"NextToken": token} if token else {}
+        answer = client.get_trace_summaries(StartTime=now - 259200, EndTime=now + 60,
+                                            FilterExpression='service("bulk-job")', **extra)
+        times.update({s["Id"]: s["ResponseTime"] for s in answer["TraceSummaries"]})
+        token = answer.get("NextToken")
+        if not token:
+            return times
+
+
+def first_row_is(page, trace_id: str) -> None:
+    page.wait_for_function("(id) => document.querySelector('#trace-list tbody tr')"
+                           "?.dataset.trace === id", arg=trace_id, timeout=10000)
+
+
+def test_columns_sort_the_whole_query_and_long_ranges_show_dates(page, site):
+    times = bulk_response_times(site)
+    assert len(times) > 100  # more than the first page
     page.goto(f'{site.base}/#/traces?filter=service("bulk-job")&range=259200')
     page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
     assert page.inner_text("#trace-list tbody tr .col-start").startswith(time.strftime("%Y-"))
     page.click('button.sort[data-sort="response"]')
     page.wait_for_function("() => location.hash.includes('sort=response%3Aasc')")
     page.reload()
-    page.wait_for_function("() => document.querySelectorAll('#trace-list tbody tr').length > 10")
+    # The fastest of all the query's traces comes first, not the fastest of the first page.
+    first_row_is(page, min(times, key=times.get))
     assert page.get_attribute("th.col-response", "aria-sort") == "ascending"
     values = [float(v.split()[0]) for v in
               page.locator("#trace-list tbody td.col-response").all_inner_texts()]
     assert values == sorted(values) and values[0] < values[-1]
+    assert rows_of(page) == 100 and "sorted within" not in page.inner_text("#summary-line")
+    # The next sorted page continues the order.
+    page.click("#more")
+    page.wait_for_function("(n) => Number(document.querySelector('#trace-list')"
+                           ".getAttribute('aria-rowcount')) - 1 === n", arg=len(times))
+    page.eval_on_selector("#list-scroll", "e => e.scrollTop = e.scrollHeight")
+    page.wait_for_function("(id) => [...document.querySelectorAll('#trace-list tbody tr')]"
+                           ".some(r => r.dataset.trace === id)", arg=max(times, key=times.get))
     page.click('button.sort[data-sort="response"]')
     page.wait_for_function("() => location.hash.includes('sort=response%3Adesc')")
-    first = page.inner_text("#trace-list tbody tr .col-response")
-    assert float(first.split()[0]) >= values[-1]
+    first_row_is(page, max(times, key=times.get))
+    # A column the daemon does not sort by orders the loaded rows, and the list says so.
+    page.click('button.sort[data-sort="status"]')
+    page.wait_for_function("() => document.querySelector('#summary-line').textContent"
+                           ".includes('sorted within the loaded traces')")
+
+
+def test_an_opentelemetry_sdk_trace_shows_in_the_viewer(page, site):
+    """An app on the OpenTelemetry SDK with the standard OTLP/HTTP exporter: its server span is
+    a segment in the list and the timeline, its client and internal spans subsegments, the
+    internal span's exception in the details panel."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from test_otlp_receivers import run_app as run_otel_app
+
+    trace_id = run_otel_app(OTLPSpanExporter(endpoint=site.otlp), service="otel-shop")
+    page.goto(f'{site.base}/#/traces?filter=service("otel-shop")')
+    row = page.wait_for_selector(f'#trace-list tr[data-trace="{trace_id}"]', timeout=15000)
+    assert "http://shop.local/items" in row.inner_text() and "500" in row.inner_text()
+    row.click()
+    page.wait_for_selector('#timeline .wf-row:has-text("compute")', timeout=10000)
+    rows = page.eval_on_selector_all(
+        "#timeline .wf-row", "rows => rows.map(r => ({name: r.querySelector('.wf-name')"
+        ".textContent, depth: Number(r.dataset.depth), service: r.dataset.service}))")
+    assert rows[0]["name"].startswith("otel-shop") and "fault" in rows[0]["name"]
+    assert rows[0]["depth"] == 0
+    children = rows[1:]
+    assert len(children) == 2 and all(r["depth"] == 1 for r in children)
+    assert {next(n for n in ("backend.local", "compute") if r["name"].startswith(n))
+            for r in children} == {"backend.local", "compute"}
+    page.locator("#timeline .wf-row", has_text="compute").click()
+    entity = page.inner_text("#entity")
+    assert "ValueError" in entity and "out of stock" in entity and "run_app" in entity
+    page.locator("#timeline .wf-row", has_text="backend.local").click()
+    assert "http://backend.local/stock" in page.inner_text("#entity")
+
+
+def otlp_post(url: str, body: bytes, content_type: str) -> int:
+    request = urllib.request.Request(url, body, {"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_rejected_view_shows_every_intake_with_reason_and_preview(page, site):
+    import base64
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    header = b'{"format": "json", "version": 1}\n'
+    garbage = b"\x00garbage<img src=x onerror=window.__xss=9>" + b"z" * 400
+    send_udp(site.port, garbage,
+             header + b"T1S" + b"!!not base64!!",
+             header + b"T1S" + base64.b64encode(b"\xff\xff\xff\xff"))
+    assert otlp_post(site.otlp, b"\xff\x01 not protobuf", "application/x-protobuf") == 400
+    no_ids = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[
+        ScopeSpans(spans=[Span(name="span-without-ids")])])])
+    assert otlp_post(site.otlp, no_ids.SerializeToString(), "application/x-protobuf") == 200
+    page.goto(f"{site.base}/#/rejected")
+    page.wait_for_function("() => document.querySelectorAll('#rejected-list tbody tr').length >= 5",
+                           timeout=15000)
+    rows = page.eval_on_selector_all(
+        "#rejected-list tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    by_intake: dict[str, list[list[str]]] = {}
+    for _received, intake, code, reason, shown in rows:
+        by_intake.setdefault(intake, []).append([code, reason, shown])
+    [shown_garbage] = by_intake["xray"]
+    assert shown_garbage[0] == "missing_header_separator" and "no newline" in shown_garbage[1]
+    assert shown_garbage[2].startswith("\\x00garbage<img src=x onerror=window.__xss=9>zz")
+    assert shown_garbage[2].endswith(f"… ({len(garbage)} bytes)")
+    assert sorted(code for code, _r, _s in by_intake["otlp-udp"]) == [
+        "otlp_bad_base64", "otlp_bad_protobuf"]
+    http = {code: (reason, shown) for code, reason, shown in by_intake["otlp-http"]}
+    assert len(http) == 2
+    bad_body = next(v for k, v in http.items() if "protobuf" in k or "decode" in k)
+    assert bad_body[0].startswith("400: ") and bad_body[1] == "\\xff\\x01 not protobuf"
+    spans = next(v for k, v in http.items() if v is not bad_body)
+    assert "1 of 1 spans rejected" in spans[0]
+    assert page.evaluate("() => window.__xss") is None
+    assert page.locator("#rejected-list img").count() == 0
+    # The header counts what each intake took in and rejected.
+    page.wait_for_function("() => document.querySelector("
+                           "'#intake-counts [data-intake=\"otlp-http\"]')"
+                           "?.textContent.includes('(2 rejected)')", timeout=10000)
+    header_text = {source: page.inner_text(f'#intake-counts [data-intake="{source}"]')
+                   for source in ("xray", "otlp-udp", "otlp-http", "otlp-grpc")}
+    assert header_text["otlp-udp"].endswith("(2 rejected)")
+    assert header_text["xray"].endswith("(1 rejected)")
+    assert header_text["otlp-grpc"] == "otlp-grpc 0"
+    page.screenshot(path=str(ARTIFACTS / "viewer-rejected.png"))

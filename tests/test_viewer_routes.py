@@ -12,7 +12,7 @@ import pytest
 
 from xrayd.server import viewer_layout
 from xrayd.server.threaded import Request
-from xrayd.server.viewer_routes import distribution, routes
+from xrayd.server.viewer_routes import distribution, routes, sorted_summaries
 from xrayd.server.xray_api import StoreReader
 from xrayd.store import schema
 from xrayd.store.filters import FilterError
@@ -153,5 +153,42 @@ def test_routes_answer_with_csp_redirects_and_json_errors(store):
         assert get(handle, "/api/layout", "POST", b"{not json").status == 400
         stats = orjson.loads(get(handle, "/api/stats").body)
         assert stats["traces"] == 21 and stats["rejected_by_code"] == {}
+    finally:
+        reader.close()
+
+
+def test_sorted_pages_cover_the_whole_query(store):
+    """Sorting by response time or duration orders every trace of the query, page by page,
+    with the summaries GetTraceSummaries gives (in-progress traces last)."""
+    writer, now = store
+    conn = schema.connect(writer.path, readonly=True)
+    try:
+        first = sorted_summaries(conn, now - 60, now + 60, None, "response", False, page=8)
+        second = sorted_summaries(conn, now - 60, now + 60, None, "response", False,
+                                  offset=first["NextOffset"], page=8)
+        last = sorted_summaries(conn, now - 60, now + 60, None, "response", False,
+                                offset=second["NextOffset"], page=8)
+        assert "NextOffset" not in last and first["TracesProcessedCount"] == 21
+        rows = [*first["TraceSummaries"], *second["TraceSummaries"], *last["TraceSummaries"]]
+        assert len(rows) == 21 and rows[-1]["Id"].endswith("f" * 24)  # in progress: last
+        times = [r["ResponseTime"] for r in rows[:-1]]
+        assert times == sorted(times) and times[0] < times[-1]
+        slow = sorted_summaries(conn, now - 60, now + 60, 'service("slow")', "duration", True)
+        assert [r["Duration"] for r in slow["TraceSummaries"]] == pytest.approx([0.2] * 5)
+        newest = sorted_summaries(conn, now - 60, now + 60, None, "start", True, page=1)
+        assert newest["TraceSummaries"][0]["Id"].endswith("f" * 24)
+    finally:
+        conn.close()
+    reader = StoreReader(writer.path)
+    try:
+        handle = routes(reader, {})
+        good = get(handle, f"/api/sorted?start={now - 60}&end={now + 60}&sort=response:desc")
+        answer = orjson.loads(good.body)
+        assert answer["TraceSummaries"][0]["ResponseTime"] == pytest.approx(0.2)
+        for query in ("sort=name:asc", "sort=response", "sort=response:asc&offset=-1",
+                      "sort=response:asc&filter=annotation.x%20="):
+            bad = get(handle, f"/api/sorted?start={now - 60}&end={now + 60}&{query}")
+            assert bad.status == 400, query
+            assert orjson.loads(bad.body)["__type"] == "InvalidRequestException"
     finally:
         reader.close()

@@ -48,10 +48,23 @@ def call(rec: AWSXRayRecorder, segment, callee: str, work=None) -> None:
         serve(rec, callee, segment.trace_id, sub.id, work)
 
 
+def dynamodb_call(rec: AWSXRayRecorder, table: str) -> None:
+    """A DynamoDB call's subsegment as the SDK's botocore patch records it."""
+    with rec.in_subsegment("DynamoDB") as sub:
+        sub.namespace = "aws"
+        sub.set_aws({"operation": "GetItem", "region": "us-east-1", "table_name": table,
+                     "request_id": new_id()})
+        sub.put_http_meta("status", 200)
+
+
 def six_services(rec: AWSXRayRecorder, rounds: int = 2) -> list[str]:
-    """Two entry services (web-frontend, batch-worker) over orders-api, payments, reports-svc
-    and a remote database: 6 services, two of them roots. Returns the trace ids."""
+    """Two entry services (web-frontend, on EC2, and batch-worker) over orders-api, payments,
+    reports-svc and a remote database: 6 services, two of them roots; reports-svc also reads
+    a DynamoDB table. Returns the trace ids."""
     ids = []
+
+    def reports(_segment) -> None:
+        dynamodb_call(rec, "report-cache")
 
     def orders(segment) -> None:
         def payments(callee) -> None:
@@ -69,11 +82,13 @@ def six_services(rec: AWSXRayRecorder, rounds: int = 2) -> list[str]:
         for root, callees in (("web-frontend", ["orders-api"]),
                               ("batch-worker", ["orders-api", "reports-svc"])):
             segment = rec.begin_segment(root)
+            if root == "web-frontend":
+                segment.origin = "AWS::EC2::Instance"
             ids.append(segment.trace_id)
             segment.put_http_meta("method", "POST")
             segment.put_http_meta("url", f"http://{root}.local/run")
             for callee in callees:
-                call(rec, segment, callee, orders if callee == "orders-api" else None)
+                call(rec, segment, callee, orders if callee == "orders-api" else reports)
             segment.put_http_meta("status", 200)
             rec.end_segment()
     return ids

@@ -87,6 +87,7 @@ class Daemon:
         self.otlp_exporter = None  # the OTLP exporter, when configured
         self.otlp = None  # OtlpIntake: T1S/T1U/M1 datagrams and the OTLP receivers
         self.otlp_servers: list = []  # OTLP/HTTP and OTLP/gRPC receivers that started
+        self.rejections = None  # offline mode: the last rejections, for the viewer
 
     def start(self) -> None:
         cfg = self.config
@@ -350,9 +351,10 @@ class Daemon:
         # One exporter: straight into its queue, as before fan-out existed.
         target = self.queue if len(self.lanes) == 1 else self.fanout
         self.otlp = self._otlp_intake()
+        self.otlp.rejections = self.rejections
         self.receiver = UdpReceiver(
             sock, target.put, self.stats.intake(), self._spilled, self.logs,
-            put_many=target.put_many, otlp=self.otlp,
+            put_many=target.put_many, otlp=self.otlp, rejections=self.rejections,
         )
 
     def _open_spool(self, exporter: str = "") -> Spool | None:
@@ -409,9 +411,12 @@ class Daemon:
         """Offline mode: the same pipeline into the local store (and OTLP export when set); no
         region, no credentials (unless OTLP export is SigV4-signed)."""
         from xrayd import offline
+        from xrayd.rejections import RecentRejections
 
+        self.rejections = RecentRejections()
         try:
-            self.offline = offline.start(self.config, self.log)
+            self.offline = offline.start(self.config, self.log, stats=self.stats,
+                                         rejections=self.rejections)
         except offline.OfflineError as exc:
             sock.close()
             raise StartupError(str(exc)) from None

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 from xrayd.config import Config
 from xrayd.exporters.local import LocalExporter
+from xrayd.rejections import RecentRejections
 from xrayd.sampling.engine import SamplingEngine
 from xrayd.sampling.persist import SqliteRuleStore
 from xrayd.sampling.rules import RuleError, parse_rules_file
 from xrayd.server.threaded import ThreadedHttpServer
 from xrayd.server.viewer_routes import routes as viewer_routes
 from xrayd.server.xray_api import StoreReader, XRayApi, make_server
+from xrayd.stats import Stats
 from xrayd.store.groups import GroupStore
 from xrayd.store.schema import StoreLocked, default_path
 from xrayd.store.writer import Retention, StoreWriter
@@ -73,8 +75,11 @@ def load_rules(path: str) -> list[dict]:
         raise OfflineError(f"Invalid sampling rules file {path}: {exc}") from None
 
 
-def start(cfg: Config, log: logging.Logger) -> Offline:
-    """Open the store, load the rules and start the TCP server; OfflineError on failure."""
+def start(cfg: Config, log: logging.Logger, stats: Stats | None = None,
+          rejections: RecentRejections | None = None) -> Offline:
+    """Open the store, load the rules and start the TCP server; OfflineError on failure.
+    ``stats`` and ``rejections``: the daemon's, shown by the viewer (counts per intake, the
+    last rejected inputs)."""
     rules = load_rules(cfg.sampling_rules_file)
     path = cfg.store_path or default_path()
     retention = Retention(
@@ -99,7 +104,8 @@ def start(cfg: Config, log: logging.Logger) -> Offline:
     info = {"store": path, "retention_hours": retention.hours,
             "max_size_mb": retention.max_bytes // (1024 * 1024)}
     api = XRayApi(writer, reader, sampling)
-    server = make_server(cfg.tcp_address, api, viewer_routes(reader, info))
+    server = make_server(cfg.tcp_address, api,
+                         viewer_routes(reader, info, stats=stats, rejections=rejections))
     try:
         server.start()
     except OSError as exc:

@@ -67,6 +67,7 @@ class OtlpGrpcReceiver:
             outcome = self.intake.body(data, SOURCE, self.count)
         except DecodeError as exc:
             self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{exc.reason}", 1)
+            self.intake.rejected(SOURCE, exc.reason, str(exc), data)
             self.intake.logs.warn(f"otlp-grpc:{exc.reason}",
                                   f"Rejected an OTLP/gRPC request: {exc}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

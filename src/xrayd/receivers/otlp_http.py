@@ -74,7 +74,7 @@ class OtlpHttpHandler:
         except TooLarge as exc:
             return self._error(413, INVALID_ARGUMENT, str(exc), media, exc.reason)
         except DecodeError as exc:
-            return self._error(400, INVALID_ARGUMENT, str(exc), media, exc.reason)
+            return self._error(400, INVALID_ARGUMENT, str(exc), media, exc.reason, request.body)
         if outcome.busy:
             response = self._error(503, UNAVAILABLE,
                                    "memory budget full, retry later", media, None)
@@ -84,9 +84,10 @@ class OtlpHttpHandler:
                         content_type=media)
 
     def _error(self, status: int, code: int, message: str, media: str,
-               reason: str | None) -> Response:
+               reason: str | None, body: bytes | None = None) -> Response:
         if reason is not None:
             self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{reason}", 1)
+            self.intake.rejected(SOURCE, reason, f"{status}: {message}", body)
             self.intake.logs.warn(f"otlp-http:{reason}",
                                   f"Rejected an OTLP/HTTP request ({status}): {message}")
         return Response(status, status_body(code, message, media), content_type=media)
@@ -115,6 +116,7 @@ def make_server(address: str, intake: OtlpIntake, count: Count,
 
     def too_large() -> Response:
         count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:too_large", 1)
+        intake.rejected(SOURCE, "too_large", f"413: body over {max_body} bytes")
         intake.logs.warn(f"{SOURCE}:too_large",
                          f"Rejected an OTLP/HTTP request (413): body over {max_body} bytes")
         return Response(413, status_body(INVALID_ARGUMENT, f"body larger than {max_body} bytes",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from xrayd.logs import RateLimitedLog
     from xrayd.otel.spans_to_segments import Converted
     from xrayd.receivers.convert_workers import ConvertPool
+    from xrayd.rejections import RecentRejections
 
 # (Stats name, label, amount): Stats.add for the request receivers, a lock-free per-thread
 # counter for the UDP reader.
@@ -66,6 +67,11 @@ class OtlpIntake:
         self.backlog: Backlog | None = None
         self._lazy = threading.Lock()
         self._closed = False
+        self.rejections: RecentRejections | None = None  # the last few, for the viewer
+
+    def rejected(self, source: str, reason: str, message: str, data: bytes | None = None) -> None:
+        if self.rejections is not None:
+            self.rejections.record(source, reason, message, data)
 
     def udp_backlog(self) -> Backlog | None:
         """Where the UDP reader leaves T1S payloads; None: convert them in the reader."""
@@ -112,6 +118,7 @@ class OtlpIntake:
             self.logs.warn(f"otel-rejected:{source}",
                            f"Rejected {outcome.rejected} OpenTelemetry spans from {source}: "
                            + "; ".join(converted.messages))
+            self.rejected(source, ",".join(converted.rejected), outcome.message)
         return converted.documents, outcome
 
     def traces(self, request: Any, source: str, count: Count, *,

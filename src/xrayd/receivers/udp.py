@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # not imported at run time: this module is loaded before the 
     from xrayd.logs import RateLimitedLog
     from xrayd.receivers.mmsg import MultiReader
     from xrayd.receivers.otlp_intake import OtlpIntake
+    from xrayd.rejections import RecentRejections
     from xrayd.stats import IntakeCounters
 
 OTLP_SOURCE = "otlp-udp"
@@ -112,6 +113,7 @@ class UdpReceiver:
         put_many: Callable[[list[bytes]], Spill | None] | None = None,
         pace: bool = True,
         otlp: OtlpIntake | None = None,
+        rejections: RecentRejections | None = None,
     ) -> None:
         self.sock = sock
         self.put = put
@@ -122,6 +124,7 @@ class UdpReceiver:
         self.pace = pace  # False: read as soon as a datagram is there (tests)
         self.otlp = otlp  # T1S/T1U/M1 payloads (ADOT's UDP exporters); None: rejected
         self._otlp_count = None
+        self.rejections = rejections  # the last few, for the viewer (rate-limited there)
         self.headers = HeaderCache()
         self._good_headers: set[bytes] = set(KNOWN_HEADERS)
         self._stopping = False
@@ -319,6 +322,8 @@ class UdpReceiver:
         )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Rejected datagram content (first 200 bytes): %r", data[:200])
+        if self.rejections is not None:
+            self.rejections.datagram(reason, data)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Read what the kernel already holds, then stop."""

@@ -1,8 +1,9 @@
 """The trace viewer's routes: the static files of the package's viewer/ folder, ``/trace/<id>``
 (a redirect to the viewer's route for that trace), and the few JSON endpoints the X-Ray API has
-no operation for (rejected documents, store counts, the response-time distribution of a query,
-the service map's layout). Every answer carries a Content-Security-Policy that allows only the
-viewer's own files: no inline script or style, no other origin."""
+no operation for (rejected inputs: the store's refused documents and the daemon's last rejected
+datagrams, requests and spans; store and intake counts; the response-time distribution of a
+query; the service map's layout). Every answer carries a Content-Security-Policy that allows
+only the viewer's own files: no inline script or style, no other origin."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from urllib.parse import parse_qs, quote
 
 import orjson
 
+from xrayd.rejections import RecentRejections, intake_counts
 from xrayd.server import viewer_layout
 from xrayd.server.threaded import Request, Response
 from xrayd.server.xray_api import StoreReader, error_response, json_response
+from xrayd.stats import Stats
 from xrayd.store import groups, queries
 from xrayd.store.filters import FilterError
 
@@ -27,6 +30,7 @@ TRACE_PREFIX = "/trace/"
 TRACE_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 DISTRIBUTION_BINS = 40
 MAX_LAYOUT_BODY = 512 * 1024
+STORE_INTAKE = "store"  # the Intake of documents the store refused (any intake sent them)
 SECURITY_HEADERS = [
     ("Content-Security-Policy",
      "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -79,6 +83,45 @@ def distribution(conn: sqlite3.Connection, start: float, end: float, expression:
                      for i, c in enumerate(counts)]}
 
 
+# The list's columns the whole query can be sorted by: the traces table's columns (the same
+# times GetTraceSummaries reports); traces still in progress (no end) come last either way.
+SORT_COLUMNS = {"start": "t.start", "response": "t.root_end - t.root_start",
+                "duration": "t.end - t.start"}
+SORTED_PAGE = 100
+MAX_OFFSET = 100_000
+
+
+def sorted_summaries(conn: sqlite3.Connection, start: float, end: float,
+                     expression: str | None, column: str, descending: bool, offset: int = 0,
+                     page: int = SORTED_PAGE) -> dict[str, Any]:
+    """A page of the query's trace summaries in the order of a column, as GetTraceSummaries
+    would describe them (which has no order of its own but newest first). With a filter, the
+    traces it selects as the distribution does (at most queries.GRAPH_TRACE_LIMIT newest)."""
+    where = ["t.start >= ?", "t.start <= ?"]
+    params: list[Any] = [start, end]
+    processed = conn.execute("SELECT count(*) FROM traces t WHERE t.start >= ? AND t.start <= ?",
+                             params).fetchone()[0]
+    if expression:
+        keys = queries.trace_keys_matching(conn, start, end, expression,
+                                           groups.resolver(conn))
+        where.append("t.pk IN (SELECT value FROM json_each(?))")
+        params.append(orjson.dumps(keys).decode())
+    order = SORT_COLUMNS[column]
+    rows = conn.execute(
+        f"SELECT t.pk, t.trace_id, t.documents, t.start FROM traces t "
+        f"WHERE {' AND '.join(where)} ORDER BY ({order}) IS NULL, {order} "
+        f"{'DESC' if descending else 'ASC'}, t.start DESC, t.trace_id DESC LIMIT ? OFFSET ?",
+        [*params, page + 1, offset]).fetchall()
+    answer: dict[str, Any] = {
+        "TraceSummaries": [queries.trace_model(conn, pk, trace_id, documents).summary(t_start)
+                           for pk, trace_id, documents, t_start in rows[:page]],
+        "TracesProcessedCount": processed,
+    }
+    if len(rows) > page and offset + page < MAX_OFFSET:
+        answer["NextOffset"] = offset + page
+    return answer
+
+
 def rejected_by_code(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT code, count(*) FROM rejected GROUP BY code").fetchall())
 
@@ -93,8 +136,10 @@ def _number(values: dict[str, list[str]], name: str) -> float:
     return value
 
 
-def routes(reader: StoreReader, info: dict[str, object]):
-    """The viewer's handler: a Response, or None for a request it does not serve."""
+def routes(reader: StoreReader, info: dict[str, object], stats: Stats | None = None,
+           rejections: RecentRejections | None = None):
+    """The viewer's handler: a Response, or None for a request it does not serve. ``stats``
+    and ``rejections``: the daemon's counters and last rejected inputs, when it has them."""
 
     def rejected(request: Request) -> Response:
         values = parse_qs(request.query).get("limit", ["100"])
@@ -102,12 +147,19 @@ def routes(reader: StoreReader, info: dict[str, object]):
             limit = max(1, min(500, int(values[-1])))
         except ValueError:
             limit = 100
-        return json_response({"Rejected": reader.run(queries.rejected, limit)})
+        rows = [{**row, "Intake": STORE_INTAKE} for row in reader.run(queries.rejected, limit)]
+        if rejections is not None:
+            rows = sorted([*rows, *rejections.recent(limit)], key=lambda r: -r["Received"])
+        return json_response({"Rejected": rows[:limit]})
 
-    def stats(_request: Request) -> Response:
-        counts = reader.run(queries.stats)
-        return json_response({**counts, "rejected_by_code": reader.run(rejected_by_code),
-                              **info})
+    def counts(_request: Request) -> Response:
+        answer = {**reader.run(queries.stats), "rejected_by_code": reader.run(rejected_by_code),
+                  **info}
+        if stats is not None:
+            answer["intake"] = intake_counts(stats)
+        if rejections is not None:
+            answer["rejections_not_kept"] = rejections.not_kept
+        return json_response(answer)
 
     def response_times(request: Request) -> Response:
         values = parse_qs(request.query)
@@ -121,6 +173,27 @@ def routes(reader: StoreReader, info: dict[str, object]):
         except FilterError as exc:
             return error_response("InvalidRequestException", str(exc))
 
+    def sorted_page(request: Request) -> Response:
+        values = parse_qs(request.query)
+        try:
+            start, end = _number(values, "start"), _number(values, "end")
+            offset = int(values.get("offset", ["0"])[-1])
+        except ValueError as exc:
+            return error_response("InvalidRequestException", str(exc))
+        column, _, direction = values.get("sort", [""])[-1].partition(":")
+        if column not in SORT_COLUMNS or direction not in ("asc", "desc"):
+            return error_response("InvalidRequestException",
+                                  f"sort must be one of {', '.join(SORT_COLUMNS)} with :asc "
+                                  "or :desc")
+        if not 0 <= offset <= MAX_OFFSET:
+            return error_response("InvalidRequestException", "offset out of range")
+        expression = values.get("filter", [""])[-1].strip() or None
+        try:
+            return json_response(reader.run(sorted_summaries, start, end, expression, column,
+                                            direction == "desc", offset))
+        except FilterError as exc:
+            return error_response("InvalidRequestException", str(exc))
+
     def layout(request: Request) -> Response:
         if len(request.body) > MAX_LAYOUT_BODY:
             return error_response("InvalidRequestException", "layout request too large", 413)
@@ -130,7 +203,8 @@ def routes(reader: StoreReader, info: dict[str, object]):
             return error_response("InvalidRequestException", str(exc))
         return json_response(viewer_layout.layout(sizes, edges))
 
-    gets = {"/api/rejected": rejected, "/api/stats": stats, "/api/distribution": response_times}
+    gets = {"/api/rejected": rejected, "/api/stats": counts, "/api/distribution": response_times,
+            "/api/sorted": sorted_page}
 
     def serve(request: Request) -> Response | None:
         path = request.path

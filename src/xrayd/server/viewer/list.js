@@ -5,6 +5,9 @@ import {$, ApiError, VirtualRows, api, badges, el, fmtClock, fmtDur, getJson, sv
 const NARROW = window.matchMedia("(max-width: 999px)");
 const RANGE_CLAUSE = /\s*(?:AND\s+)?responsetime >= [\d.]+ AND responsetime <= [\d.]+\s*$/;
 
+// Columns the daemon sorts the whole query by (/api/sorted); the others sort the loaded rows.
+const SERVER_SORTED = new Set(["start", "duration", "response"]);
+
 const COLUMNS = [
   {key: "start", title: "Started", value: (s) => s.StartTime},
   {key: "id", title: "Trace", value: (s) => s.Id},
@@ -90,6 +93,11 @@ export class TraceList {
     this.redraw();
   }
 
+  // "key:asc" when the whole query is read in this column's order, else null.
+  serverSort() {
+    return this.sort && SERVER_SORTED.has(this.sort.key) ? `${this.sort.key}:${this.sort.dir > 0 ? "asc" : "desc"}` : null;
+  }
+
   applySort() {
     if (!this.sort) return;
     const column = COLUMNS.find((c) => c.key === this.sort.key);
@@ -102,7 +110,7 @@ export class TraceList {
 
   // Shows the list for a query; a query already shown keeps its rows and scroll position.
   async show(query, scrollTop) {
-    const key = `${query.filter}|${query.key}`;
+    const key = `${query.filter}|${query.key}|${this.serverSort() || ""}`;
     if (this.query && this.query.key === key) {
       this.draw();
       if (scrollTop !== undefined) this.scroll.scrollTop = scrollTop;
@@ -130,11 +138,16 @@ export class TraceList {
     this.busy = true;
     const generation = this.generation;
     try {
-      const data = await api("/TraceSummaries", this.request(append ? this.nextToken : null));
+      const order = this.serverSort();
+      const data = order ? await getJson(`/api/sorted?${new URLSearchParams({
+        start: this.query.start, end: this.query.end, filter: this.query.filter || "", sort: order,
+        offset: append ? this.nextToken : 0})}`)
+        : await api("/TraceSummaries", this.request(append ? this.nextToken : null));
       if (generation !== this.generation) return;
       this.clearError();
       this.add(data.TraceSummaries || [], false);
-      this.nextToken = data.NextToken || null;
+      // A NextToken, or the offset of the next sorted page (never 0).
+      this.nextToken = (order ? data.NextOffset : data.NextToken) || null;
       this.processed = data.TracesProcessedCount;
       this.summary();
     } catch (err) {
@@ -251,7 +264,9 @@ export class TraceList {
   summary() {
     const shown = this.items.length;
     $("#summary-line").textContent = `${shown} traces loaded of ${this.processed ?? "?"} in the time range` +
-      (this.query.filter ? " (filtered)" : "") + (this.nextToken ? " — scroll or press “Load more” for the next page" : "");
+      (this.query.filter ? " (filtered)" : "") + (this.nextToken ? " — scroll or press “Load more” for the next page" : "") +
+      // Columns the daemon cannot sort by order the pages loaded so far.
+      (this.sort && !this.serverSort() && this.nextToken ? "; sorted within the loaded traces" : "");
     $("#more").hidden = !this.nextToken;
   }
 

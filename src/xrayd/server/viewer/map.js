@@ -24,7 +24,7 @@ export const HEALTH = [
   {label: "fault (5xx) < 10%", fill: "#f9d0c7", test: (s) => s.faults > 0},
   {label: "error (4xx) or throttle", fill: "#fde3b8", test: (s) => s.errors > 0},
   {label: "all OK", fill: "#d6ecd9", test: () => true},
-  {label: "no statistics (client, resource)", fill: "#eceff3", test: () => false},
+  {label: "no statistics", fill: "#eceff3", test: () => false},
 ];
 
 function health(s, hasStats) {
@@ -32,14 +32,24 @@ function health(s, hasStats) {
   return HEALTH.find((h) => h.test(s));
 }
 
-// X-Ray's client node has a Type and no Name.
+// X-Ray's client node has a Type and no Name (xrayd's is named "client" too).
 const label = (service) => text(service.Name, text(service.Type, "?"));
+const isClient = (service) => service.Type === "client";
 
 function nodeLines(service, s) {
   const name = label(service);
-  const lines = [name, text(service.Type, "")];
+  const kind = text(service.Type, "");
+  const lines = kind && kind !== name ? [name, kind] : [name];
   if (s.total) lines.push(`${s.total} req · ${fmtDur(s.avg)} avg`);
   return lines;
+}
+
+// The filter that selects a node's traces: by name and type when it has a type (an inferred
+// "DynamoDB" is not a service of that name), by name alone otherwise; none for the client.
+export function tracesFilter(service) {
+  if (isClient(service) || typeof service.Name !== "string") return null;
+  if (typeof service.Type !== "string" || !service.Type) return `service(${JSON.stringify(service.Name)})`;
+  return `service(id(name: ${JSON.stringify(service.Name)}, type: ${JSON.stringify(service.Type)}))`;
 }
 
 let measurer = null;
@@ -262,8 +272,8 @@ export class ServiceMap {
         el("dt", {}, "Faults (5xx)"), el("dd", {}, `${st.faults} (${pct(st.faults, st.total)})`),
         el("dt", {}, "Average response"), el("dd", {}, st.avg === null ? "–" : fmtDur(st.avg))),
       histogram.length ? drawHistogram(histogram) : el("p", {class: "muted"}, "No response-time histogram for this node."),
-      typeof service.Name === "string"
-        ? el("button", {id: "service-traces", onclick: () => this.onTraces(name)}, `Traces of ${name}`) : null);
+      tracesFilter(service)
+        ? el("button", {id: "service-traces", onclick: () => this.onTraces(tracesFilter(service))}, `Traces of ${name}`) : null);
     box.hidden = false;
   }
 }

@@ -5,7 +5,7 @@
 //   #/map?range=3600                                               the service map
 //   #/service/<name>?range=3600                                    the map, one service selected
 //   #/rejected                                                     rejected documents
-import {$, el, fmtClock, getJson, text} from "./util.js";
+import {$, el, fmtClock, getJson, isObject, num, objects, text} from "./util.js";
 import {TraceList, withRange} from "./list.js";
 import {TraceView} from "./trace.js";
 import {ServiceMap} from "./map.js";
@@ -60,7 +60,7 @@ class App {
     this.trace = new TraceView(() => history.length > 1 && this.cameFromList ? history.back() : this.go(this.lastList || "#/traces"));
     this.map = new ServiceMap(
       (name) => this.go(`#/service/${encodeURIComponent(name)}?${this.mapParams()}`),
-      (name) => this.go(`#/traces?${new URLSearchParams({filter: `service(${JSON.stringify(name)})`, ...this.rangeParams($("#map-range"))})}`));
+      (filter) => this.go(`#/traces?${new URLSearchParams({filter, ...this.rangeParams($("#map-range"))})}`));
     $("#query").addEventListener("submit", (e) => { e.preventDefault(); this.go(this.listHash({filter: $("#filter").value.trim()}), true); });
     $("#range").addEventListener("change", () => this.go(this.listHash({})));
     $("#more").addEventListener("click", () => this.list.more());
@@ -149,6 +149,7 @@ class App {
         ? Object.entries(info.rejected_by_code).map(([code, n]) => `${code}: ${n}`).join(", ") : "";
       $("#rejected-count").textContent = info.rejected ? `(${info.rejected})` : "";
       $("#tab-rejected").title = byCode ? `Rejected documents by reason: ${byCode}` : "No rejected documents";
+      showIntake(info.intake);
     } catch { /* the daemon may be restarting */ }
   }
 }
@@ -162,21 +163,37 @@ export function preview(doc) {
   return value.length > 300 ? `${safe}… (${value.length} characters)` : safe;
 }
 
+// Segment documents taken in per intake (X-Ray datagrams, each OTLP receiver), and what each
+// rejected (datagrams, requests or spans).
+function showIntake(intake) {
+  const box = $("#intake-counts");
+  if (!isObject(intake)) { box.replaceChildren(); return; }
+  box.replaceChildren(...Object.entries(intake).filter(([, c]) => isObject(c)).map(([source, c]) => {
+    const rejected = num(c.rejected) ?? 0;
+    return el("span", {class: rejected ? "intake has-rejected" : "intake", "data-intake": source,
+      title: `${source}: ${num(c.accepted) ?? 0} segment documents taken in, ${rejected} rejected`},
+    `${source} ${num(c.accepted) ?? 0}`, rejected ? el("a", {href: "#/rejected"}, ` (${rejected} rejected)`) : null);
+  }));
+}
+
 async function loadRejected() {
   let data;
   try { data = await getJson("/api/rejected"); } catch (err) {
-    $("#rejected-list tbody").replaceChildren(el("tr", {}, el("td", {colspan: 4}, err.message)));
+    $("#rejected-list tbody").replaceChildren(el("tr", {}, el("td", {colspan: 5}, err.message)));
     return;
   }
-  const rows = Array.isArray(data.Rejected) ? data.Rejected : [];
+  const rows = objects(data.Rejected);
   const counts = {};
-  for (const r of rows) counts[r.ErrorCode] = (counts[r.ErrorCode] || 0) + 1;
+  for (const r of rows) {
+    const key = `${text(r.Intake, "?")}: ${text(r.ErrorCode)}`;
+    counts[key] = (counts[key] || 0) + 1;
+  }
   $("#rejected-summary").textContent = rows.length
     ? `Latest ${rows.length}: ` + Object.entries(counts).map(([c, n]) => `${n} × ${c}`).join(", ")
-    : "No rejected documents.";
-  $("#rejected-list tbody").replaceChildren(...rows.map((r) => el("tr", {},
-    el("td", {}, fmtClock(r.Received, true)), el("td", {}, text(r.ErrorCode)), el("td", {}, text(r.Reason)),
-    el("td", {class: "mono preview"}, preview(r.Document)))));
+    : "Nothing rejected.";
+  $("#rejected-list tbody").replaceChildren(...rows.map((r) => el("tr", {"data-intake": text(r.Intake, "")},
+    el("td", {}, fmtClock(r.Received, true)), el("td", {}, text(r.Intake, "")), el("td", {}, text(r.ErrorCode)),
+    el("td", {}, text(r.Reason)), el("td", {class: "mono preview"}, preview(r.Document)))));
 }
 
 // Old links (?filter=…) become routes.
