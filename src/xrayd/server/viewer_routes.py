@@ -10,6 +10,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -194,6 +195,8 @@ def routes(reader: StoreReader, info: dict[str, object], stats: Stats | None = N
         except FilterError as exc:
             return error_response("InvalidRequestException", str(exc))
 
+    laying_out = threading.Lock()
+
     def layout(request: Request) -> Response:
         if len(request.body) > MAX_LAYOUT_BODY:
             return error_response("InvalidRequestException", "layout request too large", 413)
@@ -201,7 +204,14 @@ def routes(reader: StoreReader, info: dict[str, object], stats: Stats | None = N
             sizes, edges = viewer_layout.parse(orjson.loads(request.body))
         except (orjson.JSONDecodeError, viewer_layout.LayoutError) as exc:
             return error_response("InvalidRequestException", str(exc))
-        return json_response(viewer_layout.layout(sizes, edges))
+        # One layout at a time: a large one takes a second of CPU, and parallel requests would
+        # take every server thread.
+        if not laying_out.acquire(blocking=False):
+            return error_response("ThrottledException", "another layout is being computed", 429)
+        try:
+            return json_response(viewer_layout.layout(sizes, edges))
+        finally:
+            laying_out.release()
 
     gets = {"/api/rejected": rejected, "/api/stats": counts, "/api/distribution": response_times,
             "/api/sorted": sorted_page}

@@ -123,11 +123,18 @@ export class ServiceMap {
       this.svg.setAttribute("viewBox", "0 0 400 60");
       return;
     }
-    const layout = await (await fetch("/api/layout", {
+    const answer = await fetch("/api/layout", {
       method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({nodes: nodes.map(({id, w, h}) => ({id, w, h})),
         edges: edges.map(({from, to}) => ({from, to}))}),
-    })).json();
+    });
+    const layout = await answer.json();
+    if (!answer.ok || !layout.nodes) {
+      this.svg.append(svg("text", {x: 20, y: 30},
+        `The map cannot be drawn: ${text(layout.message || answer.statusText)}. The edge table below lists every call.`));
+      this.svg.setAttribute("viewBox", "0 0 900 60");
+      return;
+    }
     const defs = svg("defs", {}, svg("marker", {id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5",
       markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse"},
     svg("path", {d: "M0,0 L10,5 L0,10 z", fill: "#8a96a3"})));
