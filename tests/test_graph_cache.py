@@ -113,3 +113,41 @@ def test_minutes_emptied_by_retention_are_forgotten(store):
     answer = cache.build(conn, T0 - 20, T0 + 200)
     assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0 - 20, T0 + 200))
     assert answer.nodes["web", ""].requests.stats().total == 90
+
+
+def test_a_groups_graph_is_kept_by_minute_apart_from_the_plain_graph(tmp_path):
+    """GetServiceGraph with a GroupName through the API object: the group's settled minutes are
+    kept under its filter, answer as the group's traces read afresh do, and an UpdateGroup of
+    the filter is seen at once."""
+    from xrayd.sampling.engine import SamplingEngine
+    from xrayd.server.xray_api import StoreReader, XRayApi
+
+    path = str(tmp_path / "t.db")
+    writer = StoreWriter(path, retention=Retention(hours=1e9))
+    reader = StoreReader(path)
+    api = XRayApi(writer, reader, SamplingEngine())
+    api.graphs = GraphCache(clock=lambda: T0 + 3600)
+    try:
+        rng = random.Random(8)
+        for i in range(240):
+            writer.write(trace(rng, T0 + i, fault=i % 4 == 0))
+        writer.flush()
+        api.groups.create({"GroupName": "faults", "FilterExpression": 'service("S3") { fault }'})
+        body = {"StartTime": T0, "EndTime": T0 + 240, "GroupName": "faults"}
+
+        def web_total() -> int:
+            services = api.get_service_graph(body)["Services"]
+            return {s["Name"]: s["SummaryStatistics"]["TotalCount"] for s in services}["web"]
+
+        assert web_total() == 60
+        assert len(api.graphs) == 4  # the group's four minutes
+        plain = api.get_service_graph({"StartTime": T0, "EndTime": T0 + 240})["Services"]
+        assert {s["Name"]: s["SummaryStatistics"]["TotalCount"] for s in plain}["web"] == 240
+        assert len(api.graphs) == 8
+        assert web_total() == 60  # from kept minutes
+        api.groups.update({"GroupName": "faults", "FilterExpression": "ok"})
+        assert web_total() == 240  # the root segments are all OK
+    finally:
+        reader.close()
+        api.groups.close()
+        writer.close()

@@ -7,6 +7,7 @@ the daemon's threaded HTTP server (server/threaded.py)."""
 from __future__ import annotations
 
 import datetime
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -218,17 +219,23 @@ class XRayApi:
     def _graph(self, body: dict[str, Any], start: float, end: float) -> graph.Graph:
         """The graph of the traces that start in the range (of the request's group, if any:
         the traces its filter selects, as GetTraceSummaries would, at most
-        queries.GRAPH_TRACE_LIMIT of the newest)."""
+        queries.GRAPH_TRACE_LIMIT of the newest in each minute)."""
         expression = self.groups.filter_of(body.get("GroupName"), body.get("GroupARN"))
 
         def build(conn) -> graph.Graph:
             if not expression:
                 return self.graphs.build(conn, start, end)
-            keys = queries.trace_keys_matching(conn, start, end, expression,
-                                               groups.resolver(conn))
-            condition = ("t.pk IN (SELECT value FROM json_each(?))",
-                         [orjson.dumps(keys).decode()])
-            return graph_rows.fill(graph.Graph(), graph_rows.select(conn, start, end, condition))
+            resolve = groups.resolver(conn)
+
+            def rows(conn, begin: float, stop: float, end_open: bool):
+                last = math.nextafter(stop, -math.inf) if end_open else stop
+                keys = queries.trace_keys_matching(conn, begin, last, expression, resolve)
+                condition = ("t.pk IN (SELECT value FROM json_each(?))",
+                             [orjson.dumps(keys).decode()])
+                return graph_rows.select(conn, begin, last, condition)
+
+            return self.graphs.build(conn, start, end, rows,
+                                     key=(expression, groups.filters(conn)))
 
         return self.reader.run(build)
 
