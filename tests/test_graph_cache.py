@@ -4,12 +4,13 @@ afresh from the store does, and forgets a minute when its traces change."""
 from __future__ import annotations
 
 import random
+import threading
 
 import orjson
 import pytest
 
 from xrayd.store import graph, graph_rows, schema
-from xrayd.store.graph_cache import GraphCache
+from xrayd.store.graph_cache import GraphCache, Warmer
 from xrayd.store.writer import Retention, StoreWriter
 
 T0 = 1_600_000_020.0  # the start of a minute
@@ -147,6 +148,75 @@ def test_a_groups_graph_is_kept_by_minute_apart_from_the_plain_graph(tmp_path):
         assert web_total() == 60  # from kept minutes
         api.groups.update({"GroupName": "faults", "FilterExpression": "ok"})
         assert web_total() == 240  # the root segments are all OK
+    finally:
+        reader.close()
+        api.groups.close()
+        writer.close()
+
+
+class CountedStop(threading.Event):
+    """A stop event that is set after ``waits`` waits (none of which sleeps)."""
+
+    def __init__(self, waits: int) -> None:
+        super().__init__()
+        self.waits = waits
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits -= 1
+        if self.waits < 0:
+            self.set()
+        return self.is_set()
+
+
+def test_the_warmer_reads_once_then_only_while_graphs_are_asked_for():
+    now = [0.0]
+    calls = []
+    warmer = Warmer(lambda: calls.append(now[0]), delay=5, every=60, idle=3600,
+                    clock=lambda: now[0])
+    warmer.run(CountedStop(4))
+    assert calls == [0.0]  # at start only: nobody asked for a graph
+    warmer.asked()
+    calls.clear()
+    warmer.run(CountedStop(3))
+    assert len(calls) == 3
+    now[0] = 3601.0  # the last graph was asked for more than an hour ago
+    calls.clear()
+    warmer.run(CountedStop(3))
+    assert calls == [3601.0]
+
+
+def test_the_warmer_ends_when_the_reader_is_closed():
+    def closed() -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    stop = CountedStop(100)
+    Warmer(closed, delay=0).run(stop)
+    assert stop.waits == 99  # returned after the first read
+
+
+def test_a_warmed_cache_answers_the_first_graph_from_kept_minutes(tmp_path):
+    from xrayd.sampling.engine import SamplingEngine
+    from xrayd.server.xray_api import StoreReader, XRayApi
+
+    path = str(tmp_path / "t.db")
+    writer = StoreWriter(path, retention=Retention(hours=1e9))
+    reader = StoreReader(path)
+    api = XRayApi(writer, reader, SamplingEngine())
+    api.graphs = GraphCache(clock=lambda: T0 + 3600 + 600)
+    try:
+        rng = random.Random(9)
+        for i in range(3600, 3900):  # five minutes of traces, ten minutes before the clock
+            writer.write(trace(rng, T0 + i))
+        writer.flush()
+        api.warm_graph()
+        assert len(api.graphs) == 55  # the hour's settled minutes, empty ones too
+        warmed = {m: id(g) for m, g in api.graphs._kept[None].items() if g.nodes}
+        assert len(warmed) == 5
+        body = {"StartTime": T0 + 3600, "EndTime": T0 + 3600 + 600}
+        services = api.get_service_graph(body)["Services"]
+        assert {m: id(g) for m, g in api.graphs._kept[None].items() if g.nodes} == warmed
+        fresh = reader.run(graph_rows.build_between, T0 + 3600, T0 + 4200)
+        assert normal(services) == normal(fresh)
     finally:
         reader.close()
         api.groups.close()

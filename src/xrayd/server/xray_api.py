@@ -19,7 +19,7 @@ from xrayd.sampling.engine import SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, graph_rows, groups, queries, schema, timeseries
 from xrayd.store.filters import FilterError
-from xrayd.store.graph_cache import GraphCache
+from xrayd.store.graph_cache import GraphCache, Warmer
 from xrayd.store.groups import GroupError, GroupStore
 from xrayd.store.queries import QueryError
 from xrayd.store.writer import StoreWriter
@@ -119,6 +119,23 @@ class XRayApi:
         self.sampling = sampling
         self.groups = GroupStore(reader.path)
         self.graphs = GraphCache()
+        self.warmer = Warmer(self.warm_graph)
+        self._stop_warming = threading.Event()
+
+    def warm_graph(self) -> None:
+        """Read the last hour's graph, so its settled minutes are kept (graph_cache.Warmer)."""
+        now = self.graphs.clock()
+        self.reader.run(lambda conn: self.graphs.build(conn, now - 3600, now))
+
+    def start_warming(self) -> threading.Thread:
+        """The Warmer's thread (it ends with the reader, or ``stop_warming``)."""
+        thread = threading.Thread(target=self.warmer.run, args=(self._stop_warming,),
+                                  name="graph-warmer", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_warming(self) -> None:
+        self._stop_warming.set()
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The operations by path (all POST)."""
@@ -221,6 +238,7 @@ class XRayApi:
         the traces its filter selects, as GetTraceSummaries would, at most
         queries.GRAPH_TRACE_LIMIT of the newest in each minute)."""
         expression = self.groups.filter_of(body.get("GroupName"), body.get("GroupARN"))
+        self.warmer.asked()
 
         def build(conn) -> graph.Graph:
             if not expression:
@@ -332,6 +350,7 @@ def make_handler(api: XRayApi, viewer: Handler | None = None) -> Handler:
 
 def make_server(address: str, api: XRayApi, viewer: Handler | None = None
                 ) -> ThreadedHttpServer:
+    api.start_warming()
     return ThreadedHttpServer(
         address, make_handler(api, viewer), max_body=MAX_BODY, name="offline-http",
         too_large=lambda: error_response("InvalidRequestException", "Request body too large",

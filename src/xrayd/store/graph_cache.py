@@ -107,3 +107,38 @@ class GraphCache:
             while len(self._kept) > self.max_keys:
                 self._kept.popitem(last=False)
         return graph
+
+
+class Warmer:
+    """Reads the last hour's graph ahead of queries, so that its settled minutes are kept before
+    the first GetServiceGraph asks: once ``delay`` seconds after start, then every ``every``
+    seconds while graphs were asked for within the last ``idle`` seconds (a daemon nobody asks
+    for graphs reads nothing more). ``warm`` raising RuntimeError (the reader closed) ends it."""
+
+    def __init__(self, warm: Callable[[], object], delay: float = 5.0, every: float = 60.0,
+                 idle: float = 3600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.warm = warm
+        self.delay = delay
+        self.every = every
+        self.idle = idle
+        self.clock = clock
+        self._asked: float | None = None
+
+    def asked(self) -> None:
+        """A graph was asked for."""
+        self._asked = self.clock()
+
+    def due(self) -> bool:
+        return self._asked is not None and self.clock() - self._asked < self.idle
+
+    def run(self, stop: threading.Event) -> None:
+        wait, first = self.delay, True
+        while not stop.wait(wait):
+            if first or self.due():
+                try:
+                    self.warm()
+                except RuntimeError:  # the store's reader was closed
+                    return
+                except sqlite3.Error:
+                    pass  # the query reads the store itself, and reports its error
+            wait, first = self.every, False
