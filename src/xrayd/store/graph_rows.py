@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from xrayd.store.graph import CLIENT, OK, Graph, Node, outcome
-from xrayd.store.summary import aws_type
+from xrayd.store.summary import inferred_node
 
 MAX_PARENT_HOPS = 64
 CHUNK = 500
@@ -35,6 +35,14 @@ def _own(flags: str | None) -> int:
     return outcome(error is True, fault is True, throttle is True)
 
 
+def _callee(call: list) -> tuple[str, str]:
+    """(name, type) of the node a call makes when no segment answers it (stored with the call;
+    calls stored by earlier versions name the service only)."""
+    if len(call) > 10:
+        return call[9], call[10]
+    return inferred_node(call[2], call[3], None, False)
+
+
 def _add_single(graph: Graph, row: tuple) -> bool:
     """A trace of one segment document whose calls are all its own (the common case), without
     the id bookkeeping of ``add_trace``; False when the trace is not of that shape."""
@@ -52,12 +60,11 @@ def _add_single(graph: Graph, row: tuple) -> bool:
     kind = _own(flags)
     graph.request(node, start, end, kind, duration)
     graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
-    for _i, _o, call_name, namespace, c_start, c_end, error, fault, throttle in parsed:
-        target = graph.node(call_name, aws_type(call_name) if namespace == "aws" else "remote",
-                            inferred=True)
-        kind = outcome(error == 1, fault == 1, throttle == 1)
-        graph.request(target, c_start, c_end, kind)
-        graph.call(node, target, c_start, c_end, kind)
+    for call in parsed:
+        target = graph.node(*_callee(call), inferred=True)
+        kind = outcome(call[6] == 1, call[7] == 1, call[8] == 1)
+        graph.request(target, call[4], call[5], kind)
+        graph.call(node, target, call[4], call[5], kind)
     return True
 
 
@@ -111,18 +118,16 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
             graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
         elif source is not node:
             graph.call(source, node, start, end, kind)
-    for call_id, (_i, owner_id, name, namespace, start, end, error, fault, throttle) in (
-            calls.items()):
+    for call_id, call in calls.items():
         if call_id in answered:
             continue
-        source = owner_of(owner_id)
+        source = owner_of(call[1])
         if source is None:
             continue
-        target = graph.node(name, aws_type(name) if namespace == "aws" else "remote",
-                            inferred=True)
-        kind = outcome(error == 1, fault == 1, throttle == 1)
-        graph.request(target, start, end, kind)
-        graph.call(source, target, start, end, kind)
+        target = graph.node(*_callee(call), inferred=True)
+        kind = outcome(call[6] == 1, call[7] == 1, call[8] == 1)
+        graph.request(target, call[4], call[5], kind)
+        graph.call(source, target, call[4], call[5], kind)
 
 
 def _by_trace(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
