@@ -209,15 +209,56 @@ def test_a_warmed_cache_answers_the_first_graph_from_kept_minutes(tmp_path):
             writer.write(trace(rng, T0 + i))
         writer.flush()
         api.warm_graph()
-        assert len(api.graphs) == 55  # the hour's settled minutes, empty ones too
-        warmed = {m: id(g) for m, g in api.graphs._kept[None].items() if g.nodes}
+        assert len(api.graphs) == 60  # the hour's whole minutes, empty ones too
+        warmed = {m: id(g) for m, g in api.graphs._kept[None].items() if g.graph.nodes}
         assert len(warmed) == 5
         body = {"StartTime": T0 + 3600, "EndTime": T0 + 3600 + 600}
         services = api.get_service_graph(body)["Services"]
-        assert {m: id(g) for m, g in api.graphs._kept[None].items() if g.nodes} == warmed
+        assert {m: id(g) for m, g in api.graphs._kept[None].items() if g.graph.nodes} == warmed
         fresh = reader.run(graph_rows.build_between, T0 + 3600, T0 + 4200)
         assert normal(services) == normal(fresh)
     finally:
         reader.close()
         api.groups.close()
         writer.close()
+
+
+def test_new_traces_are_added_to_kept_minutes_and_replaced_rows_seen(store):
+    """New traces of a kept minute are added to it (it stays kept); an in-progress segment
+    completed in place, or sent again in progress with a new call, drops its minute."""
+    writer, conn = store
+    rng = random.Random(10)
+    for i in range(0, 120, 2):
+        writer.write(trace(rng, T0 + i))
+    trace_id = f"1-{int(T0):08x}-{rng.getrandbits(96):024x}"
+    base = {"id": "00000000000000aa", "trace_id": trace_id, "name": "slow",
+            "start_time": T0 + 30}
+    writer.write([orjson.dumps({**base, "in_progress": True})])
+    writer.flush()
+    cache = GraphCache(clock=lambda: T0 + 3600)
+    cache.build(conn, T0, T0 + 120)
+    kept = dict(cache._kept[None])
+    assert len(kept) == 2
+    for i in range(1, 120, 2):  # more traces of both minutes, arriving late
+        writer.write(trace(rng, T0 + i))
+    writer.flush()
+    answer = cache.build(conn, T0, T0 + 120)
+    assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0, T0 + 120))
+    assert answer.nodes["web", ""].requests.stats().total == 120
+    assert {m: id(k) for m, k in cache._kept[None].items()} == {m: id(k) for m, k in
+                                                                  kept.items()}
+    assert answer.nodes["slow", ""].requests.stats().total == 0  # in progress: not counted
+
+    call = {"id": "00000000000000bb", "name": "S3", "namespace": "aws", "start_time": T0 + 31,
+            "end_time": T0 + 32}
+    writer.write([orjson.dumps({**base, "in_progress": True, "subsegments": [call]})])
+    writer.flush()
+    answer = cache.build(conn, T0, T0 + 120)
+    assert ("slow", "S3") in {(node.name, answer_node.name) for node in answer.nodes.values()
+                              for answer_node in answer.nodes.values()
+                              if answer_node.ref in node.edges}
+    writer.write([orjson.dumps({**base, "end_time": T0 + 40, "subsegments": [call]})])
+    writer.flush()
+    answer = cache.build(conn, T0, T0 + 120)
+    assert answer.nodes["slow", ""].requests.stats().total == 1
+    assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0, T0 + 120))

@@ -245,11 +245,11 @@ class XRayApi:
                 return self.graphs.build(conn, start, end)
             resolve = groups.resolver(conn)
 
-            def rows(conn, begin: float, stop: float, end_open: bool):
+            def rows(conn, begin: float, stop: float, end_open: bool, upto: int):
                 last = math.nextafter(stop, -math.inf) if end_open else stop
                 keys = queries.trace_keys_matching(conn, begin, last, expression, resolve)
-                condition = ("t.pk IN (SELECT value FROM json_each(?))",
-                             [orjson.dumps(keys).decode()])
+                condition = ("t.pk IN (SELECT value FROM json_each(?)) AND s.pk <= ?",
+                             [orjson.dumps(keys).decode(), upto])
                 return graph_rows.select(conn, begin, last, condition)
 
             return self.graphs.build(conn, start, end, rows,

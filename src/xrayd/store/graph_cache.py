@@ -1,13 +1,18 @@
 """Service graphs over long ranges without reading every trace each time: the graph of each
-settled minute (traces that started in it, more than ``settle`` seconds ago) is kept, compacted
-to counts, and merged with the graphs of the range's partial and recent minutes, read afresh.
-Kept apart by key: the plain graph (key None) and each group's (its filter expression), whose
-rows come from a reader of their own.
+whole minute (traces that started in it) is kept, compacted to counts, and merged with the
+graphs of the range's partial minutes, read afresh. Kept apart by key: the plain graph (key
+None) and each group's (its filter expression), whose rows come from a reader of their own.
 
-A kept minute is dropped when a new segment row of one of its traces is stored (segment rows
-get increasing keys) or when retention removes traces from it. A document that replaces a
-stored one in place (an in-progress segment completed, or sent again) keeps its row's key: a
-minute settled before it is not refreshed until it leaves the cache (docs/offline.md)."""
+Kept minutes follow the store by its segment rows' keys (they increase as rows are stored):
+* a trace all of whose rows are new since the last look is added to its minute's plain graph
+  (traffic of new traces is counted once, as it arrives); a group's minute is dropped instead;
+* a minute one of whose earlier traces got a new row (a late document) is dropped, read afresh
+  by the next build;
+* a minute one of whose in-progress rows was replaced (completed, or sent again in progress:
+  the store replaces such rows in place, under the same key) is dropped;
+* minutes retention emptied are dropped.
+Every read is bounded by the row key of its look, so a row is counted by one path only. A
+completed document sent again is not seen (docs/offline.md)."""
 
 from __future__ import annotations
 
@@ -15,23 +20,42 @@ import math
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import orjson
 
 from xrayd.store.graph import MINUTE, Graph
-from xrayd.store.graph_rows import fill, select
+from xrayd.store.graph_rows import COLUMNS, fill, select
 
-SETTLE = 300.0
-MAX_MINUTES = 75  # the last hour, and some: a kept minute of busy traffic is ~0.5 MB
+SETTLE = 0.0
+MAX_MINUTES = 75  # the last hour, and some
 MAX_KEYS = 8  # the plain graph and the groups asked for most recently
+_END, _PK, _RECEIVED = 7, 11, 12  # of a row as graph_rows reads it
 
-# The segment rows of the traces that start in [start, end] ([start, end) when the flag is set).
-RowReader = Callable[[sqlite3.Connection, float, float, bool], Iterable[tuple]]
+# The segment rows, with keys up to the last argument, of the traces that start in
+# [start, end] ([start, end) when the flag is set).
+RowReader = Callable[[sqlite3.Connection, float, float, bool, int], Iterable[tuple]]
 
 
-def all_traces(conn: sqlite3.Connection, start: float, end: float, end_open: bool
+def all_traces(conn: sqlite3.Connection, start: float, end: float, end_open: bool, upto: int
                ) -> Iterable[tuple]:
-    return select(conn, start, end, end_open=end_open)
+    return select(conn, start, end, ("s.pk <= ?", [upto]), end_open)
+
+
+@dataclass(slots=True)
+class _Minute:
+    graph: Graph
+    pending: dict[int, float] = field(default_factory=dict)  # in-progress rows: key, received
+
+
+def _tracked(rows: Iterable[tuple], pending: dict[int, float]) -> Iterator[tuple]:
+    """The rows, noting those in progress (their end unknown)."""
+    for row in rows:
+        if row[_END] is None:
+            pending[row[_PK]] = row[_RECEIVED]
+        yield row
 
 
 class GraphCache:
@@ -41,7 +65,7 @@ class GraphCache:
         self.max_minutes = max_minutes
         self.max_keys = max_keys
         self.clock = clock
-        self._kept: OrderedDict[Hashable, OrderedDict[int, Graph]] = OrderedDict()
+        self._kept: OrderedDict[Hashable, OrderedDict[int, _Minute]] = OrderedDict()
         self._seen_row: int | None = None
         self._lock = threading.Lock()
 
@@ -49,53 +73,96 @@ class GraphCache:
         """Minutes kept, over every key."""
         return sum(len(minutes) for minutes in self._kept.values())
 
-    def _forget_changed(self, conn: sqlite3.Connection) -> None:
-        """Drop the minutes whose traces got segment rows since the last look, and those
-        retention emptied."""
+    def _drop(self, minute: int) -> None:
+        for minutes in self._kept.values():
+            minutes.pop(minute, None)
+
+    def _follow(self, conn: sqlite3.Connection) -> None:
+        """Bring the kept minutes up to the store's newest row (see the module's doc)."""
         top = conn.execute("SELECT max(pk) FROM segments").fetchone()[0] or 0
-        if self._seen_row is not None and top > self._seen_row and len(self):
-            for (minute,) in conn.execute(
-                    "SELECT DISTINCT CAST(t.start / ? AS INTEGER) FROM segments s "
-                    "JOIN traces t ON t.pk = s.tpk WHERE s.pk > ?", (MINUTE, self._seen_row)):
-                for minutes in self._kept.values():
-                    minutes.pop(minute, None)
-        if top < (self._seen_row or 0):  # the newest rows were deleted: start afresh
+        seen = self._seen_row
+        if seen is not None and top < seen:  # the newest rows were deleted: start afresh
             self._kept.clear()
+        elif seen is not None and top > seen and len(self):
+            added: defaultdict[int, list[int]] = defaultdict(list)
+            for tpk, minute, earlier in conn.execute(
+                    "SELECT t.pk, CAST(t.start / ? AS INTEGER), EXISTS (SELECT 1 FROM segments "
+                    "o WHERE o.tpk = t.pk AND o.pk <= ?) FROM traces t WHERE t.pk IN "
+                    "(SELECT DISTINCT tpk FROM segments WHERE pk > ? AND pk <= ?)",
+                    (MINUTE, seen, seen, top)):
+                if earlier:
+                    self._drop(minute)
+                    added.pop(minute, None)
+                elif any(minute in minutes for minutes in self._kept.values()):
+                    added[minute].append(tpk)
+            plain = self._kept.get(None, {})
+            for minute, keys in added.items():
+                for key, minutes in self._kept.items():
+                    if key is not None:
+                        minutes.pop(minute, None)
+                kept = plain.get(minute)
+                if kept is not None:
+                    rows = conn.execute(
+                        f"SELECT {COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+                        "WHERE t.pk IN (SELECT value FROM json_each(?)) AND s.pk <= ?",
+                        (orjson.dumps(keys).decode(), top))
+                    fill(kept.graph, _tracked(rows, kept.pending)).compact()
         self._seen_row = top
+        self._forget_replaced(conn)
         oldest = conn.execute("SELECT min(start) FROM traces").fetchone()[0]
         for minutes in self._kept.values():
             for minute in [m for m in minutes if oldest is None or m * MINUTE < oldest]:
                 del minutes[minute]
 
+    def _forget_replaced(self, conn: sqlite3.Connection) -> None:
+        """Drop the minutes whose in-progress rows were replaced in place since read."""
+        pending = {pk: (minute, received) for minutes in self._kept.values()
+                   for minute, kept in minutes.items() for pk, received in kept.pending.items()}
+        if not pending:
+            return
+        now = dict(conn.execute("SELECT pk, received FROM segments WHERE pk IN "
+                                "(SELECT value FROM json_each(?))",
+                                (orjson.dumps(list(pending)).decode(),)))
+        for pk, (minute, received) in pending.items():
+            if now.get(pk) != received:
+                self._drop(minute)
+
     def build(self, conn: sqlite3.Connection, start: float, end: float,
               rows: RowReader = all_traces, key: Hashable = None) -> Graph:
         """The graph of the traces that start in [start, end] (of those ``rows`` reads, kept
-        under ``key``). The lock is held only to look minutes up and keep new ones: two builds
-        read the store at once."""
+        under ``key``). The lock is held to follow the store, look minutes up and keep new
+        ones: two builds read the store's new minutes at once."""
         first = math.ceil(start / MINUTE)
         last = math.floor(end / MINUTE)  # whole minutes: [first, last)
-        if first >= last:
-            return fill(Graph(), rows(conn, start, end, False))
         with self._lock:
-            self._forget_changed(conn)
-            seen = self._seen_row
+            self._follow(conn)
+            seen = self._seen_row or 0
             minutes = self._kept.get(key) or OrderedDict()
             kept = {minute: minutes.get(minute) for minute in range(first, last)}
-            for minute, graph in kept.items():
-                if graph is not None:
+            for minute, found in kept.items():
+                if found is not None:
                     minutes.move_to_end(minute)
+            # a kept graph is merged into the answer, which must not change it later
+            graph = Graph()
+            for found in kept.values():
+                if found is not None:
+                    graph.merge(found.graph)
+        if first >= last:
+            return fill(graph, rows(conn, start, end, False, seen))
         settled = self.clock() - self.settle
-        graph = fill(Graph(), rows(conn, start, first * MINUTE, True))
-        new: dict[int, Graph] = {}
+        fill(graph, rows(conn, start, first * MINUTE, True, seen))
+        new: dict[int, _Minute] = {}
         for minute, found in kept.items():
-            begin, stop = minute * MINUTE, (minute + 1) * MINUTE
-            if found is None and stop > settled:
-                fill(graph, rows(conn, begin, stop, True))
+            if found is not None:
                 continue
-            if found is None:
-                found = new[minute] = fill(Graph(), rows(conn, begin, stop, True)).compact()
-            graph.merge(found)
-        fill(graph, rows(conn, last * MINUTE, end, False))
+            begin, stop = minute * MINUTE, (minute + 1) * MINUTE
+            if stop > settled:
+                fill(graph, rows(conn, begin, stop, True, seen))
+                continue
+            fresh = new[minute] = _Minute(Graph())
+            fill(fresh.graph, _tracked(rows(conn, begin, stop, True, seen), fresh.pending))
+            graph.merge(fresh.graph.compact())
+        fill(graph, rows(conn, last * MINUTE, end, False, seen))
         with self._lock:
             if self._seen_row == seen and new:  # else rows came since: the next build reads
                 minutes = self._kept.setdefault(key, OrderedDict())

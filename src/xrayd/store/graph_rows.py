@@ -17,12 +17,13 @@ MAX_PARENT_HOPS = 64
 CHUNK = 500
 
 # A segment row as read: (tpk, id, parent_id, kind, name, origin, start, end, calls JSON,
-# own flags, the trace's duration). The row's flags include its subsegments'; only when one
-# is set are the segment's own read from its document (a JSON array [error, fault, throttle]).
-_COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
+# own flags, the trace's duration, the row's key, when it was received). The row's flags
+# include its subsegments'; only when one is set are the segment's own read from its document
+# (a JSON array [error, fault, throttle]).
+COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
             "CASE WHEN s.kind = 'segment' AND (s.error OR s.fault OR s.throttle) "
             "THEN json_extract(CAST(s.doc AS TEXT), '$.error', '$.fault', '$.throttle') END, "
-            "t.end - t.start")
+            "t.end - t.start, s.pk, s.received")
 
 
 def _own(flags: str | None) -> int:
@@ -46,7 +47,7 @@ def _callee(call: list) -> tuple[str, str]:
 def _add_single(graph: Graph, row: tuple) -> bool:
     """A trace of one segment document whose calls are all its own (the common case), without
     the id bookkeeping of ``add_trace``; False when the trace is not of that shape."""
-    tpk, seg_id, _p, kind_, name, origin, start, end, calls, flags, duration = row
+    tpk, seg_id, _p, kind_, name, origin, start, end, calls, flags, duration, *_ = row
     if kind_ != "segment":
         return False
     parsed = orjson.loads(calls) if calls else ()
@@ -100,7 +101,7 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
         return None
 
     answered: set[str] = set()
-    for _t, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, duration in segments:
+    for _t, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, duration, *_ in segments:
         node = owner[seg_id]
         kind = _own(flags)
         graph.request(node, start, end, kind, duration)
@@ -156,7 +157,7 @@ def select(conn: sqlite3.Connection, start: float, end: float,
         where += f" AND {condition[0]}"
         params.extend(condition[1])
     return conn.execute(
-        f"SELECT {_COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+        f"SELECT {COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
         f"WHERE {where}", params)
 
 
@@ -186,7 +187,7 @@ def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str,
     for i in range(0, len(keys), CHUNK):
         chunk = orjson.dumps(keys[i:i + CHUNK]).decode()
         fill(graph, conn.execute(
-            f"SELECT {_COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+            f"SELECT {COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
             "WHERE t.pk IN (SELECT value FROM json_each(?))", (chunk,)))
     graph.find_accounts(conn)
     return graph.services()
