@@ -109,12 +109,9 @@ def main() -> None:
     api = XRayApi(writer, reader, SamplingEngine())
     # as if the store's last document had just arrived: its last minutes are not settled
     api.graphs = GraphCache(clock=lambda: now)
-    # the DynamoDB table of every trace (stores filled before resource nodes name it DynamoDB)
-    group = {"GroupName": "dynamodb", "FilterExpression": 'service("carts") OR service("DynamoDB")'}
+    group = {"GroupName": "dynamodb", "FilterExpression": 'service("DynamoDB")'}
     if "dynamodb" not in {g["GroupName"] for g in api.groups.list({})["Groups"]}:
         api.groups.create(group)
-    else:
-        api.groups.update(group)
     server = make_server("127.0.0.1:0", api)
     server.start()
     host, port = server.bound
