@@ -76,14 +76,16 @@ class Requests:
     """The requests a node served or an edge carried, as integer codes (minute of the start,
     outcome, milliseconds): appended while reading (the cheapest per-request work in Python)
     and counted in C by Counter. A graph kept in a cache holds them counted (one entry per
-    distinct code: a minute of busy traffic has far fewer distinct codes than requests, so
-    merging kept minutes costs by codes, not requests) and its span as two numbers."""
+    distinct code) and its span as two numbers, and is not changed once kept: a graph merged
+    from kept ones refers to their counts (``parts``) instead of copying them, and reads them
+    once, when its statistics are asked for."""
 
-    __slots__ = ("codes", "counted", "end", "ends", "start", "starts")
+    __slots__ = ("codes", "counted", "end", "ends", "parts", "start", "starts")
 
     def __init__(self) -> None:
         self.codes: list[int] = []
         self.counted: Counter[int] = Counter()
+        self.parts: list[Counter[int]] = []  # kept graphs' counts, read only
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.start: float | None = None
@@ -91,13 +93,14 @@ class Requests:
 
     def compact(self) -> None:
         self.start, self.end = self.span()
-        self.counted.update(self.codes)
-        self.codes, self.starts, self.ends = [], [], []
+        self.counted = self.all()
+        self.codes, self.parts, self.starts, self.ends = [], [], [], []
 
     def merge(self, other: Requests) -> None:
         self.codes.extend(other.codes)
         if other.counted:
-            _add(self.counted, other.counted)
+            self.parts.append(other.counted)
+        self.parts.extend(other.parts)
         for start, end in ((other.start, other.end), *zip(other.starts, other.ends,
                                                                strict=True)):
             if start is not None and end is not None:
@@ -110,10 +113,11 @@ class Requests:
         return (min(starts), max(ends)) if starts else (None, None)
 
     def all(self) -> Counter[int]:
-        """Every request's code, counted."""
+        """Every request's code, counted (a new Counter)."""
         counted = Counter(self.codes)
-        if self.counted:
-            _add(counted, self.counted)
+        for part in (self.counted, *self.parts):
+            if part:
+                _add(counted, part)
         return counted
 
     def by_minute(self) -> dict[int, Stats]:
@@ -135,9 +139,10 @@ class Requests:
         """Statistics over the whole range (the codes counted without their minute)."""
         without_minute = Counter(map(_KIND_MS.__and__, self.codes))
         get = without_minute.get
-        for code, count in self.counted.items():
-            key = code & _KIND_MS
-            without_minute[key] = get(key, 0) + count
+        for part in (self.counted, *self.parts):
+            for code, count in part.items():
+                key = code & _KIND_MS
+                without_minute[key] = get(key, 0) + count
         return _stats(without_minute).get(0, Stats())
 
 
@@ -191,7 +196,16 @@ class Node:
     requests: Requests = field(default_factory=Requests)
     durations: list[int] = field(default_factory=list)  # milliseconds
     counted_durations: Counter[int] = field(default_factory=Counter)  # of a kept graph
+    duration_parts: list[Counter[int]] = field(default_factory=list)  # kept graphs', read only
     edges: dict[int, Requests] = field(default_factory=dict)
+
+    def all_durations(self) -> Counter[int]:
+        """Every duration, counted (a new Counter)."""
+        counted = Counter(self.durations)
+        for part in (self.counted_durations, *self.duration_parts):
+            if part:
+                _add(counted, part)
+        return counted
 
 
 class Graph:
@@ -228,8 +242,8 @@ class Graph:
     def compact(self) -> Graph:
         for node in self.nodes.values():
             node.requests.compact()
-            node.counted_durations.update(node.durations)
-            node.durations = []
+            node.counted_durations = node.all_durations()
+            node.durations, node.duration_parts = [], []
             for edge in node.edges.values():
                 edge.compact()
         return self
@@ -245,7 +259,8 @@ class Graph:
             mine.requests.merge(theirs.requests)
             mine.durations.extend(theirs.durations)
             if theirs.counted_durations:
-                _add(mine.counted_durations, theirs.counted_durations)
+                mine.duration_parts.append(theirs.counted_durations)
+            mine.duration_parts.extend(theirs.duration_parts)
         for key, theirs in other.nodes.items():
             source = self.nodes[key]
             for ref, requests in theirs.edges.items():
@@ -272,9 +287,7 @@ class Graph:
                           default=None)
             else:
                 stats = node.requests.stats()
-                counted = Counter(node.durations)
-                _add(counted, node.counted_durations)
-                durations = Counter({ms / 1000: n for ms, n in counted.items()})
+                durations = Counter({ms / 1000: n for ms, n in node.all_durations().items()})
                 start, end = node.requests.span()
             service: dict[str, Any] = {
                 "ReferenceId": node.ref,

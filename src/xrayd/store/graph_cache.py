@@ -101,12 +101,14 @@ class GraphCache:
                     if key is not None:
                         minutes.pop(minute, None)
                 kept = plain.get(minute)
-                if kept is not None:
+                if kept is not None:  # a new graph: answers being built refer to the old one
                     rows = conn.execute(
                         f"SELECT {COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
                         "WHERE t.pk IN (SELECT value FROM json_each(?)) AND s.pk <= ?",
                         (orjson.dumps(keys).decode(), top))
-                    fill(kept.graph, _tracked(rows, kept.pending)).compact()
+                    graph = Graph()
+                    graph.merge(kept.graph)
+                    kept.graph = fill(graph, _tracked(rows, kept.pending)).compact()
         self._seen_row = top
         self._forget_replaced(conn)
         oldest = conn.execute("SELECT min(start) FROM traces").fetchone()[0]
