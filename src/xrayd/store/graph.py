@@ -114,11 +114,7 @@ class Requests:
 
     def all(self) -> Counter[int]:
         """Every request's code, counted (a new Counter)."""
-        counted = Counter(self.codes)
-        for part in (self.counted, *self.parts):
-            if part:
-                _add(counted, part)
-        return counted
+        return _counted(self.codes, self.counted, self.parts)
 
     def by_minute(self) -> dict[int, Stats]:
         """Statistics per minute (epoch seconds // 60) of the requests' start."""
@@ -151,6 +147,16 @@ def _add(counted: Counter[int], other: Counter[int]) -> None:
     get = counted.get
     for key, count in other.items():
         counted[key] = get(key, 0) + count
+
+
+def _counted(values: list[int], counted: Counter[int], parts: list[Counter[int]]
+             ) -> Counter[int]:
+    """``values`` counted, with ``counted`` and ``parts`` added (a new Counter)."""
+    found = Counter(values)
+    for part in (counted, *parts):
+        if part:
+            _add(found, part)
+    return found
 
 
 def _stats(counted: Counter[int]) -> dict[int, Stats]:
@@ -201,11 +207,7 @@ class Node:
 
     def all_durations(self) -> Counter[int]:
         """Every duration, counted (a new Counter)."""
-        counted = Counter(self.durations)
-        for part in (self.counted_durations, *self.duration_parts):
-            if part:
-                _add(counted, part)
-        return counted
+        return _counted(self.durations, self.counted_durations, self.duration_parts)
 
 
 class Graph:
