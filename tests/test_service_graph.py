@@ -276,3 +276,55 @@ def test_aws_resource_and_sql_nodes_as_x_ray_names_them(start_xrayd, tmp_path):
     assert {edge for edge in edges_of(services) if edge[0] == "shop"} == {
         ("shop", name) for name in ("orders", "carts", "DynamoDB", "jobs-queue", "alerts",
                                     "shop@db.local", "api.example.com")}
+
+
+def test_a_kept_minute_sees_completed_segments_and_late_documents(start_xrayd, tmp_path):
+    """Through the daemon: a graph of minutes read before sees an in-progress segment completed
+    since (replaced in place in the store) and a late document of one of its traces."""
+    import json
+    import time
+
+    from offline_support import start_offline, xray_client
+
+    _daemon, port, _store = start_offline(start_xrayd, tmp_path)
+    client = xray_client(port)
+    start = (time.time() // 60 - 10) * 60 + 5  # ten minutes ago: long settled
+    trace_id = f"1-{int(start):08x}-{7:024x}"
+    call = {"id": "00000000000000c1", "name": "api", "namespace": "remote",
+            "start_time": start + 0.1, "end_time": start + 0.3}
+    segment = {"id": "00000000000000a1", "trace_id": trace_id, "name": "slow",
+               "start_time": start}
+    other = {"id": "00000000000000b1", "trace_id": f"1-{int(start):08x}-{8:024x}",
+             "name": "slow", "start_time": start + 1, "end_time": start + 2}
+
+    def put(*docs: dict) -> None:
+        answer = client.put_trace_segments(TraceSegmentDocuments=[json.dumps(d) for d in docs])
+        assert answer["UnprocessedTraceSegments"] == []
+
+    def graph() -> dict[str, dict]:
+        services = client.get_service_graph(StartTime=start - 65, EndTime=start + 120)["Services"]
+        return {s["Name"]: s for s in services}
+
+    def eventually(check) -> dict[str, dict]:
+        deadline = time.time() + 10
+        while True:
+            found = graph()
+            if check(found) or time.time() > deadline:
+                return found
+            time.sleep(0.1)
+
+    # an older trace: the minute of the store's oldest trace is never kept (retention may have
+    # removed part of it)
+    put({"id": "00000000000000e1", "trace_id": f"1-{int(start - 300):08x}-{9:024x}",
+         "name": "old", "start_time": start - 300, "end_time": start - 299})
+    put({**segment, "in_progress": True}, other)
+    found = eventually(lambda g: "slow" in g)
+    assert found["slow"]["SummaryStatistics"]["TotalCount"] == 1  # the other; one in progress
+    put({**segment, "end_time": start + 0.5, "subsegments": [call]})
+    found = eventually(lambda g: g["slow"]["SummaryStatistics"]["TotalCount"] == 2)
+    assert found["slow"]["SummaryStatistics"]["TotalCount"] == 2
+    assert found["api"]["Type"] == "remote"
+    put({"id": "00000000000000d1", "trace_id": trace_id, "name": "api", "parent_id": call["id"],
+         "start_time": start + 0.15, "end_time": start + 0.25, "origin": "AWS::ECS::Container"})
+    found = eventually(lambda g: g["api"].get("Type") == "AWS::ECS::Container")
+    assert found["api"]["Type"] == "AWS::ECS::Container"
