@@ -262,3 +262,25 @@ def test_new_traces_are_added_to_kept_minutes_and_replaced_rows_seen(store):
     answer = cache.build(conn, T0, T0 + 120)
     assert answer.nodes["slow", ""].requests.stats().total == 1
     assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0, T0 + 120))
+
+
+def test_a_trace_moved_to_an_earlier_minute_leaves_its_kept_minute(store):
+    """A downstream segment stored first starts the trace in one minute; its root, stored
+    later, starts it in the minute before: both minutes are read again."""
+    writer, conn = store
+    rng = random.Random(11)
+    writer.write(trace(rng, T0 - 300))  # the store's oldest minute is never kept
+    web, api = trace(rng, T0 + 59.9)
+    api_doc = orjson.loads(api)
+    api_doc["start_time"] = T0 + 60.5  # in the next minute
+    api_doc["end_time"] = T0 + 60.6
+    writer.write([orjson.dumps(api_doc)])
+    writer.flush()
+    cache = GraphCache(clock=lambda: T0 + 3600)
+    first = cache.build(conn, T0, T0 + 120)
+    assert first.nodes["api", "AWS::ECS::Container"].root  # its parent not yet received
+    writer.write([web])
+    writer.flush()
+    answer = cache.build(conn, T0, T0 + 120)
+    assert normal(answer.services()) == normal(graph_rows.build_between(conn, T0, T0 + 120))
+    assert answer.nodes["api", "AWS::ECS::Container"].requests.stats().total == 1

@@ -85,14 +85,17 @@ class GraphCache:
             self._kept.clear()
         elif seen is not None and top > seen and len(self):
             added: defaultdict[int, list[int]] = defaultdict(list)
-            for tpk, minute, earlier in conn.execute(
-                    "SELECT t.pk, CAST(t.start / ? AS INTEGER), EXISTS (SELECT 1 FROM segments "
-                    "o WHERE o.tpk = t.pk AND o.pk <= ?) FROM traces t WHERE t.pk IN "
-                    "(SELECT DISTINCT tpk FROM segments WHERE pk > ? AND pk <= ?)",
-                    (MINUTE, seen, seen, top)):
-                if earlier:
-                    self._drop(minute)
-                    added.pop(minute, None)
+            # each trace with new rows: its minute, and its minute before them (a document
+            # that starts earlier moves the trace to an earlier minute)
+            for tpk, minute, before in conn.execute(
+                    "SELECT t.pk, CAST(t.start / ? AS INTEGER), (SELECT CAST(min(o.start) / ? "
+                    "AS INTEGER) FROM segments o WHERE o.tpk = t.pk AND o.pk <= ?) FROM traces t "
+                    "WHERE t.pk IN (SELECT DISTINCT tpk FROM segments WHERE pk > ? AND pk <= ?)",
+                    (MINUTE, MINUTE, seen, seen, top)):
+                if before is not None:
+                    for changed in {minute, before}:
+                        self._drop(changed)
+                        added.pop(changed, None)
                 elif any(minute in minutes for minutes in self._kept.values()):
                     added[minute].append(tpk)
             plain = self._kept.get(None, {})
