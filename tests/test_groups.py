@@ -130,7 +130,7 @@ def test_a_groups_filter_narrows_the_service_graph_and_time_series(start_xrayd, 
     assert code == 0, page
     page_counts = {s["Name"]: s["SummaryStatistics"] for s in page["Services"]}
     assert page_counts["frontend"]["TotalCount"] == 1
-    assert page_counts["S3"]["FaultStatistics"]["TotalCount"] == traces.s3_faults == 1
+    assert page_counts["uploads"]["FaultStatistics"]["TotalCount"] == traces.s3_faults == 1
     assert traces.trace_ids[1] not in traces.worker_trace_ids
     assert "worker" not in page_counts
 

@@ -428,18 +428,18 @@ def test_map_draws_the_x_ray_shaped_graph_of_the_store(page, site):
     by_name = {s["Name"]: s for s in graph["Services"]}
     assert by_name["client"]["Type"] == "client" and "Type" not in by_name["orders-api"]
     page.goto(f"{site.base}/#/map?start={site.map_start}&end={site.map_end}")
-    page.wait_for_selector('g.node[data-name="DynamoDB"]', timeout=15000)
+    page.wait_for_selector('g.node[data-name="report-cache"]', timeout=15000)
     assert page.locator('g.node[data-name="client"]').count() == 1
-    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="DynamoDB"]')
+    assert "AWS::DynamoDB::Table" in page.text_content('g.node[data-name="report-cache"]')
     assert "AWS::EC2::Instance" in page.text_content('g.node[data-name="web-frontend"]')
-    assert "remote" in page.text_content('g.node[data-name="inventory-db"]')
+    assert "Database::SQL" in page.text_content('g.node[data-name="inventory-db"]')
     # A node without a Type has no empty line: its name, then its requests.
     lines = page.locator('g.node[data-name="orders-api"] text').all_text_contents()
     assert lines[0] == "orders-api" and lines[1].startswith(f"{len(site.map_ids)} req")
     nodes = page.evaluate(boxes_script())
     x = {n["name"]: n["box"]["x"] for n in nodes}
     assert x["client"] < x["web-frontend"] < x["orders-api"] < x["payments"]
-    assert x["client"] < x["batch-worker"] < x["reports-svc"] < x["DynamoDB"]
+    assert x["client"] < x["batch-worker"] < x["reports-svc"] < x["report-cache"]
     # Edges: calls and latency on hover, from the edge's own statistics.
     tip = page.text_content('g.edge-g[data-from="client"][data-to="web-frontend"] title')
     assert tip.startswith(f"client → web-frontend: {len(site.map_ids) // 2} calls")
@@ -464,11 +464,11 @@ def test_map_draws_the_x_ray_shaped_graph_of_the_store(page, site):
     assert f"Requests\n{len(site.map_ids)}" in page.inner_text("#map-detail")
     assert page.locator("#service-traces").count() == 0
     # An inferred AWS node's traces: by its name and type.
-    page.click('g.node[data-name="DynamoDB"]')
+    page.click('g.node[data-name="report-cache"]')
     page.click("#service-traces")
     page.wait_for_selector("#trace-list tbody tr", timeout=10000)
     assert page.input_value("#filter") == (
-        'service(id(name: "DynamoDB", type: "AWS::DynamoDB::Table"))')
+        'service(id(name: "report-cache", type: "AWS::DynamoDB::Table"))')
     page.wait_for_function("(n) => Number(document.querySelector('#trace-list')"
                            ".getAttribute('aria-rowcount')) - 1 === n",
                            arg=len(site.map_ids) // 2, timeout=10000)

@@ -322,7 +322,9 @@ def test_fault_only_in_a_subsegment_is_not_the_traces_fault(xray):
     assert cause["ClientImpacting"] is False
     photos, s3 = cause["Services"]
     assert photos["EntityPath"] == [{"Name": "photos", "Exceptions": [], "Remote": False}]
-    assert (s3["Name"], s3["Type"], s3["Inferred"]) == ("S3", "AWS::S3::Bucket", True)
+    # a call that names no bucket is a node of the service (API_Service, Type: "AWS::DynamoDB
+    # for downstream calls to Amazon DynamoDB that didn't target a specific table")
+    assert (s3["Name"], s3["Type"], s3["Inferred"]) == ("S3", "AWS::S3", True)
     [entity] = s3["EntityPath"]
     assert entity["Remote"] is True and entity["Exceptions"][0] == {"Name": "OSError",
                                                                      "Message": "slow down"}
@@ -359,7 +361,7 @@ def test_every_field_the_documents_give(xray):
     summary = summary_of(client, tid)
     orders = {"Name": "orders", "Names": ["orders"], "AccountId": "123456789012",
               "Type": "AWS::EC2::Instance"}
-    dynamo = {"Name": "DynamoDB", "Names": ["DynamoDB"], "Type": "AWS::DynamoDB::Table"}
+    dynamo = {"Name": "DynamoDB", "Names": ["DynamoDB"], "Type": "AWS::DynamoDB"}  # no table
     client_node = {"Name": "orders", "Names": ["orders"], "Type": "client"}
     assert summary["EntryPoint"] == orders
     assert sorted(summary["ServiceIds"], key=json.dumps) == sorted(

@@ -7,6 +7,7 @@ the daemon's threaded HTTP server (server/threaded.py)."""
 from __future__ import annotations
 
 import datetime
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from xrayd.sampling.engine import PersistError, SamplingEngine, SamplingError
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, graph_rows, groups, queries, schema, timeseries
 from xrayd.store.filters import FilterError
-from xrayd.store.graph_cache import GraphCache
+from xrayd.store.graph_cache import GraphCache, Warmer
 from xrayd.store.groups import GroupError, GroupStore
 from xrayd.store.queries import QueryError
 from xrayd.store.writer import StoreWriter
@@ -118,6 +119,23 @@ class XRayApi:
         self.sampling = sampling
         self.groups = GroupStore(reader.path)
         self.graphs = GraphCache()
+        self.warmer = Warmer(self.warm_graph)
+        self._stop_warming = threading.Event()
+
+    def warm_graph(self) -> None:
+        """Read the last hour's graph, so its settled minutes are kept (graph_cache.Warmer)."""
+        now = self.graphs.clock()
+        self.reader.run(lambda conn: self.graphs.build(conn, now - 3600, now))
+
+    def start_warming(self) -> threading.Thread:
+        """The Warmer's thread (it ends with the reader, or ``stop_warming``)."""
+        thread = threading.Thread(target=self.warmer.run, args=(self._stop_warming,),
+                                  name="graph-warmer", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_warming(self) -> None:
+        self._stop_warming.set()
 
     def operations(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The operations by path (all POST)."""
@@ -218,23 +236,30 @@ class XRayApi:
     def _graph(self, body: dict[str, Any], start: float, end: float) -> graph.Graph:
         """The graph of the traces that start in the range (of the request's group, if any:
         the traces its filter selects, as GetTraceSummaries would, at most
-        queries.GRAPH_TRACE_LIMIT of the newest)."""
+        queries.GRAPH_TRACE_LIMIT of the newest in each minute)."""
         expression = self.groups.filter_of(body.get("GroupName"), body.get("GroupARN"))
+        self.warmer.asked()
 
         def build(conn) -> graph.Graph:
             # Only the stored traces' span is read: a range of years costs no more than the
             # store holds (the graph cache keeps an entry per minute of the range).
-            first, last = queries.start_span(conn)
-            if first is None or end < first or start > last:
+            oldest, newest = queries.start_span(conn)
+            if oldest is None or end < oldest or start > newest:
                 return graph.Graph()
-            low, high = max(start, first), min(end, last)
+            low, high = max(start, oldest), min(end, newest)
             if not expression:
                 return self.graphs.build(conn, low, high)
-            keys = queries.trace_keys_matching(conn, low, high, expression,
-                                               groups.resolver(conn))
-            condition = ("t.pk IN (SELECT value FROM json_each(?))",
-                         [orjson.dumps(keys).decode()])
-            return graph_rows.fill(graph.Graph(), graph_rows.select(conn, low, high, condition))
+            resolve = groups.resolver(conn)
+
+            def rows(conn, begin: float, stop: float, end_open: bool, upto: int):
+                last = math.nextafter(stop, -math.inf) if end_open else stop
+                keys = queries.trace_keys_matching(conn, begin, last, expression, resolve)
+                condition = ("t.pk IN (SELECT value FROM json_each(?)) AND s.pk <= ?",
+                             [orjson.dumps(keys).decode(), upto])
+                return graph_rows.select(conn, begin, last, condition)
+
+            return self.graphs.build(conn, low, high, rows,
+                                     key=(expression, groups.filters(conn)))
 
         return self.reader.run(build)
 
@@ -340,6 +365,7 @@ def make_handler(api: XRayApi, viewer: Handler | None = None) -> Handler:
 
 def make_server(address: str, api: XRayApi, viewer: Handler | None = None
                 ) -> ThreadedHttpServer:
+    api.start_warming()
     return ThreadedHttpServer(
         address, make_handler(api, viewer), max_body=MAX_BODY, name="offline-http",
         too_large=lambda: error_response("InvalidRequestException", "Request body too large",

@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from xrayd.store.summary import SQL_TYPE, inferred_node
+
 TRACE_ID = re.compile(r"1-[0-9a-fA-F]{8}-[0-9a-fA-F]{24}")
 REMOTE_NAMESPACES = ("aws", "remote")
 MAX_DEPTH = 64
@@ -31,11 +33,12 @@ class BadDocument(Exception):
 
 # A subsegment that calls a downstream service (namespace aws or remote), as the store keeps it:
 # (id, id of the entity that makes the call, name, namespace, start, end or None, error, fault,
-# throttle), the flags as 0 or 1. Plain tuples: a document has several and the writer stores
-# them as they are.
-Call = tuple[str, str, str, str, float, "float | None", int, int, int]
+# throttle, the name and type of the node it calls when no segment answers it), the flags as 0
+# or 1. Plain tuples: a document has several and the writer stores them as they are. Calls
+# stored before schema 5's node names have the first nine only.
+Call = tuple[str, str, str, str, float, "float | None", int, int, int, str, str]
 CALL_FIELDS = ("id", "owner_id", "name", "namespace", "start", "end", "error", "fault",
-               "throttle")
+               "throttle", "node_name", "node_type")
 
 
 @dataclass(slots=True)
@@ -69,6 +72,20 @@ _NUMBERS = frozenset((int, float))
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # orjson's integers; beyond, it makes floats
 
 
+class _Aws(msgspec.Struct):
+    """The resource fields of an AWS SDK call's ``aws`` block (summary.RESOURCE_FIELDS)."""
+
+    table_name: Any = None
+    bucket_name: Any = None
+    queue_url: Any = None
+    topic_arn: Any = None
+    function_name: Any = None
+
+
+class _Sql(msgspec.Struct):
+    """A ``sql`` block: only its presence is read."""
+
+
 class _Entity(msgspec.Struct):
     """The fields the store reads of a segment or subsegment. Decoding into it skips the rest
     of the document (metadata, sql, aws...), which makes parsing about twice as fast as
@@ -90,6 +107,8 @@ class _Entity(msgspec.Struct):
     fault: Any = None
     throttle: Any = None
     annotations: Any = None
+    aws: _Aws | None = None
+    sql: _Sql | None = None
     subsegments: list[_Entity] | None = None
 
 
@@ -101,6 +120,10 @@ def _entity(data: dict, depth: int = 0) -> _Entity:
     """The entity of a document the typed decoder refused (a subsegment that is not an object,
     say): the same fields, anything the walk would skip left out."""
     entity = _Entity(**{key: data[key] for key in _FIELDS if key in data})
+    aws = data.get("aws")
+    entity.aws = _Aws(**{key: aws[key] for key in _Aws.__struct_fields__ if key in aws}) \
+        if type(aws) is dict else None
+    entity.sql = _Sql() if type(data.get("sql")) is dict else None
     subsegments = data.get("subsegments")
     entity.subsegments = None
     if type(subsegments) is list and depth <= MAX_DEPTH:
@@ -136,6 +159,16 @@ def _number(value: Any, name: str, seg_id: str, trace_id: str) -> float:
     return float(value)
 
 
+def _node(name: str, namespace: str, entity: _Entity) -> tuple[str, str]:
+    aws = entity.aws
+    if aws is None or namespace != "aws":
+        if namespace == "remote":
+            return (name, SQL_TYPE) if entity.sql is not None else (name, "remote")
+        return inferred_node(name, namespace, None, entity.sql is not None)
+    return inferred_node(name, namespace, (aws.table_name, aws.bucket_name, aws.queue_url,
+                                           aws.topic_arn, aws.function_name), False)
+
+
 def _walk(entity: _Entity, record: Record, depth: int) -> None:
     """Collect annotations, calls and error flags of ``entity`` and its nested subsegments."""
     annotations = entity.annotations
@@ -162,11 +195,13 @@ def _walk(entity: _Entity, record: Record, depth: int) -> None:
         if namespace in REMOTE_NAMESPACES and type(sub.id) is str:
             start = sub.start_time
             end = sub.end_time
+            name = str(sub.name or "")
             record.calls.append((
-                sub.id, record.id, str(sub.name or ""),
+                sub.id, record.id, name,
                 namespace, float(start) if type(start) in _NUMBERS else record.start,
                 float(end) if type(end) in _NUMBERS else None,
                 int(sub.error is True), int(sub.fault is True), int(sub.throttle is True),
+                *_node(name, namespace, sub),
             ))
         # Most subsegments have nothing below them to collect: skip the call.
         if deeper and (sub.subsegments or sub.annotations or sub.error is True
@@ -237,7 +272,7 @@ def parse(doc: bytes) -> Record:
     elif data.namespace in REMOTE_NAMESPACES:
         record.calls.append((seg_id, parent_id, name, data.namespace, start, end,
                              int(data.error is True), int(data.fault is True),
-                             int(data.throttle is True)))
+                             int(data.throttle is True), *_node(name, data.namespace, data)))
     _walk(data, record, 0)
     return record
 

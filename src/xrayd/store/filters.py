@@ -349,7 +349,10 @@ class ServiceFilter(Node):
         # The nodes: segments (their own flags), and calls that no segment of the trace
         # continues (inferred nodes, the call's flags). The cheap name look-up goes first.
         named = "AND s.name = ? COLLATE NOCASE " if name is not None else ""
-        called = "AND (c.value ->> 2) = ? COLLATE NOCASE " if name is not None else ""
+        # A call is named by its subsegment and by its node (a DynamoDB call to table
+        # "orders" is service("DynamoDB") and service("orders")), as rows.py indexes it.
+        called = ("AND ((c.value ->> 2) = ? COLLATE NOCASE OR (c.value ->> 9) = ? "
+                  "COLLATE NOCASE) " if name is not None else "")
         params = [name] if name is not None else []
         segment = ("EXISTS (SELECT 1 FROM segments s WHERE s.tpk = t.pk AND s.kind = 'segment' "
                    f"{named}AND {flags})")
@@ -357,7 +360,7 @@ class ServiceFilter(Node):
                     f"AND s.calls IS NOT NULL {called}AND {calls} AND NOT EXISTS (SELECT 1 FROM "
                     "segments d WHERE d.tpk = t.pk AND d.parent_id = (c.value ->> 0)))")
         return Sql.exact(f"({present} AND ({segment} OR {inferred}))",
-                         present_params + params * 2)
+                         present_params + params * 3)
 
 
 def _flags_sql(node: Node, error: str, fault: str, throttle: str) -> str | None:

@@ -15,7 +15,6 @@ against the edge and the downstream node, not against the service that made the 
 from __future__ import annotations
 
 import sqlite3
-from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,13 +75,17 @@ class Stats:
 class Requests:
     """The requests a node served or an edge carried, as integer codes (minute of the start,
     outcome, milliseconds): appended while reading (the cheapest per-request work in Python)
-    and counted in C by Counter when asked for. A graph kept in a cache holds its codes in an
-    array (8 bytes a request) and its span as two numbers."""
+    and counted in C by Counter. A graph kept in a cache holds them counted (one entry per
+    distinct code) and its span as two numbers, and is not changed once kept: a graph merged
+    from kept ones refers to their counts (``parts``) instead of copying them, and reads them
+    once, when its statistics are asked for."""
 
-    __slots__ = ("codes", "end", "ends", "start", "starts")
+    __slots__ = ("codes", "counted", "end", "ends", "parts", "start", "starts")
 
     def __init__(self) -> None:
-        self.codes: list[int] | array[int] = []
+        self.codes: list[int] = []
+        self.counted: Counter[int] = Counter()
+        self.parts: list[Counter[int]] = []  # kept graphs' counts, read only
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.start: float | None = None
@@ -90,12 +93,14 @@ class Requests:
 
     def compact(self) -> None:
         self.start, self.end = self.span()
-        self.codes, self.starts, self.ends = array("q", self.codes), [], []
+        self.counted = self.all()
+        self.codes, self.parts, self.starts, self.ends = [], [], [], []
 
     def merge(self, other: Requests) -> None:
-        if isinstance(self.codes, array):
-            self.codes = list(self.codes)
         self.codes.extend(other.codes)
+        if other.counted:
+            self.parts.append(other.counted)
+        self.parts.extend(other.parts)
         for start, end in ((other.start, other.end), *zip(other.starts, other.ends,
                                                                strict=True)):
             if start is not None and end is not None:
@@ -107,9 +112,13 @@ class Requests:
         ends = self.ends if self.end is None else [*self.ends, self.end]
         return (min(starts), max(ends)) if starts else (None, None)
 
+    def all(self) -> Counter[int]:
+        """Every request's code, counted (a new Counter)."""
+        return _counted(self.codes, self.counted, self.parts)
+
     def by_minute(self) -> dict[int, Stats]:
         """Statistics per minute (epoch seconds // 60) of the requests' start."""
-        return _stats(Counter(self.codes))
+        return _stats(self.all())
 
     def by_period(self, period: int) -> dict[float, Stats]:
         """Statistics by the start of each period (a multiple of a minute)."""
@@ -124,7 +133,30 @@ class Requests:
 
     def stats(self) -> Stats:
         """Statistics over the whole range (the codes counted without their minute)."""
-        return _stats(Counter(map(_KIND_MS.__and__, self.codes))).get(0, Stats())
+        without_minute = Counter(map(_KIND_MS.__and__, self.codes))
+        get = without_minute.get
+        for part in (self.counted, *self.parts):
+            for code, count in part.items():
+                key = code & _KIND_MS
+                without_minute[key] = get(key, 0) + count
+        return _stats(without_minute).get(0, Stats())
+
+
+def _add(counted: Counter[int], other: Counter[int]) -> None:
+    """``counted.update(other)`` for a mapping, without its per-key method calls."""
+    get = counted.get
+    for key, count in other.items():
+        counted[key] = get(key, 0) + count
+
+
+def _counted(values: list[int], counted: Counter[int], parts: list[Counter[int]]
+             ) -> Counter[int]:
+    """``values`` counted, with ``counted`` and ``parts`` added (a new Counter)."""
+    found = Counter(values)
+    for part in (counted, *parts):
+        if part:
+            _add(found, part)
+    return found
 
 
 def _stats(counted: Counter[int]) -> dict[int, Stats]:
@@ -168,8 +200,14 @@ class Node:
     account: str | None = None
     first: tuple[int, str] | None = None  # (trace key, id) of a segment, for the account
     requests: Requests = field(default_factory=Requests)
-    durations: list[int] | array[int] = field(default_factory=list)  # milliseconds
+    durations: list[int] = field(default_factory=list)  # milliseconds
+    counted_durations: Counter[int] = field(default_factory=Counter)  # of a kept graph
+    duration_parts: list[Counter[int]] = field(default_factory=list)  # kept graphs', read only
     edges: dict[int, Requests] = field(default_factory=dict)
+
+    def all_durations(self) -> Counter[int]:
+        """Every duration, counted (a new Counter)."""
+        return _counted(self.durations, self.counted_durations, self.duration_parts)
 
 
 class Graph:
@@ -206,7 +244,8 @@ class Graph:
     def compact(self) -> Graph:
         for node in self.nodes.values():
             node.requests.compact()
-            node.durations = array("q", node.durations)
+            node.counted_durations = node.all_durations()
+            node.durations, node.duration_parts = [], []
             for edge in node.edges.values():
                 edge.compact()
         return self
@@ -221,6 +260,9 @@ class Graph:
             mine.account = mine.account or theirs.account
             mine.requests.merge(theirs.requests)
             mine.durations.extend(theirs.durations)
+            if theirs.counted_durations:
+                mine.duration_parts.append(theirs.counted_durations)
+            mine.duration_parts.extend(theirs.duration_parts)
         for key, theirs in other.nodes.items():
             source = self.nodes[key]
             for ref, requests in theirs.edges.items():
@@ -247,7 +289,7 @@ class Graph:
                           default=None)
             else:
                 stats = node.requests.stats()
-                durations = Counter({ms / 1000: n for ms, n in Counter(node.durations).items()})
+                durations = Counter({ms / 1000: n for ms, n in node.all_durations().items()})
                 start, end = node.requests.span()
             service: dict[str, Any] = {
                 "ReferenceId": node.ref,

@@ -11,18 +11,19 @@ from typing import Any
 import orjson
 
 from xrayd.store.graph import CLIENT, OK, Graph, Node, outcome
-from xrayd.store.summary import aws_type
+from xrayd.store.summary import inferred_node
 
 MAX_PARENT_HOPS = 64
 CHUNK = 500
 
 # A segment row as read: (tpk, id, parent_id, kind, name, origin, start, end, calls JSON,
-# own flags, the trace's duration). The row's flags include its subsegments'; only when one
-# is set are the segment's own read from its document (a JSON array [error, fault, throttle]).
-_COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
+# own flags, the trace's duration, the row's key, when it was received). The row's flags
+# include its subsegments'; only when one is set are the segment's own read from its document
+# (a JSON array [error, fault, throttle]).
+COLUMNS = ("s.tpk, s.id, s.parent_id, s.kind, s.name, s.origin, s.start, s.end, s.calls, "
             "CASE WHEN s.kind = 'segment' AND (s.error OR s.fault OR s.throttle) "
             "THEN json_extract(CAST(s.doc AS TEXT), '$.error', '$.fault', '$.throttle') END, "
-            "t.end - t.start")
+            "t.end - t.start, s.pk, s.received")
 
 
 def _own(flags: str | None) -> int:
@@ -35,10 +36,18 @@ def _own(flags: str | None) -> int:
     return outcome(error is True, fault is True, throttle is True)
 
 
+def _callee(call: list) -> tuple[str, str]:
+    """(name, type) of the node a call makes when no segment answers it (stored with the call;
+    calls stored by earlier versions name the service only)."""
+    if len(call) > 10:
+        return call[9], call[10]
+    return inferred_node(call[2], call[3], None, False)
+
+
 def _add_single(graph: Graph, row: tuple) -> bool:
     """A trace of one segment document whose calls are all its own (the common case), without
     the id bookkeeping of ``add_trace``; False when the trace is not of that shape."""
-    tpk, seg_id, _p, kind_, name, origin, start, end, calls, flags, duration = row
+    tpk, seg_id, _p, kind_, name, origin, start, end, calls, flags, duration, *_ = row
     if kind_ != "segment":
         return False
     parsed = orjson.loads(calls) if calls else ()
@@ -52,12 +61,11 @@ def _add_single(graph: Graph, row: tuple) -> bool:
     kind = _own(flags)
     graph.request(node, start, end, kind, duration)
     graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
-    for _i, _o, call_name, namespace, c_start, c_end, error, fault, throttle in parsed:
-        target = graph.node(call_name, aws_type(call_name) if namespace == "aws" else "remote",
-                            inferred=True)
-        kind = outcome(error == 1, fault == 1, throttle == 1)
-        graph.request(target, c_start, c_end, kind)
-        graph.call(node, target, c_start, c_end, kind)
+    for call in parsed:
+        target = graph.node(*_callee(call), inferred=True)
+        kind = outcome(call[6] == 1, call[7] == 1, call[8] == 1)
+        graph.request(target, call[4], call[5], kind)
+        graph.call(node, target, call[4], call[5], kind)
     return True
 
 
@@ -93,7 +101,7 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
         return None
 
     answered: set[str] = set()
-    for _t, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, duration in segments:
+    for _t, seg_id, parent_id, _k, _n, _o, start, end, _c, flags, duration, *_ in segments:
         node = owner[seg_id]
         kind = _own(flags)
         graph.request(node, start, end, kind, duration)
@@ -111,18 +119,16 @@ def add_trace(graph: Graph, rows: Sequence[tuple]) -> None:
             graph.call(graph.node(*CLIENT, inferred=True), node, start, end, kind)
         elif source is not node:
             graph.call(source, node, start, end, kind)
-    for call_id, (_i, owner_id, name, namespace, start, end, error, fault, throttle) in (
-            calls.items()):
+    for call_id, call in calls.items():
         if call_id in answered:
             continue
-        source = owner_of(owner_id)
+        source = owner_of(call[1])
         if source is None:
             continue
-        target = graph.node(name, aws_type(name) if namespace == "aws" else "remote",
-                            inferred=True)
-        kind = outcome(error == 1, fault == 1, throttle == 1)
-        graph.request(target, start, end, kind)
-        graph.call(source, target, start, end, kind)
+        target = graph.node(*_callee(call), inferred=True)
+        kind = outcome(call[6] == 1, call[7] == 1, call[8] == 1)
+        graph.request(target, call[4], call[5], kind)
+        graph.call(source, target, call[4], call[5], kind)
 
 
 def _by_trace(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
@@ -151,7 +157,7 @@ def select(conn: sqlite3.Connection, start: float, end: float,
         where += f" AND {condition[0]}"
         params.extend(condition[1])
     return conn.execute(
-        f"SELECT {_COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+        f"SELECT {COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
         f"WHERE {where}", params)
 
 
@@ -181,7 +187,7 @@ def build(conn: sqlite3.Connection, trace_keys: Iterable[int]) -> list[dict[str,
     for i in range(0, len(keys), CHUNK):
         chunk = orjson.dumps(keys[i:i + CHUNK]).decode()
         fill(graph, conn.execute(
-            f"SELECT {_COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
+            f"SELECT {COLUMNS} FROM traces t CROSS JOIN segments s ON s.tpk = t.pk "
             "WHERE t.pk IN (SELECT value FROM json_each(?))", (chunk,)))
     graph.find_accounts(conn)
     return graph.services()

@@ -222,3 +222,12 @@ def resolver(conn: sqlite3.Connection) -> Callable[[str], str | None]:
         return None if row is None else (row[0] or "")
 
     return resolve
+
+
+def filters(conn: sqlite3.Connection) -> tuple[tuple[str, str | None], ...]:
+    """Every group's name and filter: a group's cached graph is kept under its expression and
+    these (``group.name`` in an expression reads other groups' filters)."""
+    try:
+        return tuple(conn.execute("SELECT name, filter FROM xray_groups ORDER BY name"))
+    except sqlite3.OperationalError:  # no group was ever created in this store
+        return ()

@@ -56,7 +56,9 @@ class Rows:
         trace_ids = self.trace_ids
         tpk = trace_ids.setdefault(r.trace_id, len(trace_ids))
         calls = r.calls
-        names = {call[2]: 1 for call in calls} if calls else {}
+        # a call's service by its subsegment's name and by its node's (a DynamoDB call to
+        # table "orders" is both service("DynamoDB") and service("orders"))
+        names = {name: 1 for call in calls for name in (call[2], call[9])} if calls else {}
         # Bits as the statements read them. A segment row has the document's own flags (a
         # faulted subsegment does not fault its service); the trace row has the root
         # segment's error and fault (HasError, HasFault) and any entity's throttle.

@@ -24,32 +24,54 @@ from typing import Any
 REMOTE = ("aws", "remote")
 MAX_WALK = 4096  # entities visited per trace at most (documents are bounded, cycles are not)
 
-# X-Ray's node types for the usual AWS downstream calls; others become AWS::<name>.
-AWS_TYPES = {
-    "dynamodb": "AWS::DynamoDB::Table", "s3": "AWS::S3::Bucket", "sqs": "AWS::SQS::Queue",
-    "sns": "AWS::SNS::Topic", "lambda": "AWS::Lambda", "kinesis": "AWS::Kinesis::Stream",
-}
-
-
-# The resource fields of an AWS SDK call's subsegment, by the service they name.
-_RESOURCE_FIELDS = (("table_name", "dynamodb"), ("bucket_name", "s3"), ("queue_url", "sqs"),
-                    ("topic_arn", "sns"), ("function_name", "lambda"))
-
-
-def _inferred_type(e: Entity) -> str:
-    if e.namespace != "aws":
-        return "remote"
-    aws = _dict(e.doc.get("aws"))
-    for key, service in _RESOURCE_FIELDS:
-        if key in aws:
-            return AWS_TYPES[service]
-    return aws_type(e.name)
+# X-Ray's node types for AWS calls (API_Service, Type): a call that names a resource is a node
+# of the resource, named by it (AWS::DynamoDB::Table for a table); one that names none is a node
+# of the service (AWS::DynamoDB); others become AWS::<name>.
+AWS_TYPES = {"dynamodb": "AWS::DynamoDB", "s3": "AWS::S3", "sqs": "AWS::SQS", "sns": "AWS::SNS",
+             "lambda": "AWS::Lambda", "kinesis": "AWS::Kinesis"}
+# The resource fields of an AWS SDK call's ``aws`` block, in this order, with their node type.
+RESOURCE_FIELDS = ("table_name", "bucket_name", "queue_url", "topic_arn", "function_name")
+RESOURCE_TYPES = ("AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::SQS::Queue",
+                  "AWS::SNS::Topic", "AWS::Lambda")
+SQL_TYPE = "Database::SQL"
 
 
 def aws_type(name: str) -> str:
-    """The node type of an AWS call's subsegment by its name (the SDKs name it after the
-    service: DynamoDB, S3, ...)."""
+    """The node type of an AWS call's subsegment that names no resource, by its name (the SDKs
+    name it after the service: DynamoDB, S3, ...)."""
     return AWS_TYPES.get(name.lower(), f"AWS::{name}")
+
+
+def _resource_name(field: int, value: str) -> str:
+    """A resource's name as X-Ray names its node: a queue's from its URL, a topic's or a
+    function's from its ARN."""
+    if field == 2:  # https://sqs.<region>.amazonaws.com/<account>/<queue>
+        return value.rstrip("/").rsplit("/", 1)[-1] or value
+    if field == 3:  # arn:aws:sns:<region>:<account>:<topic>
+        return value.rsplit(":", 1)[-1] or value
+    if field == 4 and value.startswith("arn:"):  # arn:aws:lambda:<region>:<acct>:function:<n>
+        parts = value.split(":")
+        return parts[6] if len(parts) > 6 and parts[6] else value
+    return value
+
+
+def inferred_node(name: str, namespace: str | None, resources: tuple | None, sql: bool
+                  ) -> tuple[str, str]:
+    """(name, type) of the node a downstream call's subsegment makes when no segment answers
+    it: ``resources`` the values of RESOURCE_FIELDS in its ``aws`` block, ``sql`` whether it
+    has a ``sql`` block."""
+    if namespace == "aws":
+        for field, value in enumerate(resources or ()):
+            if type(value) is str and value:
+                return _resource_name(field, value), RESOURCE_TYPES[field]
+        return name, aws_type(name)
+    return name, SQL_TYPE if sql else "remote"
+
+
+def _inferred(e: Entity) -> tuple[str, str]:
+    aws = _dict(e.doc.get("aws"))
+    return inferred_node(e.name, e.namespace, tuple(aws.get(key) for key in RESOURCE_FIELDS),
+                         type(e.doc.get("sql")) is dict)
 
 
 def _num(value: Any) -> float | None:
@@ -254,7 +276,7 @@ class Trace:
                 self.edges.append(Edge(parent.service, segment.service, parent))
         for e in self.all:
             if e.remote and id(e) not in continued:
-                node = Service(e.name, _inferred_type(e), None, True, e)
+                node = Service(*_inferred(e), None, True, e)
                 self.services.append(node)
                 if e.service is not None:
                     self.edges.append(Edge(e.service, node, e))
