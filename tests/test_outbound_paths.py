@@ -71,7 +71,7 @@ def exporter_for(upstream: XRayUpstream, route: HttpProxy | None, offload: bool,
                  monkeypatch) -> tuple[XRayExporter, int]:
     """An exporter and the PutTraceSegments calls it made: with ``offload``, as many as it
     takes to have the helper process running, so that the next call goes through it."""
-    monkeypatch.setattr(xray, "OFFLOAD_CALLS_PER_SECOND", 2)
+    monkeypatch.setattr(xray, "OFFLOAD_CALLS_PER_SECOND", 1)  # two calls in a second
     exporter = XRayExporter(context(upstream, route), pool_size=1, offload=offload)
     calls = 0
     while offload and calls < 40:
