@@ -54,6 +54,8 @@ class Config:
     store_retention_hours: int = 0  # 0: the default (72)
     store_max_size_mb: int = 0  # 0: the default (1024)
     sampling_rules_file: str = ""
+    # HTTP servers (docs/operations.md, "Threat model"): Host names accepted besides loopback.
+    allowed_hosts: str = ""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -98,6 +100,7 @@ KEYS: tuple[Key, ...] = (
     Key("Store.RetentionHours", "store_retention_hours", int),
     Key("Store.MaxSizeMB", "store_max_size_mb", int),
     Key("SamplingRulesFile", "sampling_rules_file", str),
+    Key("AllowedHosts", "allowed_hosts", str),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 

@@ -88,6 +88,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("sampling-rules", "", str, "sampling_rules_file",
          "Offline mode: JSON file of sampling rules in the X-Ray SamplingRule shape (config key "
          "SamplingRulesFile)."),
+    Flag("allowed-hosts", "", str, "allowed_hosts",
+         "Host names or addresses the TCP servers answer besides loopback and their listen "
+         "address, comma-separated; * for any (config key AllowedHosts)."),
 )
 
 _BY_NAME: dict[str, Flag] = {}

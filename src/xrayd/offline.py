@@ -80,7 +80,7 @@ def start(cfg: Config, log: logging.Logger,
     info = {"store": path, "retention_hours": retention.hours,
             "max_size_mb": retention.max_bytes // (1024 * 1024)}
     api = XRayApi(writer, reader, sampling)
-    server = make_server(cfg.tcp_address, api, viewer_routes(reader, info))
+    server = make_server(cfg.tcp_address, api, viewer_routes(reader, info), cfg.allowed_hosts)
     try:
         server.start()
     except OSError as exc:

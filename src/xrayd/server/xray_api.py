@@ -14,7 +14,9 @@ from typing import Any
 
 import orjson
 
+from xrayd.logs import RateLimitedLog
 from xrayd.sampling.engine import SamplingEngine, SamplingError
+from xrayd.server.policy import api_policy
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, queries, schema
 from xrayd.store.filters import FilterError
@@ -148,6 +150,8 @@ class XRayApi:
             return error_response("InvalidRequestException", str(exc))
         except SamplingError as exc:
             return error_response(exc.code, str(exc))
+        except RecursionError:  # a request nested deeper than the code that reads it
+            return error_response("InvalidRequestException", "Request is nested too deeply")
 
     # --- traces ----------------------------------------------------------------------
     def put_trace_segments(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -254,9 +258,14 @@ def make_handler(api: XRayApi, viewer: Handler | None = None) -> Handler:
     return handle
 
 
-def make_server(address: str, api: XRayApi, viewer: Handler | None = None
+def make_server(address: str, api: XRayApi, viewer: Handler | None = None,
+                allowed_hosts: str = "", logs: RateLimitedLog | None = None
                 ) -> ThreadedHttpServer:
+    """The offline TCP server: the X-Ray API and the viewer, with the policy against DNS
+    rebinding and cross-site requests (server/policy.py); every error in the service's shape."""
     return ThreadedHttpServer(
         address, make_handler(api, viewer), max_body=MAX_BODY, name="offline-http",
+        policy=api_policy(address, allowed_hosts).check, logs=logs,
+        errors=lambda status, code, message: error_response(code, message, status),
         too_large=lambda: error_response("InvalidRequestException", "Request body too large",
                                          413))
