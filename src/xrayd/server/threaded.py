@@ -447,7 +447,7 @@ class ThreadedHttpServer:
                 return None
             if not data:
                 if pending:
-                    self.count("truncated")
+                    self._note(client, "truncated", "connection closed within the request head")
                 return None
             pending += data
         self._fail(conn, client, 431, "head_too_large",
@@ -478,7 +478,7 @@ class ThreadedHttpServer:
         try:
             request.body = self._read_body(conn, h, event)
         except BodyTooLarge:
-            self.count("body_too_large")
+            self._note(client, "body_too_large", f"request body over {self.max_body} bytes")
             self._respond(conn, h, request, self.too_large(), close=True)
             _linger(conn, limit=max(4 * 1024 * 1024, 2 * self.max_body))
             return False
@@ -563,13 +563,17 @@ class ThreadedHttpServer:
         conn.settimeout(self.io_timeout)  # the whole sendall (Python 3.5+)
         conn.sendall(data)
 
+    def _note(self, client: str, kind: str, message: str) -> None:
+        """A malformed request: counted and logged (rate-limited, per kind)."""
+        self.count(kind)
+        self.logs.warn(f"{self.name}-{kind}",
+                       f"{self.name}: bad request from {client}: {message[:300]}")
+
     def _fail(self, conn: socket.socket, client: str, status: int, kind: str, message: str,
               h: h11.Connection | None = None) -> None:
         """A request this server cannot take: count it, log it (rate-limited), answer in the
         application's error shape and close."""
-        self.count(kind)
-        self.logs.warn(f"{self.name}-{kind}",
-                       f"{self.name}: bad request from {client}: {message[:300]} ({status})")
+        self._note(client, kind, f"{message} ({status})")
         h = h or h11.Connection(h11.SERVER)
         if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
