@@ -248,3 +248,36 @@ def test_chromium_on_another_origin_cannot_change_rules_or_inject_traces(start_x
     finally:
         site.shutdown()
     daemon.wait_for("refused")
+
+
+def test_the_signing_proxy_refuses_cross_site_requests_and_forwards_sdk_ones(start_xrayd):
+    """Normal mode: the daemon's TCP proxy (real daemon, strict fake X-Ray upstream)."""
+    from fakes.xray_upstream import XRayUpstream
+    from test_proxy import start_proxying
+
+    upstream = XRayUpstream()
+    try:
+        daemon, _udp, tcp = start_proxying(start_xrayd, upstream.url,
+                                           extra=["--allowed-hosts", "xray-daemon"])
+        own = f"Host: 127.0.0.1:{tcp}\r\n"
+        assert raw_post(tcp, "/GetSamplingRules", b"{}", own + CHROMIUM_NO_CORS)[0] == 403
+        assert raw_post(tcp, "/GetSamplingRules", b"{}",
+                        own + "Content-Type: text/plain\r\n")[0] == 415
+        assert raw_post(tcp, "/GetSamplingRules", b"{}", f"Host: evil:{tcp}\r\n")[0] == 421
+        assert upstream.requests("/GetSamplingRules") == []  # nothing was signed or sent
+        assert raw_post(tcp, "/GetSamplingRules", b'{"NextToken": null}', own)[0] == 200
+        assert raw_post(tcp, "/GetSamplingRules", b"{}", f"Host: xray-daemon:{tcp}\r\n"
+                        "Content-Type: application/json\r\n")[0] == 200
+        assert len(upstream.requests("/GetSamplingRules")) == 2
+        daemon.wait_for("refused")
+    finally:
+        upstream.stop()
+
+
+def test_allowed_hosts_flag_and_config_key():
+    from xrayd import flags
+    from xrayd.config import config_from_document
+
+    assert config_from_document({"Version": 2, "AllowedHosts": "a, .b"}).allowed_hosts == "a, .b"
+    assert flags.settings_from(flags.parse(["--allowed-hosts", "x,y"])) == {
+        "allowed_hosts": "x,y"}
