@@ -278,7 +278,6 @@ class ThreadedHttpServer:
         self.admission = Admission(max_connections, max_per_client)
         self.counts: Counter[str] = Counter()  # refusals and failures, by kind
         self._lingerer = Lingerer(name=f"{name}-linger")
-        self._refusal = self._refusal_bytes()
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -343,6 +342,7 @@ class ThreadedHttpServer:
             except OSError:
                 if self._stopping:
                     return
+                time.sleep(0.05)  # e.g. out of file descriptors: do not spin
                 continue
             client = client_key(peer)
             refused = self.admission.admit(client)
@@ -354,12 +354,14 @@ class ThreadedHttpServer:
             with self._lock:
                 self._open.add(conn)
                 self._threads.add(thread)
-            thread.start()
-
-    def _refusal_bytes(self) -> bytes:
-        h = h11.Connection(h11.SERVER)
-        response = self.errors(503, "ServiceUnavailable", "too many connections")
-        return self._head(h, response, close=True) + response.body
+            try:
+                thread.start()
+            except RuntimeError:  # no more threads: as if the limit were reached
+                with self._lock:
+                    self._open.discard(conn)
+                    self._threads.discard(thread)
+                self.admission.release(client)
+                self._refuse(conn, client, "total")
 
     def _refuse(self, conn: socket.socket, client: str, why: str) -> None:
         """Too many connections: a 503 sent without blocking, then the socket is left to the
@@ -368,9 +370,11 @@ class ThreadedHttpServer:
         self.logs.warn(f"{self.name}-refused-{why}",
                        f"{self.name}: connection from {client} refused: too many connections "
                        + ("in total" if why == "total" else "from this address"))
+        response = self.errors(503, "ServiceUnavailable", "too many connections")
+        answer = self._head(h11.Connection(h11.SERVER), response, close=True) + response.body
         try:
             conn.setblocking(False)
-            conn.send(self._refusal)
+            conn.send(answer)
             conn.shutdown(socket.SHUT_WR)
         except OSError:
             conn.close()
