@@ -360,3 +360,56 @@ def test_admission_counts_per_client_and_in_total():
     assert admission.admit("c") is None and admission.open() == 3
     assert client_key(("::ffff:10.0.0.1", 5, 0, 0)) == "10.0.0.1"
     assert client_key(("::1", 5, 0, 0)) == "::1"
+
+
+def test_offline_api_failures_are_json_and_logged(tmp_path, caplog):
+    """Handler failures behind the offline API (item 7): a store that is not a database, and
+    filter expressions nested deeper than the parser or SQLite go. Never text/plain."""
+    import json
+    import logging
+
+    from xrayd.sampling.engine import SamplingEngine
+    from xrayd.server.xray_api import StoreReader, XRayApi, make_server
+    from xrayd.store.writer import StoreWriter
+
+    good = str(tmp_path / "good.db")
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not an SQLite database" * 100)
+    writer = StoreWriter(good)
+    readers = {"good": StoreReader(good), "broken": StoreReader(str(broken))}
+    servers = {name: make_server(f"127.0.0.1:{free_port()}",
+                                 XRayApi(writer, reader, SamplingEngine()))
+               for name, reader in readers.items()}
+    for server in servers.values():
+        server.start()
+
+    def summaries(name: str, expression: str | None = None) -> tuple[int, str, dict]:
+        body = {"StartTime": 0, "EndTime": 4e9}
+        if expression is not None:
+            body["FilterExpression"] = expression
+        conn = http.client.HTTPConnection("127.0.0.1", servers[name].bound[1], timeout=30)
+        conn.request("POST", "/TraceSummaries", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        data = answer.read()
+        conn.close()
+        return answer.status, answer.getheader("Content-Type"), json.loads(data)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="xrayd"):
+            status, kind, body = summaries("broken")
+        assert (status, kind, body["__type"]) == (500, "application/json", "InternalFailure")
+        assert any("/TraceSummaries failed: DatabaseError" in r.getMessage()
+                   for r in caplog.records)
+        status, kind, body = summaries("good", "(" * 400 + "responsetime > 1" + ")" * 400)
+        assert (status, kind, body["__type"]) == (400, "application/json",
+                                                  "InvalidRequestException")
+        status, kind, body = summaries("good", "NOT " * 300 + "responsetime > 1")
+        assert kind == "application/json" and body["__type"] in (
+            "InvalidRequestException", "InternalFailure")
+    finally:
+        for server in servers.values():
+            server.stop()
+        for reader in readers.values():
+            reader.close()
+        writer.close()
