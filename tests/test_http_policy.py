@@ -67,6 +67,12 @@ def request(method: str = "POST", **headers: str) -> Request:
     (request(Host="127.0.0.1:2000", Origin="null"), 403),
     (request("GET", Host="127.0.0.1:2000", Origin="http://evil.example"), 403),
     (request("GET", Host="127.0.0.1:2000", Sec_Fetch_Site="cross-site"), 403),
+    (request("GET", Host="127.0.0.1:2000", Sec_Fetch_Site="cross-site",  # a link followed
+             Sec_Fetch_Mode="navigate", Sec_Fetch_Dest="document"), None),
+    (request("GET", Host="127.0.0.1:2000", Sec_Fetch_Site="cross-site",  # framed
+             Sec_Fetch_Mode="navigate", Sec_Fetch_Dest="iframe"), 403),
+    (request(Host="127.0.0.1:2000", Sec_Fetch_Site="cross-site",  # a form posted
+             Sec_Fetch_Mode="navigate", Sec_Fetch_Dest="document"), 403),
     (request(Host="evil.example:2000", Origin="http://evil.example:2000"), 421),
 ])
 def test_request_policy(req, status):

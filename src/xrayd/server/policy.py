@@ -7,7 +7,8 @@ rebinding and cross-site requests (docs/operations.md, "Threat model").
   When the server listens on every interface, any IP literal is accepted too: rebinding needs
   a DNS name, and a client that types an IP address reaches the address it means.
 - A request with an ``Origin`` that is not the server's own, or ``Sec-Fetch-Site:
-  cross-site``, comes from another site's page: refused.
+  cross-site``, comes from another site's page: refused; except following a link to a page
+  (a top-level GET navigation), which reads and changes nothing for the other site.
 - Mutating calls (any method but GET, HEAD and OPTIONS) need an AWS JSON content type or none
   (the Go SDK and ADOT Python's sampler send none). ``text/plain``, forms and multipart are the
   types a page of another origin can send without a CORS preflight.
@@ -91,6 +92,17 @@ class HostAllowList:
         return any(host == a[1:] or host.endswith(a) for a in self.allowed if a[:1] == ".")
 
 
+def _fetch(request: Request, what: str) -> str:
+    return (request.header(f"sec-fetch-{what}") or "").strip().lower()
+
+
+def _top_level_visit(request: Request) -> bool:
+    """Following a link from another site to the viewer: a GET for a whole page, which reads
+    nothing for the other site and changes nothing (framing it is refused)."""
+    return (request.method in ("GET", "HEAD") and _fetch(request, "mode") == "navigate"
+            and _fetch(request, "dest") == "document")
+
+
 def _media_type(value: str) -> str:
     return value.partition(";")[0].strip().lower()
 
@@ -127,7 +139,7 @@ class RequestPolicy:
             if origin is not None and not _same_origin(origin, host):
                 return Refusal(403, "AccessDeniedException",
                                f"cross-origin request from {origin[:100]!r} refused")
-            if (request.header("sec-fetch-site") or "").strip().lower() == "cross-site":
+            if _fetch(request, "site") == "cross-site" and not _top_level_visit(request):
                 return Refusal(403, "AccessDeniedException", "cross-site request refused")
         if self.content_types is not None and request.method not in SAFE_METHODS:
             types = [v for k, v in request.headers if k.lower() == "content-type"]
