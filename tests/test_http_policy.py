@@ -86,13 +86,15 @@ def test_policy_parts_are_options():
     assert RequestPolicy(None, False, AWS_JSON).check(anything).status == 415
 
 
-# Chromium 120+ sends these for fetch(url, {method: "POST", mode: "no-cors", body: "..."}) from
-# a page at http://localhost:8000/ (captured from the browser test below).
+# What Debian's headless chromium 150 sent for fetch(url, {method: "POST", mode: "no-cors",
+# body: "{}"}) from a page at http://localhost:<port>/ (captured from a raw socket; the page's
+# port replaced by 8000; Host and Content-Length are added per request).
 CHROMIUM_NO_CORS = (
     "Connection: keep-alive\r\n"
     'sec-ch-ua-platform: "Linux"\r\n'
     "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "HeadlessChrome/131.0.0.0 Safari/537.36\r\n"
+    "HeadlessChrome/150.0.0.0 Safari/537.36\r\n"
+    'sec-ch-ua: "Not;A=Brand";v="8", "Chromium";v="150"\r\n'
     "Content-Type: text/plain;charset=UTF-8\r\n"
     "sec-ch-ua-mobile: ?0\r\n"
     "Accept: */*\r\n"
