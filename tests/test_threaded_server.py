@@ -413,3 +413,28 @@ def test_offline_api_failures_are_json_and_logged(tmp_path, caplog):
         for reader in readers.values():
             reader.close()
         writer.close()
+
+
+def test_lingerer_drains_then_closes_and_is_bounded():
+    from xrayd.server.threaded import Lingerer
+
+    lingerer = Lingerer(seconds=30, capacity=1)
+    held_ours, held_theirs = socket.socketpair()
+    over_ours, over_theirs = socket.socketpair()
+    try:
+        lingerer.add(held_ours)
+        lingerer.add(over_ours)  # over capacity: closed at once
+        over_theirs.settimeout(5)
+        assert over_theirs.recv(10) == b""
+        held_theirs.sendall(b"x" * 100_000)  # read and dropped, the socket stays open
+        held_theirs.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            held_theirs.recv(10)
+        held_theirs.shutdown(socket.SHUT_WR)  # the client is done: the lingerer closes
+        held_theirs.settimeout(5)
+        assert held_theirs.recv(10) == b""
+        wait_until(lambda: lingerer._held == 0, what="lingerer empty")
+    finally:
+        lingerer.stop()
+        held_theirs.close()
+        over_theirs.close()
