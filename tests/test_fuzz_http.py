@@ -78,7 +78,7 @@ def serve(channel, tmp) -> None:
     channel.send(server.bound[1])
     while channel.recv() != "stop":
         acceptor = server._acceptor
-        channel.send({"counts": dict(server.counts), "lines": lines.server_lines,
+        channel.send({"counts": server.snapshot(), "lines": lines.server_lines,
                       "thread_errors": errors, "rss_mb": rss_mb(),
                       "acceptor_alive": acceptor is not None and acceptor.is_alive()})
     server.stop()

@@ -334,6 +334,11 @@ class ThreadedHttpServer:
         with self._lock:
             self.counts[kind] += 1
 
+    def snapshot(self) -> dict[str, int]:
+        """The refusal and failure counters, by kind (for metrics and tests)."""
+        with self._lock:
+            return dict(self.counts)
+
     def _accept_loop(self) -> None:
         listener = self._listener
         while listener is not None and not self._stopping:
