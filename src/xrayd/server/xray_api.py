@@ -144,14 +144,14 @@ class XRayApi:
             return error_response("SerializationException", "Request body must be an object")
         try:
             return json_response(op(body))
+        except RecursionError:  # a request nested deeper than the code that reads it
+            return error_response("InvalidRequestException", "Request is nested too deeply")
         except ApiError as exc:
             return error_response(exc.code, str(exc), exc.status)
         except (FilterError, QueryError) as exc:
             return error_response("InvalidRequestException", str(exc))
         except SamplingError as exc:
             return error_response(exc.code, str(exc))
-        except RecursionError:  # a request nested deeper than the code that reads it
-            return error_response("InvalidRequestException", "Request is nested too deeply")
 
     # --- traces ----------------------------------------------------------------------
     def put_trace_segments(self, body: dict[str, Any]) -> dict[str, Any]:
