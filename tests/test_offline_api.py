@@ -253,7 +253,8 @@ def test_bad_requests_get_the_service_error_shape(start_xrayd, tmp_path):
         ("/TraceSegments", b'{"TraceSegmentDocuments": "x"}', "InvalidRequestException"),
     ]:
         request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                         method="POST")
+                                         method="POST",
+                                         headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as http_error:
             urllib.request.urlopen(request, timeout=5)
         assert http_error.value.code == 400

@@ -235,13 +235,14 @@ def test_upstream_timeout_answers_504(upstream):
 def test_chunked_and_expect_continue_bodies_are_forwarded_signed(start_xrayd, upstream):
     _daemon, _udp, tcp = start_proxying(start_xrayd, upstream.url)
     with socket.create_connection(("127.0.0.1", tcp), timeout=15) as sock:
-        sock.sendall(b"POST /GetSamplingRules HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+        sock.sendall(b"POST /GetSamplingRules HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
+                     b"chunked"
                      b"\r\nContent-Type: application/json\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n")
         answer = b""
         while b"SamplingRuleRecords" not in answer:
             answer += sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 ")
-        sock.sendall(b"POST /SamplingTargets HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n"
+        sock.sendall(b"POST /SamplingTargets HTTP/1.1\r\nHost: localhost\r\nContent-Length: 35\r\n"
                      b"Expect: 100-continue\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 100 ")
         sock.sendall(b'{"SamplingStatisticsDocuments": []}')

@@ -277,5 +277,9 @@ def make_handler(sources: Sources) -> Handler:
     return handle
 
 
-def make_server(address: str, sources: Sources) -> ThreadedHttpServer:
-    return ThreadedHttpServer(address, make_handler(sources), max_body=1024, name="admin-http")
+def make_server(address: str, sources: Sources, allowed_hosts: str = "") -> ThreadedHttpServer:
+    """GET only, so no content-type rule; Host and Origin are checked as for the API."""
+    from xrayd.server.policy import read_only_policy
+
+    return ThreadedHttpServer(address, make_handler(sources), max_body=1024, name="admin-http",
+                              policy=read_only_policy(address, allowed_hosts).check)

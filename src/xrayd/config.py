@@ -63,6 +63,8 @@ class Config:
     # OTLP export (docs/otlp-export.md): beside the X-Ray upload or the offline store.
     otlp_endpoint: str = ""  # "" = from OTEL_EXPORTER_OTLP_*; "off" = never
     otlp_sigv4_region: str = ""  # sign OTLP requests with SigV4 (service xray) for this region
+    # HTTP servers (docs/operations.md, "Threat model"): Host names accepted besides loopback.
+    allowed_hosts: str = ""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -125,6 +127,7 @@ KEYS: tuple[Key, ...] = (
     Key("OpenTelemetry.IndexAllAttributes", "otel_index_all_attributes", bool),
     Key("OTLPEndpoint", "otlp_endpoint", str),
     Key("OTLPSigV4Region", "otlp_sigv4_region", str),
+    Key("AllowedHosts", "allowed_hosts", str),
 )
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 

@@ -400,7 +400,7 @@ class Daemon:
             spool.depth if spool is not None else None, lambda: uploader.limiter.rate,
             lanes=lambda: lanes,
         )
-        self.admin = make_server(address, sources)
+        self.admin = make_server(address, sources, self.config.allowed_hosts)
         try:
             self.admin.start()
         except OSError as exc:
@@ -481,7 +481,7 @@ class Daemon:
                 cfg.tcp_address)
         log.info("Starting proxy http server on %s", cfg.tcp_address)
         self.signing_proxy = proxy
-        self.http = proxy.server(cfg.tcp_address)
+        self.http = proxy.server(cfg.tcp_address, cfg.allowed_hosts)
         try:
             self.http.start()
         except Exception as exc:  # as the original: the daemon runs on without the proxy

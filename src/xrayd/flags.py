@@ -108,6 +108,9 @@ FLAGS: tuple[Flag, ...] = (
          "Sign OTLP export requests with SigV4 (service xray) for this region; without "
          "--otlp-endpoint, export to https://xray.<region>.amazonaws.com/v1/traces (config key "
          "OTLPSigV4Region)."),
+    Flag("allowed-hosts", "", str, "allowed_hosts",
+         "Host names or addresses the TCP servers answer besides loopback and their listen "
+         "address, comma-separated; * for any (config key AllowedHosts)."),
 )
 
 _BY_NAME: dict[str, Flag] = {}

@@ -105,7 +105,8 @@ def start(cfg: Config, log: logging.Logger, stats: Stats | None = None,
             "max_size_mb": retention.max_bytes // (1024 * 1024)}
     api = XRayApi(writer, reader, sampling)
     server = make_server(cfg.tcp_address, api,
-                         viewer_routes(reader, info, stats=stats, rejections=rejections))
+                         viewer_routes(reader, info, stats=stats, rejections=rejections),
+                         cfg.allowed_hosts)
     try:
         server.start()
     except OSError as exc:

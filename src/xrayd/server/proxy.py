@@ -116,9 +116,13 @@ class SigningProxy:
             if self.proxy else DirectTransport(self.upstream, aws.verify, timeout))
         self._pool = ThreadPoolExecutor(UPSTREAM_THREADS, thread_name_prefix="proxy-upstream")
 
-    def server(self, address: str) -> ThreadedHttpServer:
+    def server(self, address: str, allowed_hosts: str = "") -> ThreadedHttpServer:
+        from xrayd.server.policy import api_policy
+
         return ThreadedHttpServer(address, self.handle, max_body=self.max_body,
-                                  too_large=self._too_large, name="proxy-http")
+                                  too_large=self._too_large, name="proxy-http",
+                                  policy=api_policy(address, allowed_hosts).check,
+                                  errors=error_response, logs=self.logs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 
+from xrayd.logs import RateLimitedLog
 from xrayd.sampling.engine import PersistError, SamplingEngine, SamplingError
+from xrayd.server.policy import api_policy
 from xrayd.server.threaded import Handler, Request, Response, ThreadedHttpServer
 from xrayd.store import graph, graph_rows, groups, queries, schema, timeseries
 from xrayd.store.filters import FilterError
@@ -117,7 +119,7 @@ class XRayApi:
         self.writer = writer
         self.reader = reader
         self.sampling = sampling
-        self.groups = GroupStore(reader.path)
+        self.groups = GroupStore(writer.path if writer is not None else reader.path)
         self.graphs = GraphCache()
         self.warmer = Warmer(self.warm_graph)
         self._stop_warming = threading.Event()
@@ -170,6 +172,8 @@ class XRayApi:
             return error_response("SerializationException", "Request body must be an object")
         try:
             return json_response(op(body))
+        except RecursionError:  # a request nested deeper than the code that reads it
+            return error_response("InvalidRequestException", "Request is nested too deeply")
         except ApiError as exc:
             return error_response(exc.code, str(exc), exc.status)
         except (FilterError, QueryError) as exc:
@@ -363,10 +367,15 @@ def make_handler(api: XRayApi, viewer: Handler | None = None) -> Handler:
     return handle
 
 
-def make_server(address: str, api: XRayApi, viewer: Handler | None = None
+def make_server(address: str, api: XRayApi, viewer: Handler | None = None,
+                allowed_hosts: str = "", logs: RateLimitedLog | None = None
                 ) -> ThreadedHttpServer:
+    """The offline TCP server: the X-Ray API and the viewer, with the policy against DNS
+    rebinding and cross-site requests (server/policy.py); every error in the service's shape."""
     api.start_warming()
     return ThreadedHttpServer(
         address, make_handler(api, viewer), max_body=MAX_BODY, name="offline-http",
+        policy=api_policy(address, allowed_hosts).check, logs=logs,
+        errors=lambda status, code, message: error_response(code, message, status),
         too_large=lambda: error_response("InvalidRequestException", "Request body too large",
                                          413))
