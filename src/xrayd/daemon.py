@@ -463,7 +463,8 @@ class Daemon:
 
     def _start_proxy(self, context, upstream: str) -> None:
         from xrayd.receivers.udp import split_address
-        from xrayd.server.proxy import SigningProxy, is_loopback
+        from xrayd.server.policy import is_loopback_name
+        from xrayd.server.proxy import SigningProxy
 
         cfg, log = self.config, self.log
         proxy = SigningProxy(context, upstream, self.logs,
@@ -474,7 +475,7 @@ class Daemon:
         except AddressError as exc:
             log.error("proxy http server failed to listen: %s", exc)
             return
-        if not is_loopback(host):
+        if not is_loopback_name(host):
             log.warning(
                 "The TCP proxy listens on %s, not a loopback address: whoever can reach it "
                 "gets sampling API calls signed with the daemon's credentials",

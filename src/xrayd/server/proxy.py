@@ -7,7 +7,6 @@ unsigned, limits request bodies and times out upstream calls (docs/compatibility
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +35,6 @@ REPLACED = frozenset({"host", "content-length", "authorization", "x-amz-date",
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 # Upstream calls run on a few threads of their own, each with a kept-alive connection.
 UPSTREAM_THREADS = 4
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def hop_by_hop(headers: Headers) -> set[str]:
