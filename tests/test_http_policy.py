@@ -15,7 +15,13 @@ import pytest
 
 from conftest import free_port
 from offline_support import start_offline, xray_client
-from xrayd.server.policy import AWS_JSON, HostAllowList, RequestPolicy, api_policy
+from xrayd.server.policy import (
+    AWS_JSON,
+    HostAllowList,
+    RequestPolicy,
+    api_policy,
+    is_loopback_name,
+)
 from xrayd.server.threaded import Request
 
 
@@ -289,3 +295,9 @@ def test_allowed_hosts_flag_and_config_key():
     assert config_from_document({"Version": 2, "AllowedHosts": "a, .b"}).allowed_hosts == "a, .b"
     assert flags.settings_from(flags.parse(["--allowed-hosts", "x,y"])) == {
         "allowed_hosts": "x,y"}
+
+
+def test_loopback_names_for_the_proxys_listen_warning():
+    assert is_loopback_name("127.0.0.1") and is_loopback_name("::1")
+    assert is_loopback_name("localhost")
+    assert not is_loopback_name("0.0.0.0") and not is_loopback_name("")

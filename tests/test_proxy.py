@@ -205,8 +205,6 @@ def test_hop_by_hop_stripping_is_pure():
     headers = {"Connection": "close, X-A", "X-A": "1", "X-B": "2", "Host": "127.0.0.1:2000",
                "Transfer-Encoding": "chunked", "X-Amz-Date": "old"}
     assert proxy.request_headers(headers) == {"X-B": "2"}
-    assert proxy.is_loopback("127.0.0.1") and proxy.is_loopback("::1")
-    assert not proxy.is_loopback("0.0.0.0") and not proxy.is_loopback("")
 
 
 def test_upstream_timeout_answers_504(upstream):
