@@ -250,7 +250,9 @@ class XRayApi:
             oldest, newest = queries.start_span(conn)
             if oldest is None or end < oldest or start > newest:
                 return graph.Graph()
-            low, high = max(start, oldest), min(end, newest)
+            # Widened to whole minutes, which is what the graph cache keeps.
+            low = max(start, math.floor(oldest / 60) * 60)
+            high = min(end, (math.floor(newest / 60) + 1) * 60)
             if not expression:
                 return self.graphs.build(conn, low, high)
             resolve = groups.resolver(conn)
