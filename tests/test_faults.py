@@ -132,6 +132,10 @@ def test_outage_with_spool_loses_nothing(upstream, start_xrayd, tmp_path):
         counts = wait_until(settled(run, sent), timeout=120, interval=0.5, what="all settled")
         wait_until(lambda: run.metrics()["xrayd_spool_segments"] == 0, timeout=60,
                    what="spool empty")
+        # Ready again once a call has succeeded with the breaker closed (the watcher's last
+        # sample may come before that on a slow machine).
+        wait_until(lambda: status(run.admin + "/readyz") == 200, timeout=30, interval=0.5,
+                   what="ready again")
     finally:
         stop.set()
         watcher.join()
@@ -144,7 +148,7 @@ def test_outage_with_spool_loses_nothing(upstream, start_xrayd, tmp_path):
         samples, "xrayd_segments_spooled_total")
     for name in ("failed", "spilled", "dropped", "unprocessed"):
         assert counts[name] == 0, (name, counts)
-    assert 503 in readiness and readiness[-1] == 200  # not ready while the backend was down
+    assert 503 in readiness  # not ready while the backend was down
     assert up.record.bad_signatures == 0
 
 
