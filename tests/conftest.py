@@ -29,6 +29,8 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTPS_PROXY", "HTTP_PROXY", "
               "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
     os.environ.pop(_name, None)
 os.environ.update(SAFE_ENV)
+# As the daemon runs grpcio (receivers/otlp_grpc.py), before any test module imports it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,14 @@ requests, UNAVAILABLE when the memory budget is full, partial success for reject
 
 from __future__ import annotations
 
+import os
 from concurrent import futures
 from typing import Any
+
+# grpcio's fork handlers re-create its threads in a forked child; the X-Ray exporter's upload
+# helper (exporters/offload.py) is forked and closes every inherited descriptor, under which
+# those threads failed ("epoll_wait error: Bad file descriptor") and the helper with them.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc
 
