@@ -59,6 +59,7 @@ AUTH_FIXES = {
 AUTH_LOG_INTERVAL = 60.0
 EMPTY_SPOOL_WAIT = 5.0  # replay threads look at an empty spool this often (and when woken)
 MAX_RETRY_AFTER = 60.0  # a peer's Retry-After is honoured up to this many seconds
+INTERNAL_ERROR = "internal_error"  # the failure label of batches an exporter bug ended
 
 
 def is_auth_error(error: UploadError) -> bool:
@@ -167,6 +168,11 @@ class Uploader:
                 return
             try:
                 self.deliver(batch)
+            except Exception as exc:  # a bug must cost this batch, never the worker
+                self.stats.add(names.SEGMENTS_FAILED, len(batch), label=INTERNAL_ERROR)
+                self.logs.error("internal-error", f"Sending segment batch failed with an "
+                                                  f"unexpected error: {exc!r} ({len(batch)} "
+                                                  "segments dropped)")
             finally:
                 self.queue.done(batch)
 
@@ -210,7 +216,7 @@ class Uploader:
                 self.stats.add(names.SEGMENTS_RETRIED, len(pending))
             attempt_start = self.clock()
             try:
-                unprocessed = self.exporter.put(pending)
+                unprocessed = self._put(pending)
             except UploadError as exc:
                 error = exc
                 retriable = self._failed_attempt(exc)
@@ -249,6 +255,17 @@ class Uploader:
             self.queue.kick()
             self.sleep(wait)
         return [], error
+
+    def _put(self, docs: list[bytes]) -> list[Unprocessed]:
+        try:
+            return self.exporter.put(docs)
+        except UploadError:
+            raise
+        except Exception as exc:
+            # An exporter bug (say a document it cannot handle): final for these documents,
+            # counted as failed with the cause; the worker carries on.
+            raise UploadError(f"unexpected {type(exc).__name__} in the {self.exporter.name} "
+                              f"exporter: {exc}", INTERNAL_ERROR, False) from exc
 
     def _failed_attempt(self, error: UploadError) -> bool:
         """Count a failed call and feed the limiter and breaker; whether to try again."""

@@ -25,6 +25,7 @@ import orjson
 from xrayd.otel import Options
 from xrayd.otel import semconv as sc
 from xrayd.otel.ids import IdError, xray_span_id, xray_trace_id
+from xrayd.otel.numbers import parse_uint
 
 # Span kinds and status codes of opentelemetry.proto.trace.v1 (numbers, so this module does
 # not need the generated classes).
@@ -98,8 +99,8 @@ def _int(value: Any) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str):
+        return parse_uint(value)
     return None
 
 
