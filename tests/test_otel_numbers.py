@@ -45,3 +45,21 @@ def test_span_with_odd_status_code_still_converts(odd):
     [doc] = convert(span(attrs={"http.status_code": odd, "http.response_content_length": odd,
                                 "http.method": "GET"}))
     assert "status" not in doc.get("http", {}).get("response", {})
+
+
+def test_a_span_the_conversion_fails_on_is_rejected_with_a_reason(monkeypatch):
+    from test_otel_convert import request
+    from xrayd.otel import spans_to_segments as s2s
+
+    real = s2s.span_document
+
+    def buggy(span, *args):
+        if span.name == "buggy":
+            raise ValueError("a conversion bug")
+        return real(span, *args)
+
+    monkeypatch.setattr(s2s, "span_document", buggy)
+    out = s2s.convert_request(request(span(name="buggy"), span(name="fine", span_id=b"\3" * 8)))
+    assert out.spans == 2 and len(out.documents) == 1
+    assert out.rejected == {"conversion_failed": 1}
+    assert "buggy" in out.messages[0] and "a conversion bug" in out.messages[0]

@@ -3,15 +3,24 @@ daemon: real xrayd subprocesses, real UDP, the strict OTLP receiver fake."""
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from conftest import datagram, send_udp, wait_until
+from conftest import datagram, free_port, send_udp, wait_until
 from fakes.otlp_receiver import OtlpReceiver
-from offline_support import start_offline
+from offline_support import start_offline, xray_client
+from test_otlp_receivers import post
+
+EPOCH = int(time.time())  # the trace ids' time part
 
 
 @pytest.fixture
@@ -42,3 +51,44 @@ def test_a_segment_the_otlp_exporter_cannot_convert_does_not_stop_the_export(
     daemon.proc.wait(15)
     assert "Exception in thread" not in daemon.output
     assert "segments_dropped[shutdown]" not in daemon.output
+
+
+def t1s(request) -> bytes:
+    return datagram(b"T1S" + base64.b64encode(request.SerializeToString()))
+
+
+def server_span_request(n: int, status_code: str | None = None):
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = f"otel-{n}"
+    span = rs.scope_spans.add().spans.add(
+        name=f"GET /{n}", kind=Span.SPAN_KIND_SERVER,
+        trace_id=bytes.fromhex(f"{EPOCH:08x}{n:024x}"), span_id=n.to_bytes(8, "big"),
+        start_time_unix_nano=time.time_ns() - 10**9, end_time_unix_nano=time.time_ns())
+    if status_code is not None:
+        span.attributes.add(key="http.status_code").value.string_value = status_code
+    return request
+
+
+def xray_id(n: int) -> str:
+    return f"1-{EPOCH:08x}-{n:024x}"
+
+
+def test_spans_with_odd_values_on_udp_and_http_cost_nothing_else(start_xrayd, tmp_path):
+    http_port = free_port()
+    daemon, port, _ = start_offline(start_xrayd, tmp_path, "--otlp-http-address",
+                                    f"127.0.0.1:{http_port}", "--otlp-grpc-address", "off")
+    send_udp(port, t1s(server_span_request(1, "\u00b2")), t1s(server_span_request(2, "\u00b2")))
+    time.sleep(0.3)
+    send_udp(port, *(t1s(server_span_request(n)) for n in range(10, 13)))
+    client = xray_client(port)
+    ids = [xray_id(n) for n in (1, 2, 10, 11, 12)]
+    wait_until(lambda: len(client.batch_get_traces(TraceIds=ids)["Traces"]) == 5, timeout=15,
+               what="every T1S span in the store")
+    status, _, body = post(f"http://127.0.0.1:{http_port}/v1/traces",
+                           server_span_request(20, "\u00b2").SerializeToString())
+    assert status == 200, body
+    assert not ExportTraceServiceResponse.FromString(body).partial_success.rejected_spans
+    wait_until(lambda: client.batch_get_traces(TraceIds=[xray_id(20)])["Traces"], timeout=10,
+               what="the OTLP/HTTP span in the store")
+    assert "Exception in thread" not in daemon.output

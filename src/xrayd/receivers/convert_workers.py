@@ -32,6 +32,7 @@ from xrayd.store.parse_helper import HelperFailed, _grow_pipe, _read, _write
 MIN_POOLED_BYTES = 16 * 1024  # about 50 spans: smaller requests are converted in-process
 REPLY_TIMEOUT = 60.0
 GC_EVERY = 64
+CONVERSION_FAILED = "conversion_failed"  # the reason of requests the conversion failed on
 
 # request: (body, json?, gzip?, limit); answer: (error reason, message) or
 # (spans, {reason: count}, messages, documents)
@@ -46,7 +47,13 @@ def decode_and_convert(body: bytes, is_json: bool, gzipped: bool, limit: int,
     if gzipped:
         body = gunzip(body, limit)
     request = traces_from_json(body) if is_json else _from_protobuf(body)
-    return convert_request(request, options)
+    try:
+        return convert_request(request, options)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a bug: the request is refused (400), the thread lives on
+        raise DecodeError(CONVERSION_FAILED, f"the request could not be converted "
+                                             f"({exc!r:.200})") from exc
 
 
 class Worker:
@@ -186,6 +193,9 @@ def main() -> int:
             out = decode_and_convert(body, is_json, gzipped, limit, options)
         except DecodeError as exc:
             _write(stdout, _encode((exc.reason, str(exc))))
+            continue
+        except Exception as exc:  # a bug must cost this request, not the worker
+            _write(stdout, _encode((CONVERSION_FAILED, f"not converted ({exc!r:.200})")))
             continue
         _write(stdout, _encode((out.spans, dict(out.rejected), out.messages, out.documents)))
 

@@ -65,11 +65,14 @@ class OtlpGrpcReceiver:
 
         try:
             outcome = self.intake.body(data, SOURCE, self.count)
-        except DecodeError as exc:
-            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{exc.reason}", 1)
-            self.intake.logs.warn(f"otlp-grpc:{exc.reason}",
-                                  f"Rejected an OTLP/gRPC request: {exc}")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # DecodeError, or a bug: never an internal error answer
+            reason = exc.reason if isinstance(exc, DecodeError) else "internal_error"
+            message = str(exc) if isinstance(exc, DecodeError) else \
+                f"the request could not be taken ({type(exc).__name__})"
+            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{reason}", 1)
+            self.intake.logs.warn(f"otlp-grpc:{reason}",
+                                  f"Rejected an OTLP/gRPC request: {message}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         if outcome.busy:
             context.abort(grpc.StatusCode.UNAVAILABLE, "memory budget full, retry later")
         response = ExportTraceServiceResponse()

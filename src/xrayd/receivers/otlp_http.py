@@ -75,6 +75,10 @@ class OtlpHttpHandler:
             return self._error(413, INVALID_ARGUMENT, str(exc), media, exc.reason)
         except DecodeError as exc:
             return self._error(400, INVALID_ARGUMENT, str(exc), media, exc.reason)
+        except Exception as exc:  # a bug: answered as a request we cannot take, never 500
+            return self._error(400, INVALID_ARGUMENT, f"the request could not be taken "
+                                                      f"({type(exc).__name__})", media,
+                               "internal_error")
         if outcome.busy:
             response = self._error(503, UNAVAILABLE,
                                    "memory budget full, retry later", media, None)

@@ -98,7 +98,14 @@ class OtlpIntake:
         """The request's segment documents; its unconvertible spans counted and logged."""
         from xrayd.otel.spans_to_segments import convert_request  # at the first OTel request
 
-        return self._account(convert_request(request, self.options), source, count)
+        try:
+            converted = convert_request(request, self.options)
+        except Exception as exc:  # a bug: the request is rejected, the thread lives on
+            count(OTEL_REQUESTS_REJECTED, f"{source}:conversion_failed", 1)
+            self.logs.warn(f"otel-failed:{source}", f"Rejected an OpenTelemetry request from "
+                                                    f"{source}: conversion failed ({exc!r:.200})")
+            return [], Outcome(message="the request could not be converted")
+        return self._account(converted, source, count)
 
     def _account(self, converted: Converted, source: str,
                  count: Count) -> tuple[list[bytes], Outcome]:
@@ -214,8 +221,16 @@ class Backlog:
                 size += len(more)
             try:
                 self.intake.body(b"".join(batch), self.source, self.count, back_pressure=False)
-            except DecodeError as exc:  # checked by the reader: not expected
+            except DecodeError as exc:
                 self.count(OTEL_REQUESTS_REJECTED, f"{self.source}:{exc.reason}", len(batch))
+                self.intake.logs.warn(f"otel-failed:{self.source}",
+                                      f"Rejected {len(batch)} OpenTelemetry datagrams from "
+                                      f"{self.source}: {exc}")
+            except Exception as exc:  # a bug must cost these payloads, never the thread
+                self.count(OTEL_REQUESTS_REJECTED, f"{self.source}:internal_error", len(batch))
+                self.intake.logs.warn(f"otel-failed:{self.source}",
+                                      f"Rejected {len(batch)} OpenTelemetry datagrams from "
+                                      f"{self.source}: {exc!r:.200}")
             if stop:
                 return
 
