@@ -634,6 +634,8 @@ def convert(document: bytes, report: Report) -> ResourceSpans | None:
                 reason = str(exc)
             except RecursionError:
                 reason = "nesting"
+            except Exception:  # a bug must cost this document, not its batch
+                reason = "conversion_failed"
     report.documents += 1
     report.skipped[f"document:{reason}"] += 1
     return None
