@@ -92,3 +92,26 @@ def test_spans_with_odd_values_on_udp_and_http_cost_nothing_else(start_xrayd, tm
     wait_until(lambda: client.batch_get_traces(TraceIds=[xray_id(20)])["Traces"], timeout=10,
                what="the OTLP/HTTP span in the store")
     assert "Exception in thread" not in daemon.output
+
+
+def test_a_request_larger_than_the_whole_budget_is_413_not_503_forever(start_xrayd, tmp_path):
+    http_port = free_port()
+    daemon, _port, _ = start_offline(start_xrayd, tmp_path, "-m", "16", "--otlp-http-address",
+                                    f"127.0.0.1:{http_port}", "--otlp-grpc-address", "off")
+    big = ExportTraceServiceRequest()
+    spans = big.resource_spans.add().scope_spans.add().spans
+    trace = bytes.fromhex(f"{EPOCH:08x}{99:024x}")
+    for n in range(60_000):  # about 400 bytes a document: 24 MB, over the 16 MiB budget
+        span = spans.add(name=f"op-{n}", kind=Span.SPAN_KIND_SERVER, trace_id=trace,
+                         span_id=(n + 1).to_bytes(8, "big"), start_time_unix_nano=time.time_ns(),
+                         end_time_unix_nano=time.time_ns())
+        span.attributes.add(key="http.url").value.string_value = f"http://shop.example/{n:0100}"
+    url = f"http://127.0.0.1:{http_port}/v1/traces"
+    status, headers, body = post(url, big.SerializeToString())
+    assert status == 413, (status, body[:200])
+    assert b"more than the whole memory budget" in body
+    assert "Retry-After" not in headers
+    # one that fits is taken
+    status, _, _ = post(url, server_span_request(30).SerializeToString())
+    assert status == 200
+    assert "over_budget" in daemon.output or "whole memory budget" in daemon.output

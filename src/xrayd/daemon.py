@@ -185,11 +185,16 @@ class Daemon:
         names = frozenset(n.strip() for n in cfg.otel_indexed_attributes.split(",") if n.strip())
         options = Options(indexed_attributes=names,
                           index_all_attributes=cfg.otel_index_all_attributes)
-        batcher = queue.batcher
+        queues = [lane.queue for lane in self.lanes] or [queue]
+
+        def free_bytes() -> int:  # in the fullest lane: every lane takes every document
+            return min(q.batcher.budget - q.snapshot()[0] for q in queues)
+
         # Conversion in worker processes (one a core, 2 to 4) and two threads feeding them
         # T1S datagrams: all started by the first OpenTelemetry request, not before.
         return OtlpIntake(target.put_many, self._spilled, self.logs, options,
-                          free_bytes=lambda: batcher.budget - queue.snapshot()[0],
+                          free_bytes=free_bytes,
+                          capacity=min(q.batcher.budget for q in queues),
                           metrics_sink=self.forward_metrics if self.otlp_exporter else None,
                           workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2,
                           shared_count=stats_count(self.stats.add))

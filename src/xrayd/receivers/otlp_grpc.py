@@ -73,6 +73,8 @@ class OtlpGrpcReceiver:
             self.intake.logs.warn(f"otlp-grpc:{reason}",
                                   f"Rejected an OTLP/gRPC request: {message}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if outcome.too_large:  # not a status the SDKs retry: the request would never fit
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, outcome.message)
         if outcome.busy:
             context.abort(grpc.StatusCode.UNAVAILABLE, "memory budget full, retry later")
         response = ExportTraceServiceResponse()

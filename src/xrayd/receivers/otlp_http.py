@@ -79,6 +79,8 @@ class OtlpHttpHandler:
             return self._error(400, INVALID_ARGUMENT, f"the request could not be taken "
                                                       f"({type(exc).__name__})", media,
                                "internal_error")
+        if outcome.too_large:
+            return self._error(413, INVALID_ARGUMENT, outcome.message, media, None)
         if outcome.busy:
             response = self._error(503, UNAVAILABLE,
                                    "memory budget full, retry later", media, None)

@@ -39,6 +39,7 @@ class Outcome:
     rejected: int = 0  # spans that could not be converted
     message: str = ""  # why, for the OTLP partial-success answer
     busy: bool = False  # nothing taken: the memory budget is full (the sender should retry)
+    too_large: bool = False  # nothing taken: more than the whole budget (never retry as is)
 
 
 class OtlpIntake:
@@ -46,6 +47,7 @@ class OtlpIntake:
                  on_spill: Callable[[Spill], None], logs: RateLimitedLog,
                  options: Options | None = None,
                  free_bytes: Callable[[], int] | None = None,
+                 capacity: int | None = None,
                  metrics_sink: MetricsSink | None = None,
                  workers: int = 0, backlog_threads: int = 0,
                  shared_count: Count | None = None) -> None:
@@ -53,7 +55,10 @@ class OtlpIntake:
         self.on_spill = on_spill
         self.logs = logs
         self.options = options or Options()
+        # The free bytes of the fullest lane, and the smallest lane's whole budget: a request
+        # must fit in every lane, since every lane takes all of it.
         self.free_bytes = free_bytes
+        self.capacity = capacity
         self.metrics_sink = metrics_sink
         # Worker processes for large requests, and threads converting T1S datagrams off the
         # UDP reader: both started on first use (0: convert in the receiving thread).
@@ -149,8 +154,16 @@ class OtlpIntake:
                back_pressure: bool) -> Outcome:
         if not docs:
             return outcome
-        if (back_pressure and self.free_bytes is not None
-                and sum(map(doc_cost, docs)) > self.free_bytes()):
+        cost = sum(map(doc_cost, docs)) if back_pressure else 0
+        if back_pressure and self.capacity is not None and cost > self.capacity:
+            count(OTEL_REQUESTS_REJECTED, f"{source}:over_budget", 1)
+            message = (f"the request's {len(docs)} spans need {cost // 1024} KiB, more than "
+                       f"the whole memory budget ({self.capacity // 1024} KiB): send fewer "
+                       "spans per request, or start xrayd with a larger -m")
+            self.logs.warn(f"otel-over-budget:{source}", f"Rejected an OpenTelemetry request "
+                                                         f"from {source}: {message}")
+            return Outcome(too_large=True, message=message)
+        if back_pressure and self.free_bytes is not None and cost > self.free_bytes():
             count(OTEL_REQUESTS_REJECTED, f"{source}:busy", 1)
             self.logs.warn(f"otel-busy:{source}",
                            f"Memory budget full: asked the {source} sender to retry "
