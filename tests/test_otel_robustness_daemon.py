@@ -115,3 +115,64 @@ def test_a_request_larger_than_the_whole_budget_is_413_not_503_forever(start_xra
     status, _, _ = post(url, server_span_request(30).SerializeToString())
     assert status == 200
     assert "over_budget" in daemon.output or "whole memory budget" in daemon.output
+
+
+def producer_request(n: int):
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    for key, value in (("service.name", f"orders-{n}"), ("deployment.environment", "prod"),
+                       ("team", "payments")):
+        rs.resource.attributes.add(key=key).value.string_value = value
+    scope = rs.scope_spans.add()
+    scope.scope.name = "my.instrumentation"
+    span = scope.spans.add(
+        name=f"publish orders-{n}", kind=Span.SPAN_KIND_PRODUCER,
+        trace_id=bytes.fromhex(f"{EPOCH:08x}{n:024x}"), span_id=n.to_bytes(8, "big"),
+        parent_span_id=(n + 1000).to_bytes(8, "big"),
+        start_time_unix_nano=time.time_ns() - 10**9, end_time_unix_nano=time.time_ns())
+    span.attributes.add(key="messaging.system").value.string_value = "kafka"
+    span.attributes.add(key="order.items").value.int_value = 3
+    span.attributes.add(key="custom.flag").value.bool_value = True
+    return request
+
+
+def test_otel_spans_are_exported_as_they_came_and_stored_converted(
+        start_xrayd, tmp_path, receiver):
+    import grpc
+
+    http_port, grpc_port = free_port(), free_port()
+    _daemon, port, _ = start_offline(
+        start_xrayd, tmp_path, "--otlp-endpoint", f"{receiver.url}/v1/traces",
+        "--otlp-http-address", f"127.0.0.1:{http_port}",
+        "--otlp-grpc-address", f"127.0.0.1:{grpc_port}")
+    sent = {n: producer_request(n) for n in (41, 42, 43)}
+    send_udp(port, t1s(sent[41]))
+    status, _, _ = post(f"http://127.0.0.1:{http_port}/v1/traces", sent[42].SerializeToString())
+    assert status == 200
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=ExportTraceServiceResponse.FromString)
+        export(sent[43], timeout=10)
+
+    def arrived():
+        found = {}
+        for request in receiver.trace_requests():
+            for rs in request.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        found[int.from_bytes(span.span_id, "big")] = rs
+        return found if set(sent) <= set(found) else None
+
+    found = wait_until(arrived, timeout=20, what="the three spans at the OTLP receiver")
+    for n, request in sent.items():
+        assert found[n] == request.resource_spans[0]  # kind, name, attributes, resource, scope
+    client = xray_client(port)
+    traces = wait_until(lambda: (t := client.batch_get_traces(
+        TraceIds=[xray_id(n) for n in sent])["Traces"]) and len(t) == 3 and t,
+        timeout=15, what="the converted segments in the store")
+    stored = {json.loads(s["Document"])["id"] for t in traces for s in t["Segments"]}
+    assert stored == {f"{n:016x}" for n in sent}
+    assert len(receiver.spans()) == 3  # once each: not converted to a segment and back too
+    assert receiver.problems == []

@@ -196,6 +196,8 @@ class Daemon:
                           free_bytes=free_bytes,
                           capacity=min(q.batcher.budget for q in queues),
                           metrics_sink=self.forward_metrics if self.otlp_exporter else None,
+                          put_otel=fanout.put_otel if any(lane.takes_otlp for lane in
+                                                          self.lanes) else None,
                           workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2,
                           shared_count=stats_count(self.stats.add))
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # counter for the UDP reader.
 Count = Callable[[str, str, int], None]
 MetricsSink = Callable[[bytes], None]
+PutOtel = Callable[[list[bytes], list[bytes]], "Spill | None"]
 
 
 @dataclass
@@ -49,6 +50,7 @@ class OtlpIntake:
                  free_bytes: Callable[[], int] | None = None,
                  capacity: int | None = None,
                  metrics_sink: MetricsSink | None = None,
+                 put_otel: PutOtel | None = None,
                  workers: int = 0, backlog_threads: int = 0,
                  shared_count: Count | None = None) -> None:
         self.put_many = put_many
@@ -60,6 +62,9 @@ class OtlpIntake:
         self.free_bytes = free_bytes
         self.capacity = capacity
         self.metrics_sink = metrics_sink
+        # With an OTLP exporter (Fanout.put_otel): the request's ResourceSpans go to it as
+        # they came, beside the converted documents; None: nothing more is cut out or kept.
+        self.put_otel = put_otel
         # Worker processes for large requests, and threads converting T1S datagrams off the
         # UDP reader: both started on first use (0: convert in the receiving thread).
         self.workers = workers
@@ -131,28 +136,33 @@ class OtlpIntake:
         """Convert and queue; with ``back_pressure``, refuse the whole request (busy) when its
         documents do not fit in the free budget, instead of spilling older ones."""
         docs, outcome = self.convert(request, source, count)
-        return self._queue(docs, outcome, source, count, back_pressure)
+        passed = [rs.SerializeToString() for rs in request.resource_spans] \
+            if self.put_otel is not None else None
+        return self._queue(docs, outcome, source, count, back_pressure, passed)
 
     def body(self, body: bytes, source: str, count: Count, *, is_json: bool = False,
              gzipped: bool = False, limit: int | None = None,
              back_pressure: bool = True) -> Outcome:
         """A request body (OTLP/HTTP or gRPC): decoded and converted by the worker pool when
         there is one, else here; DecodeError when it does not decode."""
-        from xrayd.otel.decode import MAX_BODY
+        from xrayd.otel.decode import MAX_BODY, gunzip, resource_spans_of_body
         from xrayd.receivers.convert_workers import decode_and_convert
 
         limit = MAX_BODY if limit is None else limit
+        if self.put_otel is not None and gzipped:
+            body, gzipped = gunzip(body, limit), False  # inflated once, for both uses
         pool = self._pool()
         if pool is not None:
             converted = pool.convert(body, is_json, gzipped, limit)
         else:
             converted = decode_and_convert(body, is_json, gzipped, limit, self.options)
         docs, outcome = self._account(converted, source, count)
-        return self._queue(docs, outcome, source, count, back_pressure)
+        passed = resource_spans_of_body(body, is_json) if self.put_otel is not None else None
+        return self._queue(docs, outcome, source, count, back_pressure, passed)
 
     def _queue(self, docs: list[bytes], outcome: Outcome, source: str, count: Count,
-               back_pressure: bool) -> Outcome:
-        if not docs:
+               back_pressure: bool, passed: list[bytes] | None = None) -> Outcome:
+        if not docs and not passed:
             return outcome
         cost = sum(map(doc_cost, docs)) if back_pressure else 0
         if back_pressure and self.capacity is not None and cost > self.capacity:
@@ -169,7 +179,10 @@ class OtlpIntake:
                            f"Memory budget full: asked the {source} sender to retry "
                            f"{len(docs)} spans later")
             return Outcome(busy=True)
-        spill = self.put_many(docs)
+        if passed is not None and self.put_otel is not None:
+            spill = self.put_otel(docs, passed)
+        else:
+            spill = self.put_many(docs)
         if spill is not None:
             self.on_spill(spill)
         outcome.accepted = len(docs)
