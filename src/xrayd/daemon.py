@@ -177,7 +177,12 @@ class Daemon:
         segments (light: protobuf, grpc and the OpenTelemetry packages are only imported by the
         receivers that use them). M1 metrics go to the OTLP exporter when there is one."""
         from xrayd.otel import Options
-        from xrayd.receivers.otlp_intake import OtlpIntake, stats_count
+        from xrayd.receivers.otlp_intake import (
+            IN_FLIGHT_BYTES,
+            ByteGate,
+            OtlpIntake,
+            stats_count,
+        )
 
         cfg, queue, fanout = self.config, self.queue, self.fanout
         assert queue is not None and fanout is not None
@@ -195,6 +200,8 @@ class Daemon:
         return OtlpIntake(target.put_many, self._spilled, self.logs, options,
                           free_bytes=free_bytes,
                           capacity=min(q.batcher.budget for q in queues),
+                          gate=ByteGate(max(IN_FLIGHT_BYTES,
+                                            sum(q.batcher.budget for q in queues) // 2)),
                           metrics_sink=self.forward_metrics if self.otlp_exporter else None,
                           put_otel=fanout.put_otel if any(lane.takes_otlp for lane in
                                                           self.lanes) else None,

@@ -32,6 +32,7 @@ from xrayd.store.parse_helper import HelperFailed, _grow_pipe, _read, _write
 MIN_POOLED_BYTES = 16 * 1024  # about 50 spans: smaller requests are converted in-process
 REPLY_TIMEOUT = 60.0
 GC_EVERY = 64
+TRIM_AFTER_BYTES = 4 * 1024 * 1024  # a request this large (body + answer): trim the heap after
 CONVERSION_FAILED = "conversion_failed"  # the reason of requests the conversion failed on
 
 # request: (body, json?, gzip?, limit); answer: (error reason, message) or
@@ -170,6 +171,8 @@ def main() -> int:
     import gc
     import signal
 
+    from xrayd.memory import trim
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon ends us by closing stdin
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = json.loads(sys.argv[1])
@@ -197,7 +200,15 @@ def main() -> int:
         except Exception as exc:  # a bug must cost this request, not the worker
             _write(stdout, _encode((CONVERSION_FAILED, f"not converted ({exc!r:.200})")))
             continue
-        _write(stdout, _encode((out.spans, dict(out.rejected), out.messages, out.documents)))
+        answer = _encode((out.spans, dict(out.rejected), out.messages, out.documents))
+        del out
+        _write(stdout, answer)
+        if len(body) + len(answer) >= TRIM_AFTER_BYTES:
+            # A large request's objects are freed now, but glibc keeps the pages: give them
+            # back, or every worker stays at its largest request's size (GBs) while idle.
+            del body, answer
+            gc.collect()
+            trim()
 
 
 if __name__ == "__main__":

@@ -63,6 +63,14 @@ class OtlpGrpcReceiver:
             ExportTraceServiceResponse,
         )
 
+        gate = self.intake.gate
+        if not gate.reserve(len(data)):
+            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:busy", 1)
+            self.intake.logs.warn(f"otel-busy:{SOURCE}", "OTLP/gRPC request bytes in flight at "
+                                                         "their bound: asked the sender to "
+                                                         "retry later")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "too many request bytes in flight, retry later")
         try:
             outcome = self.intake.body(data, SOURCE, self.count)
         except Exception as exc:  # DecodeError, or a bug: never an internal error answer
@@ -73,6 +81,8 @@ class OtlpGrpcReceiver:
             self.intake.logs.warn(f"otlp-grpc:{reason}",
                                   f"Rejected an OTLP/gRPC request: {message}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        finally:
+            gate.release(len(data))
         if outcome.too_large:  # not a status the SDKs retry: the request would never fit
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, outcome.message)
         if outcome.busy:

@@ -31,7 +31,35 @@ if TYPE_CHECKING:
 # counter for the UDP reader.
 Count = Callable[[str, str, int], None]
 MetricsSink = Callable[[bytes], None]
+# Request bytes in flight, at least (the daemon sizes it from the memory budget): two 20 MiB
+# bodies at once.
+IN_FLIGHT_BYTES = 40 * 1024 * 1024
 PutOtel = Callable[[list[bytes], list[bytes]], "Spill | None"]
+
+
+class ByteGate:
+    """Bounds the bytes of OTLP request bodies held at once across connections and calls:
+    a receiver reserves a body's bytes before reading (HTTP) or converting (gRPC) it, and is
+    answered busy (503 / RESOURCE_EXHAUSTED) when they are not free. One request is always let
+    in when nothing else is held, so any body within the size limit can be taken."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.held and self.held + size > self.capacity:
+                return False
+            self.held += size
+            self.peak = max(self.peak, self.held)
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.held = max(0, self.held - size)
 
 
 @dataclass
@@ -51,6 +79,7 @@ class OtlpIntake:
                  capacity: int | None = None,
                  metrics_sink: MetricsSink | None = None,
                  put_otel: PutOtel | None = None,
+                 gate: ByteGate | None = None,
                  workers: int = 0, backlog_threads: int = 0,
                  shared_count: Count | None = None) -> None:
         self.put_many = put_many
@@ -65,6 +94,7 @@ class OtlpIntake:
         # With an OTLP exporter (Fanout.put_otel): the request's ResourceSpans go to it as
         # they came, beside the converted documents; None: nothing more is cut out or kept.
         self.put_otel = put_otel
+        self.gate = gate or ByteGate(IN_FLIGHT_BYTES)
         # Worker processes for large requests, and threads converting T1S datagrams off the
         # UDP reader: both started on first use (0: convert in the receiving thread).
         self.workers = workers
