@@ -176,3 +176,25 @@ def test_otel_spans_are_exported_as_they_came_and_stored_converted(
     assert stored == {f"{n:016x}" for n in sent}
     assert len(receiver.spans()) == 3  # once each: not converted to a segment and back too
     assert receiver.problems == []
+
+
+def test_batches_in_flight_when_the_drain_ends_are_spooled(start_xrayd, tmp_path):
+    import socket
+
+    silent = socket.socket()  # accepts connections (the kernel does) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    spool = tmp_path / "spool"
+    try:
+        daemon, port, _ = start_offline(
+            start_xrayd, tmp_path, "--otlp-endpoint",
+            f"http://127.0.0.1:{silent.getsockname()[1]}/v1/traces", "--spool-dir", str(spool),
+            "--drain-seconds", "4", "--concurrency", "2")
+        send_udp(port, *(segment(n) for n in range(100, 300)))
+        time.sleep(2)  # the OTLP lane's batches are out (past the batch age), unanswered
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.proc.wait(20)
+    finally:
+        silent.close()
+    summary = [line for line in daemon.output.splitlines() if "exporter otlp:" in line]
+    assert summary and "spooled now 200" in summary[-1], daemon.output[-2000:]

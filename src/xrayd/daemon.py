@@ -593,13 +593,16 @@ class Daemon:
             if lane.queue.wait_drained(0.0):
                 lane.uploader.join(1.0 if drained else 0.0)
                 continue
-            queued = lane.queue.abandon()
             in_flight = lane.queue.snapshot()[2]
+            settled = lane.uploader.settle_at_shutdown()  # spooled, or counted dropped
+            queued = lane.queue.abandon()
             lane.stats.add(SEGMENTS_DROPPED, queued, label="shutdown")
+            where = "spooled" if lane.spool is not None else "dropped"
             lane.logs.error(
                 "shutdown-dropped",
                 f"Shutdown drain time of {drain_seconds:.0f} s ran out: {queued} buffered "
-                f"segments dropped, {in_flight} batches still in flight")
+                f"segments dropped, {settled} segments of the batches still waiting or in "
+                f"flight ({in_flight} in flight) {where}")
         for lane in spooled:
             assert lane.spool is not None
             lane.spool.sync()

@@ -124,6 +124,11 @@ class Uploader:
         self._stopping = threading.Event()
         self._spooled = threading.Event()  # set when a batch goes to the spool
         self._random = random.Random()
+        # Batches being delivered, by id; those the shutdown settled (spooled or counted) while
+        # their call was still out, whose outcome must then not be counted a second time.
+        self._flight_lock = threading.Lock()
+        self._in_flight: dict[int, Batch] = {}
+        self._settled: set[int] = set()
         self._threads = [
             threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
             for i in range(concurrency)
@@ -166,6 +171,8 @@ class Uploader:
             batch = self.queue.get()
             if batch is None:
                 return
+            with self._flight_lock:
+                self._in_flight[id(batch)] = batch
             try:
                 self.deliver(batch)
             except Exception as exc:  # a bug must cost this batch, never the worker
@@ -174,7 +181,36 @@ class Uploader:
                                                   f"unexpected error: {exc!r} ({len(batch)} "
                                                   "segments dropped)")
             finally:
+                with self._flight_lock:
+                    self._in_flight.pop(id(batch), None)
                 self.queue.done(batch)
+
+    def settle_at_shutdown(self) -> int:
+        """The drain time ran out: the batches still waiting (when there is a spool) and those
+        whose call is still out go to the spool, or are counted dropped (``shutdown``) without
+        one; the documents settled. A call that returns later is not counted again (delivery
+        stays at least once)."""
+        settled = 0
+        if self.spool is not None:
+            while (batch := self.queue.get(timeout=0.0)) is not None:
+                settled += self._settle_one(batch)
+                self.queue.done(batch)
+        with self._flight_lock:
+            batches = list(self._in_flight.values())
+            self._in_flight.clear()
+            self._settled.update(map(id, batches))
+        for batch in batches:
+            settled += self._settle_one(batch)
+        return settled
+
+    def _settle_one(self, batch: Batch) -> int:
+        if not (self.spool is not None and self._to_spool(list(batch.docs))):
+            self.stats.add(names.SEGMENTS_DROPPED, len(batch), label="shutdown")
+        return len(batch)
+
+    def _was_settled(self, batch: Batch) -> bool:
+        with self._flight_lock:
+            return id(batch) in self._settled
 
     def deliver(self, batch: Batch) -> None:
         """Upload one batch, with retries; count the outcome of every document."""
@@ -218,6 +254,8 @@ class Uploader:
             try:
                 unprocessed = self._put(pending)
             except UploadError as exc:
+                if self._was_settled(batch):
+                    return [], None  # the shutdown spooled or counted it meanwhile
                 error = exc
                 retriable = self._failed_attempt(exc)
                 wait = policy.next_delay(attempt, self.clock() - started, retriable,
@@ -240,6 +278,8 @@ class Uploader:
                 self.queue.kick()
                 self.sleep(wait)
                 continue
+            if self._was_settled(batch):
+                return [], None
             elapsed = self.clock() - attempt_start
             self.stats.upload_latency.observe(elapsed)
             self.breaker.succeeded()
