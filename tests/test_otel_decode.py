@@ -85,3 +85,23 @@ def test_udp_prefixes_and_base64():
         with pytest.raises(DecodeError) as info:
             from_base64(bad)
         assert info.value.reason == "bad_base64"
+
+
+def test_resource_spans_are_cut_out_of_joined_requests_unchanged():
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from xrayd.otel.decode import resource_spans_of
+
+    first, second = ExportTraceServiceRequest(), ExportTraceServiceRequest()
+    for request, names in ((first, ["a", "b"]), (second, ["c"])):
+        for name in names:
+            rs = request.resource_spans.add()
+            rs.resource.attributes.add(key="service.name").value.string_value = name
+            rs.scope_spans.add().spans.add(name=name, span_id=b"\1" * 8, trace_id=b"\2" * 16)
+    joined = first.SerializeToString() + second.SerializeToString()
+    assert resource_spans_of(joined) == [rs.SerializeToString() for rs in
+                                         [*first.resource_spans, *second.resource_spans]]
+    with pytest.raises(DecodeError):
+        resource_spans_of(joined[:-3])

@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from conftest import free_port, wait_until
 from fakes.otlp_receiver import OtlpReceiver
-from xrayd.delivery import UploadError, retry_after_seconds
+from xrayd.delivery import Unprocessed, UploadError, retry_after_seconds
 from xrayd.exporters.otlp import (
     OtlpExporter,
     classify_answer,
@@ -155,7 +155,8 @@ def test_put_sends_gzip_protobuf_with_the_configured_headers(receiver):
     counts = Counts()
     exporter = exporter_for(receiver, counts=counts)
     try:
-        assert exporter.put([segment(0), segment(1), b"[]"]) == []
+        assert exporter.put([segment(0), segment(1), b"[]"]) == [
+            Unprocessed("", "OtlpUnconvertibleDocument", "gave no span for OTLP export")]
         assert exporter.put([segment(2)]) == []  # on the kept-alive connection
     finally:
         exporter.close()
@@ -205,7 +206,8 @@ def test_unavailable_with_retry_after_and_partial_success(receiver):
             exporter.put([segment(0)])
         assert caught.value.retriable and caught.value.retry_after == 4.0
         receiver.status, receiver.retry_after, receiver.partial_rejected = 200, "", 1
-        assert exporter.put([segment(0), segment(1)]) == []
+        [refused] = exporter.put([segment(0), segment(1)])
+        assert refused.error_code == "OtlpPartialSuccessRejected"
     finally:
         exporter.close()
     assert counts.seen[("otlp_spans_rejected", "")] == 1
@@ -335,7 +337,8 @@ def test_documents_without_spans_are_counted_and_logged(receiver, caplog):
     no_trace = json.dumps({"id": "0000000000000001", "name": "x", "start_time": 1}).encode()
     with caplog.at_level("WARNING", logger=get_logger().name):
         try:
-            assert exporter.put([no_trace, segment(0)]) == []
+            assert exporter.put([no_trace, segment(0)]) == [Unprocessed(
+                "0000000000000001", "OtlpUnconvertibleDocument", "gave no span for OTLP export")]
         finally:
             exporter.close()
     assert counts.seen[("otlp_documents_unconverted", "trace_id")] == 1
@@ -400,3 +403,26 @@ def test_offline_daemon_ignores_an_environment_endpoint_that_is_its_own_receiver
     other = Daemon(Config(offline=True, otlp_endpoint="http://127.0.0.1:4318/v1/traces",
                           otlp_http_address="127.0.0.1:14318"))
     assert other._otlp_settings() is not None
+
+
+def test_the_upload_loop_counts_unconverted_and_refused_documents_unprocessed(receiver):
+    from xrayd import stats as names
+    from xrayd.batcher import Batch, Batcher
+    from xrayd.logs import RateLimitedLog, get_logger
+    from xrayd.segment_queue import SegmentQueue
+    from xrayd.stats import Stats
+    from xrayd.uploader import Uploader
+
+    stats = Stats()
+    exporter = exporter_for(receiver)
+    uploader = Uploader(SegmentQueue(Batcher(budget=10**6), clock=lambda: 0.0), exporter, stats,
+                        RateLimitedLog(get_logger()), concurrency=1, sleep=lambda s: None)
+    try:
+        uploader.deliver(Batch([segment(0), b"{broken", segment(1)], 0))
+        receiver.partial_rejected = 1
+        uploader.deliver(Batch([segment(2), segment(3)], 0))
+    finally:
+        exporter.close()
+    assert stats.get(names.SEGMENTS_SENT) == 3
+    assert stats.get(names.SEGMENTS_UNPROCESSED, "OtlpUnconvertibleDocument") == 1
+    assert stats.get(names.SEGMENTS_UNPROCESSED, "OtlpPartialSuccessRejected") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 
 import orjson
 import pytest
@@ -162,3 +163,39 @@ def test_request_body_keeps_documents_exactly():
 def test_http_error_classification(status, body, headers, cls, retriable, throttled):
     error = classify_http_error(status, body, headers)
     assert (error.error_class, error.retriable, error.throttled) == (cls, retriable, throttled)
+
+
+class BuggyExporter:
+    """An exporter with a bug: put() raises ValueError for batches holding a "bad" document."""
+
+    name = "buggy"
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+
+    def put(self, docs):
+        if b"bad" in b"".join(docs):
+            raise ValueError("invalid literal for int() with base 10: '\u00b2'")
+        self.sent.extend(docs)
+        return []
+
+    def close(self):
+        pass
+
+
+def test_an_exporter_bug_fails_its_batch_and_the_worker_lives_on(log_stream):
+    exporter = BuggyExporter()
+    stats = Stats()
+    queue = SegmentQueue(Batcher(budget=10**7, max_batch=2), clock=time.monotonic)
+    uploader = Uploader(queue, exporter, stats, logs.RateLimitedLog(logs.get_logger()),
+                        concurrency=1, sleep=lambda s: None)
+    uploader.start()
+    queue.put_many([b'{"bad":1}', b'{"bad":2}'])  # a full batch: the worker takes it
+    queue.put_many([b'{"good":1}', b'{"good":2}'])
+    queue.close()
+    assert queue.wait_drained(10)
+    assert uploader.join(5)
+    assert exporter.sent == [b'{"good":1}', b'{"good":2}']
+    assert stats.get(names.SEGMENTS_FAILED, "internal_error") == 2
+    assert stats.get(names.SEGMENTS_SENT) == 2
+    assert "unexpected ValueError in the buggy exporter" in log_stream.getvalue()

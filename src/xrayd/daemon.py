@@ -178,7 +178,12 @@ class Daemon:
         segments (light: protobuf, grpc and the OpenTelemetry packages are only imported by the
         receivers that use them). M1 metrics go to the OTLP exporter when there is one."""
         from xrayd.otel import Options
-        from xrayd.receivers.otlp_intake import OtlpIntake, stats_count
+        from xrayd.receivers.otlp_intake import (
+            IN_FLIGHT_BYTES,
+            ByteGate,
+            OtlpIntake,
+            stats_count,
+        )
 
         cfg, queue, fanout = self.config, self.queue, self.fanout
         assert queue is not None and fanout is not None
@@ -186,12 +191,21 @@ class Daemon:
         names = frozenset(n.strip() for n in cfg.otel_indexed_attributes.split(",") if n.strip())
         options = Options(indexed_attributes=names,
                           index_all_attributes=cfg.otel_index_all_attributes)
-        batcher = queue.batcher
+        queues = [lane.queue for lane in self.lanes] or [queue]
+
+        def free_bytes() -> int:  # in the fullest lane: every lane takes every document
+            return min(q.batcher.budget - q.snapshot()[0] for q in queues)
+
         # Conversion in worker processes (one a core, 2 to 4) and two threads feeding them
         # T1S datagrams: all started by the first OpenTelemetry request, not before.
         return OtlpIntake(target.put_many, self._spilled, self.logs, options,
-                          free_bytes=lambda: batcher.budget - queue.snapshot()[0],
+                          free_bytes=free_bytes,
+                          capacity=min(q.batcher.budget for q in queues),
+                          gate=ByteGate(max(IN_FLIGHT_BYTES,
+                                            sum(q.batcher.budget for q in queues) // 2)),
                           metrics_sink=self.forward_metrics if self.otlp_exporter else None,
+                          put_otel=fanout.put_otel if any(lane.takes_otlp for lane in
+                                                          self.lanes) else None,
                           workers=max(2, min(4, os.cpu_count() or 2)), backlog_threads=2,
                           shared_count=stats_count(self.stats.add))
 
@@ -585,13 +599,16 @@ class Daemon:
             if lane.queue.wait_drained(0.0):
                 lane.uploader.join(1.0 if drained else 0.0)
                 continue
-            queued = lane.queue.abandon()
             in_flight = lane.queue.snapshot()[2]
+            settled = lane.uploader.settle_at_shutdown()  # spooled, or counted dropped
+            queued = lane.queue.abandon()
             lane.stats.add(SEGMENTS_DROPPED, queued, label="shutdown")
+            where = "spooled" if lane.spool is not None else "dropped"
             lane.logs.error(
                 "shutdown-dropped",
                 f"Shutdown drain time of {drain_seconds:.0f} s ran out: {queued} buffered "
-                f"segments dropped, {in_flight} batches still in flight")
+                f"segments dropped, {settled} segments of the batches still waiting or in "
+                f"flight ({in_flight} in flight) {where}")
         for lane in spooled:
             assert lane.spool is not None
             lane.spool.sync()

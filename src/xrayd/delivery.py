@@ -11,6 +11,8 @@ import http.client
 import socket
 from dataclasses import dataclass
 
+from xrayd.otel.numbers import parse_uint
+
 THROTTLING_CODES = frozenset(
     {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",
      "RequestLimitExceeded", "SlowDown", "RequestThrottled"}
@@ -81,8 +83,9 @@ def retry_after_seconds(value: str | None, now_epoch: float | None = None) -> fl
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 86_400))
+    seconds = parse_uint(value)
+    if seconds is not None:
+        return float(min(seconds, 86_400))
     from email.utils import parsedate_to_datetime
 
     try:

@@ -59,6 +59,7 @@ AUTH_FIXES = {
 AUTH_LOG_INTERVAL = 60.0
 EMPTY_SPOOL_WAIT = 5.0  # replay threads look at an empty spool this often (and when woken)
 MAX_RETRY_AFTER = 60.0  # a peer's Retry-After is honoured up to this many seconds
+INTERNAL_ERROR = "internal_error"  # the failure label of batches an exporter bug ended
 
 
 def is_auth_error(error: UploadError) -> bool:
@@ -123,6 +124,11 @@ class Uploader:
         self._stopping = threading.Event()
         self._spooled = threading.Event()  # set when a batch goes to the spool
         self._random = random.Random()
+        # Batches being delivered, by id; those the shutdown settled (spooled or counted) while
+        # their call was still out, whose outcome must then not be counted a second time.
+        self._flight_lock = threading.Lock()
+        self._in_flight: dict[int, Batch] = {}
+        self._settled: set[int] = set()
         self._threads = [
             threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
             for i in range(concurrency)
@@ -165,10 +171,46 @@ class Uploader:
             batch = self.queue.get()
             if batch is None:
                 return
+            with self._flight_lock:
+                self._in_flight[id(batch)] = batch
             try:
                 self.deliver(batch)
+            except Exception as exc:  # a bug must cost this batch, never the worker
+                self.stats.add(names.SEGMENTS_FAILED, len(batch), label=INTERNAL_ERROR)
+                self.logs.error("internal-error", f"Sending segment batch failed with an "
+                                                  f"unexpected error: {exc!r} ({len(batch)} "
+                                                  "segments dropped)")
             finally:
+                with self._flight_lock:
+                    self._in_flight.pop(id(batch), None)
                 self.queue.done(batch)
+
+    def settle_at_shutdown(self) -> int:
+        """The drain time ran out: the batches still waiting (when there is a spool) and those
+        whose call is still out go to the spool, or are counted dropped (``shutdown``) without
+        one; the documents settled. A call that returns later is not counted again (delivery
+        stays at least once)."""
+        settled = 0
+        if self.spool is not None:
+            while (batch := self.queue.get(timeout=0.0)) is not None:
+                settled += self._settle_one(batch)
+                self.queue.done(batch)
+        with self._flight_lock:
+            batches = list(self._in_flight.values())
+            self._in_flight.clear()
+            self._settled.update(map(id, batches))
+        for batch in batches:
+            settled += self._settle_one(batch)
+        return settled
+
+    def _settle_one(self, batch: Batch) -> int:
+        if not (self.spool is not None and self._to_spool(list(batch.docs))):
+            self.stats.add(names.SEGMENTS_DROPPED, len(batch), label="shutdown")
+        return len(batch)
+
+    def _was_settled(self, batch: Batch) -> bool:
+        with self._flight_lock:
+            return id(batch) in self._settled
 
     def deliver(self, batch: Batch) -> None:
         """Upload one batch, with retries; count the outcome of every document."""
@@ -210,8 +252,10 @@ class Uploader:
                 self.stats.add(names.SEGMENTS_RETRIED, len(pending))
             attempt_start = self.clock()
             try:
-                unprocessed = self.exporter.put(pending)
+                unprocessed = self._put(pending)
             except UploadError as exc:
+                if self._was_settled(batch):
+                    return [], None  # the shutdown spooled or counted it meanwhile
                 error = exc
                 retriable = self._failed_attempt(exc)
                 wait = policy.next_delay(attempt, self.clock() - started, retriable,
@@ -234,6 +278,8 @@ class Uploader:
                 self.queue.kick()
                 self.sleep(wait)
                 continue
+            if self._was_settled(batch):
+                return [], None
             elapsed = self.clock() - attempt_start
             self.stats.upload_latency.observe(elapsed)
             self.breaker.succeeded()
@@ -249,6 +295,17 @@ class Uploader:
             self.queue.kick()
             self.sleep(wait)
         return [], error
+
+    def _put(self, docs: list[bytes]) -> list[Unprocessed]:
+        try:
+            return self.exporter.put(docs)
+        except UploadError:
+            raise
+        except Exception as exc:
+            # An exporter bug (say a document it cannot handle): final for these documents,
+            # counted as failed with the cause; the worker carries on.
+            raise UploadError(f"unexpected {type(exc).__name__} in the {self.exporter.name} "
+                              f"exporter: {exc}", INTERNAL_ERROR, False) from exc
 
     def _failed_attempt(self, error: UploadError) -> bool:
         """Count a failed call and feed the limiter and breaker; whether to try again."""

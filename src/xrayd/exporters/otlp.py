@@ -40,6 +40,9 @@ RESOURCE_SPANS_TAG = b"\x00otlp.ResourceSpans\x00"
 METRICS_QUEUE_BYTES = 8 * 1024 * 1024  # metrics requests waiting to be forwarded, at most
 GZIP_LEVEL = 5
 CONTENT_TYPE = "application/x-protobuf"
+# Unprocessed error codes (final): a document that gave no span; spans a receiver refused.
+UNCONVERTIBLE = "OtlpUnconvertibleDocument"
+PARTIAL_SUCCESS = "OtlpPartialSuccessRejected"
 
 
 def _proxy_for(url: str, proxy: str) -> str:
@@ -64,10 +67,12 @@ def _field(number: int, payload: bytes) -> bytes:
     return bytes(out) + payload
 
 
-def request_body(items: Sequence[bytes], report: Report) -> tuple[bytes, int]:
+def request_body(items: Sequence[bytes], report: Report,
+                 unconverted: list[bytes] | None = None) -> tuple[bytes, int]:
     """The ExportTraceServiceRequest (serialized, not compressed) for queue items, and the
-    number of items that gave spans. A request is its ResourceSpans one after the other as field
-    1, so each is serialized (or, passed through, kept) on its own and the bytes joined."""
+    number of items that gave spans (the others appended to ``unconverted``). A request is its
+    ResourceSpans one after the other as field 1, so each is serialized (or, passed through,
+    kept) on its own and the bytes joined."""
     parts = []
     tag = RESOURCE_SPANS_TAG
     for item in items:
@@ -77,7 +82,17 @@ def request_body(items: Sequence[bytes], report: Report) -> tuple[bytes, int]:
         converted = convert(item, report)
         if converted is not None:
             parts.append(_field(1, converted.SerializeToString()))
+        elif unconverted is not None:
+            unconverted.append(item)
     return b"".join(parts), len(parts)
+
+
+def unprocessed(docs: Sequence[bytes], code: str, message: str) -> list[Unprocessed]:
+    """Documents this exporter answers for without having delivered them (the upload loop
+    counts them unprocessed with ``code``, final)."""
+    from xrayd.protocol import document_ids
+
+    return [Unprocessed(document_ids(doc)[0], code, message) for doc in docs]
 
 
 def _status_message(body: bytes) -> str:
@@ -171,17 +186,23 @@ class OtlpExporter:
     # -- traces ---------------------------------------------------------------------------
 
     def put(self, docs: Sequence[bytes]) -> list[Unprocessed]:
+        """Send a batch; the documents that gave no span, and as many as the receiver refused
+        spans of in a partial success (which ones it does not say), come back Unprocessed."""
         report = Report()
-        body, converted = request_body(docs, report)
+        unconverted: list[bytes] = []
+        body, converted = request_body(docs, report, unconverted)
         self._count_report(report)
+        refused = unprocessed(unconverted, UNCONVERTIBLE, "gave no span for OTLP export")
         if not converted:
-            return []  # nothing convertible: counted above, nothing to send
-        self._send(docs, body)
-        return []
+            return refused  # nothing convertible: nothing to send
+        rejected, message = self._send(docs, body)
+        rejected = min(rejected, converted)
+        return refused + [Unprocessed("", PARTIAL_SUCCESS, message)] * rejected
 
-    def _send(self, docs: Sequence[bytes], body: bytes) -> None:
+    def _send(self, docs: Sequence[bytes], body: bytes) -> tuple[int, str]:
         """POST a request; one the receiver finds too large (413) is sent again in halves.
-        (A half that then fails fails the batch: delivery stays at least once.)"""
+        (A half that then fails fails the batch: delivery stays at least once.) The spans the
+        receiver refused in a partial success, and its message."""
         try:
             answer = self._post(self._traces, body)
         except UploadError as exc:
@@ -189,12 +210,14 @@ class OtlpExporter:
                 raise
             self._counts("otlp_requests_split", 1, "")
             middle = len(docs) // 2
+            rejected, message = 0, ""
             for half in (docs[:middle], docs[middle:]):
                 part, converted = request_body(half, Report())  # counted the first time
                 if converted:
-                    self._send(half, part)
-            return
-        self._partial_success(answer)
+                    more, text = self._send(half, part)
+                    rejected, message = rejected + more, message or text
+            return rejected, message
+        return self._partial_success(answer)
 
     def _count_report(self, report: Report) -> None:
         for reason, count in report.skipped.items():
@@ -212,9 +235,10 @@ class OtlpExporter:
         if report.spans:
             self._counts("otlp_spans_converted", report.spans, "")
 
-    def _partial_success(self, answer: bytes) -> None:
+    def _partial_success(self, answer: bytes) -> tuple[int, str]:
+        """The spans a 2xx answer says were refused, and why."""
         if not answer:
-            return
+            return 0, ""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
             ExportTraceServiceResponse,
         )
@@ -222,14 +246,15 @@ class OtlpExporter:
         try:
             response = ExportTraceServiceResponse.FromString(answer)
         except Exception:
-            return  # a 2xx with a body that is not the response message: the spans were taken
+            return 0, ""  # a 2xx whose body is not the response message: the spans were taken
         rejected = response.partial_success.rejected_spans
+        message = response.partial_success.error_message[:200] or "no message"
         if rejected:
             self._counts("otlp_spans_rejected", rejected, "")
             if self._logs is not None:
-                message = response.partial_success.error_message[:200] or "no message"
                 self._logs.warn("partial-success", f"The OTLP receiver refused {rejected} "
                                                    f"spans of a batch: {message}")
+        return max(0, rejected), message
 
     def _post(self, endpoint: _Endpoint, body: bytes) -> bytes:
         compressed = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)

@@ -32,6 +32,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from xrayd import __version__
 from xrayd.otel.ids import IdError, otel_span_id, otel_trace_id
+from xrayd.otel.numbers import parse_uint
 
 SCOPE = InstrumentationScope(name="xrayd.segments_to_spans", version=__version__)
 MAX_DEPTH = 64  # deeper nesting than any SDK writes; the rest is left out and counted
@@ -169,8 +170,8 @@ def _int(value: Any) -> int | None:
         return value if _INT64[0] <= value <= _INT64[1] else None
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        return parse_uint(value)
     return None
 
 
@@ -633,6 +634,8 @@ def convert(document: bytes, report: Report) -> ResourceSpans | None:
                 reason = str(exc)
             except RecursionError:
                 reason = "nesting"
+            except Exception:  # a bug must cost this document, not its batch
+                reason = "conversion_failed"
     report.documents += 1
     report.skipped[f"document:{reason}"] += 1
     return None

@@ -25,6 +25,7 @@ import orjson
 from xrayd.otel import Options
 from xrayd.otel import semconv as sc
 from xrayd.otel.ids import IdError, xray_span_id, xray_trace_id
+from xrayd.otel.numbers import parse_uint
 
 # Span kinds and status codes of opentelemetry.proto.trace.v1 (numbers, so this module does
 # not need the generated classes).
@@ -44,6 +45,7 @@ class Reason:
     TRACE_ID = "bad_trace_id"
     SPAN_ID = "bad_span_id"
     PARENT_ID = "bad_parent_id"
+    CONVERSION = "conversion_failed"  # a value the conversion could not handle
 
 
 @dataclass
@@ -98,8 +100,8 @@ def _int(value: Any) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str):
+        return parse_uint(value)
     return None
 
 
@@ -658,8 +660,19 @@ def convert_request(request: Any, options: Options = _DEFAULT_OPTIONS,
     dumps = orjson.dumps
     append = out.documents.append
     caches = _Caches(options)
+    def reject(reason: str, name: str, message: str, spans: int = 1) -> None:
+        out.rejected[reason] += spans
+        if len(out.messages) < max_messages:
+            out.messages.append(f"{name}: {message}")
+
     for resource_spans in request.resource_spans:
-        facts = resource_facts(attributes(resource_spans.resource.attributes))
+        try:
+            facts = resource_facts(attributes(resource_spans.resource.attributes))
+        except Exception as exc:  # a bug must cost these spans, not the request
+            spans = sum(len(ss.spans) for ss in resource_spans.scope_spans)
+            out.spans += spans
+            reject(Reason.CONVERSION, "resource", f"not converted ({exc!r:.200})", spans)
+            continue
         for scope_spans in resource_spans.scope_spans:
             scope = _present(name=scope_spans.scope.name or None,
                              version=scope_spans.scope.version or None) or None
@@ -667,11 +680,11 @@ def convert_request(request: Any, options: Options = _DEFAULT_OPTIONS,
             out.spans += len(spans)
             for span in spans:
                 try:
-                    doc = span_document(span, facts, scope, options, new_id, None, caches)
+                    append(dumps(span_document(span, facts, scope, options, new_id, None,
+                                               caches)))
                 except IdError as exc:
-                    out.rejected[exc.args[1]] += 1
-                    if len(out.messages) < max_messages:
-                        out.messages.append(f"span {span.name[:60]!r}: {exc.args[0]}")
-                    continue
-                append(dumps(doc))
+                    reject(exc.args[1], f"span {span.name[:60]!r}", exc.args[0])
+                except Exception as exc:  # a bug must cost this span, not the request
+                    reject(Reason.CONVERSION, f"span {span.name[:60]!r}",
+                           f"not converted ({exc!r:.200})")
     return out

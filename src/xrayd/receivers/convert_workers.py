@@ -32,6 +32,8 @@ from xrayd.store.parse_helper import HelperFailed, _grow_pipe, _read, _write
 MIN_POOLED_BYTES = 16 * 1024  # about 50 spans: smaller requests are converted in-process
 REPLY_TIMEOUT = 60.0
 GC_EVERY = 64
+TRIM_AFTER_BYTES = 4 * 1024 * 1024  # a request this large (body + answer): trim the heap after
+CONVERSION_FAILED = "conversion_failed"  # the reason of requests the conversion failed on
 
 # request: (body, json?, gzip?, limit); answer: (error reason, message) or
 # (spans, {reason: count}, messages, documents)
@@ -46,7 +48,13 @@ def decode_and_convert(body: bytes, is_json: bool, gzipped: bool, limit: int,
     if gzipped:
         body = gunzip(body, limit)
     request = traces_from_json(body) if is_json else _from_protobuf(body)
-    return convert_request(request, options)
+    try:
+        return convert_request(request, options)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a bug: the request is refused (400), the thread lives on
+        raise DecodeError(CONVERSION_FAILED, f"the request could not be converted "
+                                             f"({exc!r:.200})") from exc
 
 
 class Worker:
@@ -163,6 +171,8 @@ def main() -> int:
     import gc
     import signal
 
+    from xrayd.memory import trim
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon ends us by closing stdin
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = json.loads(sys.argv[1])
@@ -187,7 +197,18 @@ def main() -> int:
         except DecodeError as exc:
             _write(stdout, _encode((exc.reason, str(exc))))
             continue
-        _write(stdout, _encode((out.spans, dict(out.rejected), out.messages, out.documents)))
+        except Exception as exc:  # a bug must cost this request, not the worker
+            _write(stdout, _encode((CONVERSION_FAILED, f"not converted ({exc!r:.200})")))
+            continue
+        answer = _encode((out.spans, dict(out.rejected), out.messages, out.documents))
+        del out
+        _write(stdout, answer)
+        if len(body) + len(answer) >= TRIM_AFTER_BYTES:
+            # A large request's objects are freed now, but glibc keeps the pages: give them
+            # back, or every worker stays at its largest request's size (GBs) while idle.
+            del body, answer
+            gc.collect()
+            trim()
 
 
 if __name__ == "__main__":

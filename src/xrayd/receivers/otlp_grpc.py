@@ -69,14 +69,29 @@ class OtlpGrpcReceiver:
             ExportTraceServiceResponse,
         )
 
+        gate = self.intake.gate
+        if not gate.reserve(len(data)):
+            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:busy", 1)
+            self.intake.logs.warn(f"otel-busy:{SOURCE}", "OTLP/gRPC request bytes in flight at "
+                                                         "their bound: asked the sender to "
+                                                         "retry later")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "too many request bytes in flight, retry later")
         try:
             outcome = self.intake.body(data, SOURCE, self.count)
-        except DecodeError as exc:
-            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{exc.reason}", 1)
-            self.intake.rejected(SOURCE, exc.reason, str(exc), data)
-            self.intake.logs.warn(f"otlp-grpc:{exc.reason}",
-                                  f"Rejected an OTLP/gRPC request: {exc}")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # DecodeError, or a bug: never an internal error answer
+            reason = exc.reason if isinstance(exc, DecodeError) else "internal_error"
+            message = str(exc) if isinstance(exc, DecodeError) else \
+                f"the request could not be taken ({type(exc).__name__})"
+            self.count(OTEL_REQUESTS_REJECTED, f"{SOURCE}:{reason}", 1)
+            self.intake.rejected(SOURCE, reason, message, data)
+            self.intake.logs.warn(f"otlp-grpc:{reason}",
+                                  f"Rejected an OTLP/gRPC request: {message}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        finally:
+            gate.release(len(data))
+        if outcome.too_large:  # not a status the SDKs retry: the request would never fit
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, outcome.message)
         if outcome.busy:
             context.abort(grpc.StatusCode.UNAVAILABLE, "memory budget full, retry later")
         response = ExportTraceServiceResponse()

@@ -32,6 +32,35 @@ if TYPE_CHECKING:
 # counter for the UDP reader.
 Count = Callable[[str, str, int], None]
 MetricsSink = Callable[[bytes], None]
+# Request bytes in flight, at least (the daemon sizes it from the memory budget): two 20 MiB
+# bodies at once.
+IN_FLIGHT_BYTES = 40 * 1024 * 1024
+PutOtel = Callable[[list[bytes], list[bytes]], "Spill | None"]
+
+
+class ByteGate:
+    """Bounds the bytes of OTLP request bodies held at once across connections and calls:
+    a receiver reserves a body's bytes before reading (HTTP) or converting (gRPC) it, and is
+    answered busy (503 / RESOURCE_EXHAUSTED) when they are not free. One request is always let
+    in when nothing else is held, so any body within the size limit can be taken."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.held and self.held + size > self.capacity:
+                return False
+            self.held += size
+            self.peak = max(self.peak, self.held)
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.held = max(0, self.held - size)
 
 
 @dataclass
@@ -40,6 +69,7 @@ class Outcome:
     rejected: int = 0  # spans that could not be converted
     message: str = ""  # why, for the OTLP partial-success answer
     busy: bool = False  # nothing taken: the memory budget is full (the sender should retry)
+    too_large: bool = False  # nothing taken: more than the whole budget (never retry as is)
 
 
 class OtlpIntake:
@@ -47,15 +77,25 @@ class OtlpIntake:
                  on_spill: Callable[[Spill], None], logs: RateLimitedLog,
                  options: Options | None = None,
                  free_bytes: Callable[[], int] | None = None,
+                 capacity: int | None = None,
                  metrics_sink: MetricsSink | None = None,
+                 put_otel: PutOtel | None = None,
+                 gate: ByteGate | None = None,
                  workers: int = 0, backlog_threads: int = 0,
                  shared_count: Count | None = None) -> None:
         self.put_many = put_many
         self.on_spill = on_spill
         self.logs = logs
         self.options = options or Options()
+        # The free bytes of the fullest lane, and the smallest lane's whole budget: a request
+        # must fit in every lane, since every lane takes all of it.
         self.free_bytes = free_bytes
+        self.capacity = capacity
         self.metrics_sink = metrics_sink
+        # With an OTLP exporter (Fanout.put_otel): the request's ResourceSpans go to it as
+        # they came, beside the converted documents; None: nothing more is cut out or kept.
+        self.put_otel = put_otel
+        self.gate = gate or ByteGate(IN_FLIGHT_BYTES)
         # Worker processes for large requests, and threads converting T1S datagrams off the
         # UDP reader: both started on first use (0: convert in the receiving thread).
         self.workers = workers
@@ -104,7 +144,14 @@ class OtlpIntake:
         """The request's segment documents; its unconvertible spans counted and logged."""
         from xrayd.otel.spans_to_segments import convert_request  # at the first OTel request
 
-        return self._account(convert_request(request, self.options), source, count)
+        try:
+            converted = convert_request(request, self.options)
+        except Exception as exc:  # a bug: the request is rejected, the thread lives on
+            count(OTEL_REQUESTS_REJECTED, f"{source}:conversion_failed", 1)
+            self.logs.warn(f"otel-failed:{source}", f"Rejected an OpenTelemetry request from "
+                                                    f"{source}: conversion failed ({exc!r:.200})")
+            return [], Outcome(message="the request could not be converted")
+        return self._account(converted, source, count)
 
     def _account(self, converted: Converted, source: str,
                  count: Count) -> tuple[list[bytes], Outcome]:
@@ -126,37 +173,53 @@ class OtlpIntake:
         """Convert and queue; with ``back_pressure``, refuse the whole request (busy) when its
         documents do not fit in the free budget, instead of spilling older ones."""
         docs, outcome = self.convert(request, source, count)
-        return self._queue(docs, outcome, source, count, back_pressure)
+        passed = [rs.SerializeToString() for rs in request.resource_spans] \
+            if self.put_otel is not None else None
+        return self._queue(docs, outcome, source, count, back_pressure, passed)
 
     def body(self, body: bytes, source: str, count: Count, *, is_json: bool = False,
              gzipped: bool = False, limit: int | None = None,
              back_pressure: bool = True) -> Outcome:
         """A request body (OTLP/HTTP or gRPC): decoded and converted by the worker pool when
         there is one, else here; DecodeError when it does not decode."""
-        from xrayd.otel.decode import MAX_BODY
+        from xrayd.otel.decode import MAX_BODY, gunzip, resource_spans_of_body
         from xrayd.receivers.convert_workers import decode_and_convert
 
         limit = MAX_BODY if limit is None else limit
+        if self.put_otel is not None and gzipped:
+            body, gzipped = gunzip(body, limit), False  # inflated once, for both uses
         pool = self._pool()
         if pool is not None:
             converted = pool.convert(body, is_json, gzipped, limit)
         else:
             converted = decode_and_convert(body, is_json, gzipped, limit, self.options)
         docs, outcome = self._account(converted, source, count)
-        return self._queue(docs, outcome, source, count, back_pressure)
+        passed = resource_spans_of_body(body, is_json) if self.put_otel is not None else None
+        return self._queue(docs, outcome, source, count, back_pressure, passed)
 
     def _queue(self, docs: list[bytes], outcome: Outcome, source: str, count: Count,
-               back_pressure: bool) -> Outcome:
-        if not docs:
+               back_pressure: bool, passed: list[bytes] | None = None) -> Outcome:
+        if not docs and not passed:
             return outcome
-        if (back_pressure and self.free_bytes is not None
-                and sum(map(doc_cost, docs)) > self.free_bytes()):
+        cost = sum(map(doc_cost, docs)) if back_pressure else 0
+        if back_pressure and self.capacity is not None and cost > self.capacity:
+            count(OTEL_REQUESTS_REJECTED, f"{source}:over_budget", 1)
+            message = (f"the request's {len(docs)} spans need {cost // 1024} KiB, more than "
+                       f"the whole memory budget ({self.capacity // 1024} KiB): send fewer "
+                       "spans per request, or start xrayd with a larger -m")
+            self.logs.warn(f"otel-over-budget:{source}", f"Rejected an OpenTelemetry request "
+                                                         f"from {source}: {message}")
+            return Outcome(too_large=True, message=message)
+        if back_pressure and self.free_bytes is not None and cost > self.free_bytes():
             count(OTEL_REQUESTS_REJECTED, f"{source}:busy", 1)
             self.logs.warn(f"otel-busy:{source}",
                            f"Memory budget full: asked the {source} sender to retry "
                            f"{len(docs)} spans later")
             return Outcome(busy=True)
-        spill = self.put_many(docs)
+        if passed is not None and self.put_otel is not None:
+            spill = self.put_otel(docs, passed)
+        else:
+            spill = self.put_many(docs)
         if spill is not None:
             self.on_spill(spill)
         outcome.accepted = len(docs)
@@ -221,8 +284,16 @@ class Backlog:
                 size += len(more)
             try:
                 self.intake.body(b"".join(batch), self.source, self.count, back_pressure=False)
-            except DecodeError as exc:  # checked by the reader: not expected
+            except DecodeError as exc:
                 self.count(OTEL_REQUESTS_REJECTED, f"{self.source}:{exc.reason}", len(batch))
+                self.intake.logs.warn(f"otel-failed:{self.source}",
+                                      f"Rejected {len(batch)} OpenTelemetry datagrams from "
+                                      f"{self.source}: {exc}")
+            except Exception as exc:  # a bug must cost these payloads, never the thread
+                self.count(OTEL_REQUESTS_REJECTED, f"{self.source}:internal_error", len(batch))
+                self.intake.logs.warn(f"otel-failed:{self.source}",
+                                      f"Rejected {len(batch)} OpenTelemetry datagrams from "
+                                      f"{self.source}: {exc!r:.200}")
             if stop:
                 return
 
