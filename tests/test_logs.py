@@ -111,3 +111,14 @@ def test_early_error_goes_to_stderr_and_file(tmp_path, capsys):
     logs.write_early_error("boom", str(log))
     assert LINE.match(capsys.readouterr().err.strip()).group(2, 3) == ("Error", "boom")
     assert "[Error] boom" in log.read_text()
+
+
+def test_rotation_ignores_files_whose_suffix_only_looks_like_a_number(tmp_path):
+    path = tmp_path / "xray.log"
+    path.write_text("x" * 150)
+    (tmp_path / "xray.log.²").write_text("not ours")  # str.isdigit() is true, int() fails
+    target = logs.RotatingFile(str(path), rotate=True, limit=100)
+    target.write("first\n")
+    assert (tmp_path / "xray.log.1").read_text() == "x" * 150
+    assert (tmp_path / "xray.log.²").read_text() == "not ours"
+    target.close()

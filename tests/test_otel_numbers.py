@@ -10,7 +10,7 @@ import pytest
 
 from test_otel_convert import convert, span
 from xrayd.delivery import retry_after_seconds
-from xrayd.otel.numbers import parse_uint
+from xrayd.numbers import parse_uint
 from xrayd.otel.segments_to_spans import Report
 from xrayd.otel.segments_to_spans import convert as segment_to_spans
 

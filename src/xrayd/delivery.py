@@ -11,7 +11,7 @@ import http.client
 import socket
 from dataclasses import dataclass
 
-from xrayd.otel.numbers import parse_uint
+from xrayd.numbers import parse_uint
 
 THROTTLING_CODES = frozenset(
     {"ThrottledException", "ThrottlingException", "Throttling", "TooManyRequestsException",

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from xrayd.numbers import parse_uint
+
 LOGGER_NAME = "xrayd"
 TRACE = 5
 ROTATE_BYTES = 50 * 1024 * 1024
@@ -100,8 +102,9 @@ class RotatingFile:
         found = []
         for name in os.listdir(folder):
             suffix = name[len(prefix):]
-            if name.startswith(prefix) and suffix.isdigit():
-                found.append(int(suffix))
+            number = parse_uint(suffix) if name.startswith(prefix) else None
+            if number is not None:
+                found.append(number)
         return found
 
     def _roll(self) -> None:

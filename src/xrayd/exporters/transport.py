@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from xrayd.numbers import parse_uint
+
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # X-Ray's answers are small; a runaway peer is cut off
 # X-Ray's response heads are a few hundred bytes in fewer than ten lines.
 MAX_HEAD_BYTES = 64 * 1024
@@ -407,7 +409,8 @@ class SessionTransport:
             raise TimeoutError(f"no complete response within {self.timeout:g} s") from None
         except HTTPError as exc:
             raise ResponseError(f"malformed response: {exc}") from None
-        if length is not None and length.isdigit() and size != int(length):
+        expected = parse_uint(length) if length is not None else None
+        if expected is not None and size != expected:
             raise ResponseError("connection closed before the response was complete")
         return b"".join(chunks)
 

@@ -31,8 +31,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from xrayd import __version__
+from xrayd.numbers import parse_uint
 from xrayd.otel.ids import IdError, otel_span_id, otel_trace_id
-from xrayd.otel.numbers import parse_uint
 
 SCOPE = InstrumentationScope(name="xrayd.segments_to_spans", version=__version__)
 MAX_DEPTH = 64  # deeper nesting than any SDK writes; the rest is left out and counted

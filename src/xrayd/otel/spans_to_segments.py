@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from xrayd.numbers import parse_uint
 from xrayd.otel import Options
 from xrayd.otel import semconv as sc
 from xrayd.otel.ids import IdError, xray_span_id, xray_trace_id
-from xrayd.otel.numbers import parse_uint
 
 # Span kinds and status codes of opentelemetry.proto.trace.v1 (numbers, so this module does
 # not need the generated classes).
