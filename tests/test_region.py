@@ -23,6 +23,7 @@ def imds(monkeypatch) -> Iterator[FakeImds]:
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     yield server
     server.stop()
+    assert server.refused == []  # botocore's IMDS requests, judged from their raw bytes
 
 
 def no_region_env(**extra: str) -> dict[str, str]:

@@ -1,14 +1,15 @@
 """A fake EC2 instance metadata service: IMDSv2 tokens (PUT /latest/api/token), IMDSv1 when
-allowed, the instance identity document, hostname and instance id, and a hanging mode."""
+allowed, the instance identity document, hostname and instance id, and a hanging mode. Strict as
+the other fakes (fakes/raw_http.py): each request is judged from the raw bytes received."""
 
 from __future__ import annotations
 
 import json
-import threading
+import socket
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from fakes.raw_http import RawRequest, Reply, StrictHttpServer
 
 TOKEN = "fake-imds-token"
 
@@ -27,44 +28,36 @@ class FakeImds:
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        imds = self
+        self._server = StrictHttpServer(self._handle)
+        self.url = self._server.url + "/"
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_PUT(self) -> None:
-                imds._handle(self)
-
-            do_GET = do_PUT
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    @property
+    def refused(self) -> list[RawRequest]:
+        return self._server.refused
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        token = handler.headers.get("x-aws-ec2-metadata-token")
-        self.calls.append((handler.command, handler.path, token == TOKEN))
+    def _handle(self, request: RawRequest, _conn: socket.socket) -> Reply | None:
+        values = request.values("x-aws-ec2-metadata-token")
+        token = values[0] if values else None
+        self.calls.append((request.method, request.path, token == TOKEN))
         if self.hang:
             time.sleep(self.hang)
-            return
-        if handler.command == "PUT":
-            if handler.path == "/latest/api/token" and self.tokens and \
-                    handler.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
-                return self._send(handler, 200, TOKEN)
-            return self._send(handler, 403 if not self.tokens else 400, "")
+            return None  # no answer: the client's timeout decides
+        if len(values) > 1:
+            return Reply(400, close=True)
+        if request.method == "PUT":
+            if request.path == "/latest/api/token" and self.tokens and \
+                    request.header("x-aws-ec2-metadata-token-ttl-seconds"):
+                return Reply(200, TOKEN.encode())
+            return Reply(403 if not self.tokens else 400)
+        if request.method != "GET":
+            return Reply(405)
         if token != TOKEN and not self.v1:
-            return self._send(handler, 401, "")
+            return Reply(401)
         if token is not None and token != TOKEN:
-            return self._send(handler, 401, "")
+            return Reply(401)
         answers = {
             "/latest/dynamic/instance-identity/document": json.dumps(
                 {"region": self.region, "instanceId": self.instance_id,
@@ -72,14 +65,6 @@ class FakeImds:
             "/latest/meta-data/hostname": self.hostname,
             "/latest/meta-data/instance-id": self.instance_id,
         }
-        if handler.path not in answers:
-            return self._send(handler, 404, "")
-        return self._send(handler, 200, answers[handler.path])
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, text: str) -> None:
-        data = text.encode()
-        handler.send_response(status)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        if request.path not in answers:
+            return Reply(404)
+        return Reply(200, answers[request.path].encode())
